@@ -1,0 +1,512 @@
+//! Domain types that cannot hold invalid values.
+//!
+//! Every constructor validates, so code that holds a `Transfer` never has to
+//! ask whether its amount is positive or its accounts differ. Money is kept in
+//! integer minor units (cents): `rust_decimal` parses and prints the decimal
+//! strings of the wire format, integers do the arithmetic, so no float ever
+//! touches a balance and sums are exact.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The external account: deposits come from it, withdrawals go to it. It is
+/// the only account allowed to go negative, which is what makes the sum of all
+/// balances zero (double entry).
+pub const WORLD: &str = "world";
+
+/// Digits after the decimal point of every amount and balance.
+pub const SCALE: u32 = 2;
+
+/// Minor units per major unit (10^SCALE).
+const MINOR_PER_MAJOR: i64 = 100;
+
+/// The largest amount of one transfer, in minor units (one billion, major).
+/// It bounds every sum the ledger computes far below `i128` overflow and
+/// catches fat-fingered or hostile inputs.
+pub const AMOUNT_MAX_MINOR: i64 = 1_000_000_000 * MINOR_PER_MAJOR;
+
+/// Longest account id, in bytes; it bounds sled keys and message keys.
+pub const ACCOUNT_ID_LEN_MAX: usize = 64;
+
+/// Why a value was refused. The `code` is stable (it appears in outcomes,
+/// metrics and DLQ headers); the message is for humans.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("invalid account id {0:?}: use 1-64 characters of A-Z a-z 0-9 _ - . :")]
+    Account(String),
+    #[error("invalid amount {0:?}: {1}")]
+    Amount(String, &'static str),
+    #[error("invalid currency {0:?}: use a three-letter ISO 4217 code such as EUR")]
+    Currency(String),
+    #[error("a transfer needs two different accounts, got {0:?} twice")]
+    SameAccount(String),
+}
+
+/// An account identifier, e.g. `acc-000042` or `world`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        let valid = !text.is_empty()
+            && text.len() <= ACCOUNT_ID_LEN_MAX
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if valid {
+            Ok(AccountId(text.to_owned()))
+        } else {
+            Err(DomainError::Account(text.to_owned()))
+        }
+    }
+
+    pub fn world() -> Self {
+        AccountId(WORLD.to_owned())
+    }
+
+    pub fn is_world(&self) -> bool {
+        self.0 == WORLD
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AccountId {
+    type Error = DomainError;
+    fn try_from(text: String) -> Result<Self, DomainError> {
+        AccountId::parse(&text)
+    }
+}
+
+impl From<AccountId> for String {
+    fn from(id: AccountId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A transfer's identity, chosen by its submitter. Deciding a transfer id
+/// twice is what idempotency forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TransferId(pub Uuid);
+
+impl TransferId {
+    pub fn new_random() -> Self {
+        TransferId(Uuid::new_v4())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        TransferId(Uuid::from_bytes(bytes))
+    }
+}
+
+impl FromStr for TransferId {
+    type Err = uuid::Error;
+    fn from_str(text: &str) -> Result<Self, uuid::Error> {
+        Uuid::parse_str(text).map(TransferId)
+    }
+}
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A signed quantity of money in minor units: balances, sums, deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Money(pub i128);
+
+impl Money {
+    pub const ZERO: Money = Money(0);
+
+    pub fn to_decimal(self) -> Decimal {
+        // Every balance the ledger can reach is far below 2^96 minor units
+        // (see AMOUNT_MAX_MINOR), the range of Decimal's mantissa.
+        Decimal::from_i128_with_scale(self.0, SCALE)
+    }
+}
+
+impl std::ops::Add for Money {
+    type Output = Money;
+    fn add(self, other: Money) -> Money {
+        Money(self.0 + other.0)
+    }
+}
+
+impl std::ops::Sub for Money {
+    type Output = Money;
+    fn sub(self, other: Money) -> Money {
+        Money(self.0 - other.0)
+    }
+}
+
+impl std::iter::Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, |a, b| a + b)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_decimal().fmt(f)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A positive amount of one transfer, at most `AMOUNT_MAX_MINOR`, with at most
+/// `SCALE` decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub fn from_minor(minor: i64) -> Result<Self, DomainError> {
+        if minor <= 0 {
+            return Err(DomainError::Amount(
+                Money(minor.into()).to_string(),
+                "must be positive",
+            ));
+        }
+        if minor > AMOUNT_MAX_MINOR {
+            return Err(DomainError::Amount(
+                Money(minor.into()).to_string(),
+                "exceeds the maximum of 1000000000.00",
+            ));
+        }
+        Ok(Amount(minor))
+    }
+
+    /// Parses a decimal string such as `"142.50"`. Exponents, signs other than
+    /// a leading minus, and more than `SCALE` decimals are refused.
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        let refuse = |why| DomainError::Amount(text.to_owned(), why);
+        if text.is_empty() || text.len() > 32 {
+            return Err(refuse("must be a decimal string like \"142.50\""));
+        }
+        let decimal = Decimal::from_str_exact(text)
+            .map_err(|_| refuse("must be a decimal string like \"142.50\""))?;
+        if decimal.scale() > SCALE {
+            return Err(refuse("has more than 2 decimals"));
+        }
+        if decimal.is_sign_negative() || decimal.is_zero() {
+            return Err(refuse("must be positive"));
+        }
+        let minor = decimal
+            .checked_mul(Decimal::from(MINOR_PER_MAJOR))
+            .and_then(|scaled| i64::try_from(scaled.normalize()).ok())
+            .ok_or_else(|| refuse("exceeds the maximum of 1000000000.00"))?;
+        Amount::from_minor(minor).map_err(|_| refuse("exceeds the maximum of 1000000000.00"))
+    }
+
+    pub fn minor(self) -> i64 {
+        self.0
+    }
+
+    pub fn money(self) -> Money {
+        Money(self.0.into())
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.money().fmt(f)
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A three-letter currency code (ISO 4217 shape; the ledger itself accepts
+/// exactly one currency, see `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub const EUR: Currency = Currency(*b"EUR");
+
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        match text.as_bytes() {
+            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => {
+                Ok(Currency([*a, *b, *c]))
+            }
+            _ => Err(DomainError::Currency(text.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII uppercase letters get in (see `parse`).
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl FromStr for Currency {
+    type Err = DomainError;
+    fn from_str(text: &str) -> Result<Self, DomainError> {
+        Currency::parse(text)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A request to move `amount` from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub created_at: OffsetDateTime,
+}
+
+impl Transfer {
+    /// The only way to build a transfer: refuses a transfer to oneself.
+    pub fn new(
+        id: TransferId,
+        from: AccountId,
+        to: AccountId,
+        amount: Amount,
+        currency: Currency,
+        created_at: OffsetDateTime,
+    ) -> Result<Self, DomainError> {
+        if from == to {
+            return Err(DomainError::SameAccount(from.0));
+        }
+        Ok(Transfer {
+            id,
+            from,
+            to,
+            amount,
+            currency,
+            created_at,
+        })
+    }
+}
+
+/// The second half of an accepted transfer: the source shard has debited
+/// `from` and asks the destination's shard to credit `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    pub transfer_id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub created_at: OffsetDateTime,
+}
+
+impl Credit {
+    pub fn of(transfer: &Transfer) -> Self {
+        Credit {
+            transfer_id: transfer.id,
+            from: transfer.from.clone(),
+            to: transfer.to.clone(),
+            amount: transfer.amount,
+            currency: transfer.currency,
+            created_at: transfer.created_at,
+        }
+    }
+}
+
+/// Why a transfer was rejected. The snake_case names are the stable codes
+/// used on the wire, in metrics and in DLQ headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum RejectReason {
+    /// Not UTF-8 or not JSON at all.
+    Malformed = 1,
+    /// JSON, but not a transfer: a field missing, of the wrong type, or unknown.
+    UnknownSchema = 2,
+    InvalidId = 3,
+    InvalidAccount = 4,
+    InvalidAmount = 5,
+    InvalidCurrency = 6,
+    InvalidTimestamp = 7,
+    SameAccount = 8,
+    /// A well-formed currency that is not the ledger's.
+    CurrencyMismatch = 9,
+    InsufficientFunds = 10,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::Malformed,
+        RejectReason::UnknownSchema,
+        RejectReason::InvalidId,
+        RejectReason::InvalidAccount,
+        RejectReason::InvalidAmount,
+        RejectReason::InvalidCurrency,
+        RejectReason::InvalidTimestamp,
+        RejectReason::SameAccount,
+        RejectReason::CurrencyMismatch,
+        RejectReason::InsufficientFunds,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::InvalidId => "invalid_id",
+            RejectReason::InvalidAccount => "invalid_account",
+            RejectReason::InvalidAmount => "invalid_amount",
+            RejectReason::InvalidCurrency => "invalid_currency",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::SameAccount => "same_account",
+            RejectReason::CurrencyMismatch => "currency_mismatch",
+            RejectReason::InsufficientFunds => "insufficient_funds",
+        }
+    }
+
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        RejectReason::ALL.into_iter().find(|r| *r as u8 == byte)
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// How a transfer id was decided, once and for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum Decision {
+    Accepted,
+    Rejected(RejectReason),
+}
+
+/// What happened to one input record of `transactions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    Accepted,
+    Rejected(RejectReason),
+    /// The transfer id was already decided; nothing changed.
+    Duplicate,
+}
+
+impl OutcomeKind {
+    pub fn status(self) -> &'static str {
+        match self {
+            OutcomeKind::Accepted => "accepted",
+            OutcomeKind::Rejected(_) => "rejected",
+            OutcomeKind::Duplicate => "duplicate",
+        }
+    }
+
+    pub fn reason(self) -> Option<RejectReason> {
+        match self {
+            OutcomeKind::Rejected(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+impl From<Decision> for OutcomeKind {
+    fn from(decision: Decision) -> Self {
+        match decision {
+            Decision::Accepted => OutcomeKind::Accepted,
+            Decision::Rejected(reason) => OutcomeKind::Rejected(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_parse_exactly_or_say_why() {
+        assert_eq!(Amount::parse("142.50").unwrap().minor(), 14250);
+        assert_eq!(Amount::parse("0.01").unwrap().minor(), 1);
+        assert_eq!(Amount::parse("7").unwrap().minor(), 700);
+        assert_eq!(
+            Amount::parse("1000000000.00").unwrap().minor(),
+            AMOUNT_MAX_MINOR
+        );
+        for (text, why) in [
+            ("0", "must be positive"),
+            ("0.00", "must be positive"),
+            ("-1.00", "must be positive"),
+            ("1.001", "has more than 2 decimals"),
+            ("1000000000.01", "exceeds the maximum of 1000000000.00"),
+            (
+                "99999999999999999999999999",
+                "exceeds the maximum of 1000000000.00",
+            ),
+            ("1e3", "must be a decimal string like \"142.50\""),
+            ("abc", "must be a decimal string like \"142.50\""),
+            ("", "must be a decimal string like \"142.50\""),
+        ] {
+            assert_eq!(
+                Amount::parse(text),
+                Err(DomainError::Amount(text.into(), why)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn amounts_print_with_two_decimals() {
+        assert_eq!(Amount::parse("142.5").unwrap().to_string(), "142.50");
+        assert_eq!(Money(-5).to_string(), "-0.05");
+        assert_eq!(Money(0).to_string(), "0.00");
+    }
+
+    #[test]
+    fn accounts_and_currencies_validate() {
+        assert!(AccountId::parse("acc-0001").is_ok());
+        assert!(AccountId::parse("world").unwrap().is_world());
+        assert!(AccountId::parse("").is_err());
+        assert!(AccountId::parse("has space").is_err());
+        assert!(AccountId::parse(&"x".repeat(65)).is_err());
+        assert!(Currency::parse("EUR").is_ok());
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("EURO").is_err());
+    }
+
+    #[test]
+    fn reject_reasons_round_trip_through_their_byte() {
+        for reason in RejectReason::ALL {
+            assert_eq!(RejectReason::from_u8(reason as u8), Some(reason));
+        }
+        assert_eq!(RejectReason::from_u8(0), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! txledger's core: everything a shard, the producer and the tools share.
+//!
+//! # Layout
+//!
+//! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
+//!   transfers, credits, outcomes).
+//! - [`wire`]: the JSON messages on the topics, decoded strictly.
+//! - [`machine`]: the pure ledger state machine (batch in, effects out).
+//! - [`store`]: the sled store of one shard, written once per batch.
+//! - [`recovery`]: the pure rule that decides, after a crash, whether the
+//!   last batch happened.
+//! - [`kafka`]: Kafka client settings shared by every binary.
+//! - [`telemetry`]: logging setup shared by every binary.
+
+pub mod domain;
+pub mod kafka;
+pub mod machine;
+pub mod recovery;
+pub mod store;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,394 @@
+//! The pure ledger state machine: a batch of input records and a read-only
+//! view of the state in, the state changes and output records out.
+//!
+//! No I/O and no clock: the same batch against the same state gives the same
+//! effects, byte for byte once encoded. That is what lets a shard redo a batch
+//! after an aborted transaction and get exactly the records it would have
+//! written the first time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    AccountId, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
+};
+use crate::wire::{self, DecodeError, Outcome};
+
+/// The two input topics of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `transactions`: transfers, keyed by source account.
+    Transfers,
+    /// `ledger-credits`: credits, keyed by destination account.
+    Credits,
+}
+
+impl Source {
+    pub fn code(self) -> u8 {
+        match self {
+            Source::Transfers => b't',
+            Source::Credits => b'c',
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            b't' => Some(Source::Transfers),
+            b'c' => Some(Source::Credits),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Transfers => "transfers",
+            Source::Credits => "credits",
+        }
+    }
+}
+
+/// One partition of one input topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InputPartition {
+    pub source: Source,
+    pub partition: i32,
+}
+
+impl std::fmt::Display for InputPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.source.name(), self.partition)
+    }
+}
+
+/// Next offset to read (last consumed + 1) per input partition.
+pub type Offsets = BTreeMap<InputPartition, i64>;
+
+/// One consumed record, borrowed from the consumer's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    pub at: InputPartition,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    /// `None` for a tombstone (a record without a value).
+    pub payload: Option<&'a [u8]>,
+}
+
+/// Read access to the committed state the batch starts from.
+pub trait LedgerView {
+    /// The account's balance; zero when the account has never been seen.
+    fn balance(&self, account: &AccountId) -> Money;
+    /// How a transfer id was decided, if it was (within the idempotency window).
+    fn decision(&self, id: TransferId) -> Option<Decision>;
+    /// Whether the credit of this transfer was already applied here.
+    fn credited(&self, id: TransferId) -> bool;
+}
+
+/// The ledger's fixed rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// The one currency the ledger keeps; any other is `currency_mismatch`.
+    pub currency: Currency,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            currency: Currency::EUR,
+        }
+    }
+}
+
+/// A record that could not be decoded, for `ledger-dlq`: the original key and
+/// bytes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub at: InputPartition,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+/// A record to publish inside the batch's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// To `ledger-results`.
+    Outcome(Outcome),
+    /// To `ledger-credits`, keyed by the destination account.
+    Credit(Credit),
+    /// To `ledger-dlq`.
+    DeadLetter(DeadLetter),
+}
+
+/// Counts of what a batch did, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicate: u64,
+    pub credits_applied: u64,
+    pub credits_duplicate: u64,
+    pub dead_letters: u64,
+}
+
+/// Everything a batch changes and emits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchEffects {
+    /// New balance of every account the batch touched, in account order so
+    /// that the store writes them in a deterministic order.
+    pub balances: BTreeMap<AccountId, Money>,
+    /// Transfer ids decided by this batch, in input order.
+    pub decided: Vec<(TransferId, Decision)>,
+    /// Transfer ids whose credit this batch applied, in input order.
+    pub credited: Vec<TransferId>,
+    /// Next offset of every input partition the batch read from.
+    pub offsets: Offsets,
+    pub outputs: Vec<Output>,
+    pub counts: BatchCounts,
+}
+
+impl BatchEffects {
+    /// Net change of the sum of this shard's balances: minus the credits
+    /// emitted, plus the credits applied. Conservation across shards says
+    /// these deltas, summed with the credits in flight, stay zero.
+    pub fn credits_emitted(&self) -> impl Iterator<Item = &Credit> {
+        self.outputs.iter().filter_map(|output| match output {
+            Output::Credit(credit) => Some(credit),
+            _ => None,
+        })
+    }
+}
+
+/// Runs the batch. Pure: reads `view`, never writes it.
+pub fn process_batch(
+    view: &impl LedgerView,
+    rules: &Rules,
+    records: &[InputRecord<'_>],
+) -> BatchEffects {
+    let mut batch = Batch {
+        view,
+        rules,
+        balances: HashMap::new(),
+        decided_here: HashMap::new(),
+        credited_here: HashMap::new(),
+        effects: BatchEffects::default(),
+    };
+    for record in records {
+        match record.at.source {
+            Source::Transfers => batch.transfer(record),
+            Source::Credits => batch.credit(record),
+        }
+        let next = batch.effects.offsets.entry(record.at).or_insert(0);
+        *next = (*next).max(record.offset + 1);
+    }
+    let mut effects = batch.effects;
+    effects.balances = batch.balances.into_iter().collect();
+    for (account, balance) in &effects.balances {
+        // Invariant 2, checked on every state the machine produces: a bug
+        // here must stop the shard, never reach the ledger.
+        assert!(
+            account.is_world() || *balance >= Money::ZERO,
+            "invariant violated: account {account} would go negative ({balance})"
+        );
+    }
+    effects
+}
+
+struct Batch<'v, V> {
+    view: &'v V,
+    rules: &'v Rules,
+    balances: HashMap<AccountId, Money>,
+    decided_here: HashMap<TransferId, Decision>,
+    credited_here: HashMap<TransferId, ()>,
+    effects: BatchEffects,
+}
+
+impl<V: LedgerView> Batch<'_, V> {
+    fn balance(&self, account: &AccountId) -> Money {
+        match self.balances.get(account) {
+            Some(balance) => *balance,
+            None => self.view.balance(account),
+        }
+    }
+
+    fn add(&mut self, account: &AccountId, delta: Money) {
+        let balance = self.balance(account) + delta;
+        self.balances.insert(account.clone(), balance);
+    }
+
+    fn decision(&self, id: TransferId) -> Option<Decision> {
+        self.decided_here
+            .get(&id)
+            .copied()
+            .or_else(|| self.view.decision(id))
+    }
+
+    fn transfer(&mut self, record: &InputRecord<'_>) {
+        let payload = record.payload.unwrap_or_default();
+        let decoded = match record.payload {
+            Some(bytes) => wire::decode_transfer(bytes),
+            None => Err(DecodeError {
+                reason: RejectReason::Malformed,
+                detail: "record has no value".to_owned(),
+                id: None,
+            }),
+        };
+        let transfer = match decoded {
+            Ok(transfer) => transfer,
+            Err(error) => {
+                self.dead_letter(record, payload, &error);
+                // An undecodable record decides nothing: its id, if any, is
+                // not trusted, so a corrected resubmission is still processed.
+                self.outcome(
+                    record,
+                    error.id,
+                    OutcomeKind::Rejected(error.reason),
+                    Some(error.detail),
+                    None,
+                );
+                return;
+            }
+        };
+        if self.decision(transfer.id).is_some() {
+            self.outcome(
+                record,
+                Some(transfer.id),
+                OutcomeKind::Duplicate,
+                None,
+                Some(transfer),
+            );
+            return;
+        }
+        let decision = self.decide(&transfer);
+        if decision == Decision::Accepted {
+            self.add(&transfer.from, Money::ZERO - transfer.amount.money());
+            self.effects
+                .outputs
+                .push(Output::Credit(Credit::of(&transfer)));
+        }
+        self.decided_here.insert(transfer.id, decision);
+        self.effects.decided.push((transfer.id, decision));
+        self.outcome(
+            record,
+            Some(transfer.id),
+            decision.into(),
+            None,
+            Some(transfer),
+        );
+    }
+
+    fn decide(&self, transfer: &Transfer) -> Decision {
+        if transfer.currency != self.rules.currency {
+            return Decision::Rejected(RejectReason::CurrencyMismatch);
+        }
+        if !transfer.from.is_world() && self.balance(&transfer.from) < transfer.amount.money() {
+            return Decision::Rejected(RejectReason::InsufficientFunds);
+        }
+        Decision::Accepted
+    }
+
+    fn credit(&mut self, record: &InputRecord<'_>) {
+        let decoded = match record.payload {
+            Some(bytes) => wire::decode_credit(bytes),
+            None => Err(DecodeError {
+                reason: RejectReason::Malformed,
+                detail: "credit has no value".to_owned(),
+                id: None,
+            }),
+        };
+        let credit = match decoded {
+            Ok(credit) => credit,
+            Err(error) => {
+                self.dead_letter(record, record.payload.unwrap_or_default(), &error);
+                return;
+            }
+        };
+        let id = credit.transfer_id;
+        if self.credited_here.contains_key(&id) || self.view.credited(id) {
+            self.effects.counts.credits_duplicate += 1;
+            return;
+        }
+        self.add(&credit.to, credit.amount.money());
+        self.credited_here.insert(id, ());
+        self.effects.credited.push(id);
+        self.effects.counts.credits_applied += 1;
+    }
+
+    fn dead_letter(&mut self, record: &InputRecord<'_>, payload: &[u8], error: &DecodeError) {
+        self.effects.counts.dead_letters += 1;
+        self.effects.outputs.push(Output::DeadLetter(DeadLetter {
+            at: record.at,
+            offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            reason: error.reason,
+            detail: error.detail.clone(),
+        }));
+    }
+
+    fn outcome(
+        &mut self,
+        record: &InputRecord<'_>,
+        transfer_id: Option<TransferId>,
+        kind: OutcomeKind,
+        detail: Option<String>,
+        transfer: Option<Transfer>,
+    ) {
+        let counts = &mut self.effects.counts;
+        match kind {
+            OutcomeKind::Accepted => counts.accepted += 1,
+            OutcomeKind::Rejected(_) => counts.rejected += 1,
+            OutcomeKind::Duplicate => counts.duplicate += 1,
+        }
+        self.effects.outputs.push(Output::Outcome(Outcome {
+            transfer_id,
+            kind,
+            detail,
+            transfer,
+            partition: record.at.partition,
+            offset: record.offset,
+        }));
+    }
+}
+
+/// The whole state in memory: the reference model for property tests and
+/// the baseline of the core benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryLedger {
+    pub balances: BTreeMap<AccountId, Money>,
+    pub decided: HashMap<TransferId, Decision>,
+    pub credited: HashMap<TransferId, ()>,
+    pub offsets: Offsets,
+}
+
+impl MemoryLedger {
+    pub fn apply(&mut self, effects: &BatchEffects) {
+        for (account, balance) in &effects.balances {
+            self.balances.insert(account.clone(), *balance);
+        }
+        self.decided.extend(effects.decided.iter().copied());
+        self.credited
+            .extend(effects.credited.iter().map(|id| (*id, ())));
+        self.offsets
+            .extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
+    }
+
+    pub fn sum(&self) -> Money {
+        self.balances.values().copied().sum()
+    }
+}
+
+impl LedgerView for MemoryLedger {
+    fn balance(&self, account: &AccountId) -> Money {
+        self.balances.get(account).copied().unwrap_or_default()
+    }
+    fn decision(&self, id: TransferId) -> Option<Decision> {
+        self.decided.get(&id).copied()
+    }
+    fn credited(&self, id: TransferId) -> bool {
+        self.credited.contains_key(&id)
+    }
+}

@@ -1,0 +1,827 @@
+//! The sled store: one shard's balances, decided ids, offsets and the pending
+//! record of the batch in flight.
+//!
+//! Everything lives in ONE sled tree under prefixed keys, because a `Batch`
+//! applied to one tree is atomic and far cheaper than a multi-tree
+//! transaction; each Kafka transaction maps to exactly one such batch,
+//! flushed before `write_batch` returns.
+//!
+//! | key                           | value                                   |
+//! |-------------------------------|-----------------------------------------|
+//! | `b:` account                  | balance, i128 big-endian minor units    |
+//! | `i:` batch seq (u64 BE)       | ids the batch decided or credited, 17 bytes each |
+//! | `o:` source byte, partition   | next offset, i64 big-endian             |
+//! | `m:seq`                       | next batch seq                          |
+//! | `m:pending`                   | the pending record (see `Pending`)      |
+//!
+//! Decided ids are packed one key per batch, not one key per transfer, and
+//! served from memory: sled pays per key written, and a batch of thousands
+//! of transfers then costs one key for all its ids. The memory they take is
+//! bounded by the idempotency window (`StoreOptions::idempotency_window`).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sled::IVec;
+
+use crate::domain::{AccountId, Decision, Money, RejectReason, TransferId};
+use crate::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
+
+const BALANCE_PREFIX: &[u8] = b"b:";
+const IDS_PREFIX: &[u8] = b"i:";
+const OFFSET_PREFIX: &[u8] = b"o:";
+const SEQ_KEY: &[u8] = b"m:seq";
+const PENDING_KEY: &[u8] = b"m:pending";
+
+/// Tag byte of a credited id in a packed id list; decided ids use 0 for
+/// accepted and the reject reason's byte otherwise.
+const TAG_CREDITED: u8 = 0xff;
+const TAG_ACCEPTED: u8 = 0;
+const ID_ENTRY_LEN: usize = 17;
+
+const PENDING_FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no ledger at {0}: the directory does not exist")]
+    NotFound(PathBuf),
+    #[error(
+        "the ledger at {0} is locked by another process (a running shard?); \
+         query the running shard with --url instead, or stop it first"
+    )]
+    Locked(PathBuf),
+    #[error("the ledger at {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("sled error on {path}: {source}")]
+    Sled {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// Tunables of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How many recent decided ids (and credited ids) are remembered for
+    /// idempotency. A resubmission older than this is decided again.
+    pub idempotency_window: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            idempotency_window: 1_000_000,
+        }
+    }
+}
+
+/// The record of the batch written to sled but not yet known to be
+/// committed in Kafka: enough to decide after a crash whether it happened,
+/// and to take it back if it did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: u64,
+    pub offsets_before: Offsets,
+    pub offsets_after: Offsets,
+    /// Prior value of every key the batch wrote (`None`: the key was absent).
+    pub undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// What a durable write cost, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteReport {
+    pub keys_written: usize,
+    pub flush: Duration,
+}
+
+/// Shard-level facts for `stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub accounts: u64,
+    pub sum: Money,
+    pub offsets: Offsets,
+    pub pending: Option<PendingSummary>,
+    pub remembered_ids: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSummary {
+    pub seq: u64,
+    pub offsets_before: Offsets,
+    pub offsets_after: Offsets,
+    pub keys: usize,
+}
+
+/// What a query can learn about a transfer id on one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferStatus {
+    pub decision: Option<Decision>,
+    pub credited: bool,
+}
+
+/// The ids remembered for idempotency, with the batch that wrote each, so a
+/// reader can ignore the batch that is not yet committed.
+#[derive(Debug, Default)]
+struct IdWindow {
+    limit: usize,
+    decided: HashMap<TransferId, (Decision, u64)>,
+    credited: HashMap<TransferId, u64>,
+    /// (seq, number of ids) per batch, oldest first.
+    batches: VecDeque<(u64, usize)>,
+    total: usize,
+}
+
+impl IdWindow {
+    fn insert(&mut self, seq: u64, entries: &[u8]) {
+        for entry in entries.chunks_exact(ID_ENTRY_LEN) {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&entry[..16]);
+            let id = TransferId::from_bytes(id);
+            match entry[16] {
+                TAG_CREDITED => {
+                    self.credited.insert(id, seq);
+                }
+                TAG_ACCEPTED => {
+                    self.decided.insert(id, (Decision::Accepted, seq));
+                }
+                byte => {
+                    // Unknown reasons cannot be written by this version; the
+                    // id is still decided, which is what idempotency needs.
+                    let reason = RejectReason::from_u8(byte).unwrap_or(RejectReason::UnknownSchema);
+                    self.decided.insert(id, (Decision::Rejected(reason), seq));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64, entries: &[u8]) {
+        for entry in entries.chunks_exact(ID_ENTRY_LEN) {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&entry[..16]);
+            let id = TransferId::from_bytes(id);
+            if entry[16] == TAG_CREDITED {
+                if self.credited.get(&id) == Some(&seq) {
+                    self.credited.remove(&id);
+                }
+            } else if self.decided.get(&id).map(|(_, s)| *s) == Some(seq) {
+                self.decided.remove(&id);
+            }
+        }
+    }
+
+    /// Whether the oldest batch falls out of the window: the rule is "a batch
+    /// is remembered while the batches newer than it hold fewer than `limit`
+    /// ids", applied the same way here and when loading from disk.
+    fn oldest_is_out(&self) -> bool {
+        match self.batches.front() {
+            Some((_, count)) => self.batches.len() > 1 && self.total - count >= self.limit,
+            None => false,
+        }
+    }
+}
+
+/// The batch in flight, as readers must not see it: prior values by key.
+#[derive(Debug)]
+struct InDoubt {
+    seq: u64,
+    prior: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    window: RwLock<IdWindow>,
+    in_doubt: RwLock<Option<InDoubt>>,
+}
+
+/// The writer: owned by the shard's processing loop.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    options: StoreOptions,
+    shared: Arc<Shared>,
+    /// Balances the loop has read or written, so a hot account is not read
+    /// from sled for every transfer. Includes the batch in flight.
+    balances: HashMap<AccountId, Money>,
+    offsets: Offsets,
+    pending: Option<Pending>,
+    next_seq: u64,
+    /// Id batches that fell out of the window; their keys are deleted with
+    /// the next write, once the batch that evicted them is committed.
+    evicted: Vec<u64>,
+}
+
+/// A read-only handle that serves queries from the last committed state,
+/// even while a batch is between its sled write and its Kafka commit.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    db: sled::Db,
+    shared: Arc<Shared>,
+}
+
+fn balance_key(account: &AccountId) -> Vec<u8> {
+    [BALANCE_PREFIX, account.as_str().as_bytes()].concat()
+}
+
+fn ids_key(seq: u64) -> Vec<u8> {
+    [IDS_PREFIX, &seq.to_be_bytes()].concat()
+}
+
+fn offset_key(at: InputPartition) -> Vec<u8> {
+    let mut key = OFFSET_PREFIX.to_vec();
+    key.push(at.source.code());
+    key.extend_from_slice(&at.partition.to_be_bytes());
+    key
+}
+
+fn decode_money(bytes: &[u8]) -> Option<Money> {
+    Some(Money(i128::from_be_bytes(bytes.try_into().ok()?)))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store of a shard.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Self::open_with(path, options, true)
+    }
+
+    /// Opens an existing store, refusing to create one (offline queries).
+    pub fn open_existing(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Self::open_with(path, options, false)
+    }
+
+    fn open_with(path: &Path, options: StoreOptions, create: bool) -> Result<Store, StoreError> {
+        if !create && !path.join("conf").exists() {
+            return Err(StoreError::NotFound(path.to_owned()));
+        }
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from the explicit flush of every batch; a
+            // background flusher would only add I/O between them.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| match source {
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(path.to_owned())
+                }
+                sled::Error::Corruption { .. } => StoreError::Corrupt {
+                    path: path.to_owned(),
+                    detail: source.to_string(),
+                },
+                source => StoreError::Sled {
+                    path: path.to_owned(),
+                    source,
+                },
+            })?;
+        let mut store = Store {
+            path: path.to_owned(),
+            db,
+            options,
+            shared: Arc::new(Shared::default()),
+            balances: HashMap::new(),
+            offsets: Offsets::new(),
+            pending: None,
+            next_seq: 0,
+            evicted: Vec::new(),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn sled_error(&self, source: sled::Error) -> StoreError {
+        match source {
+            sled::Error::Corruption { .. } => StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: source.to_string(),
+            },
+            source => StoreError::Sled {
+                path: self.path.clone(),
+                source,
+            },
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// (Re)builds every in-memory structure from disk.
+    fn load(&mut self) -> Result<(), StoreError> {
+        let window_limit = self.options.idempotency_window;
+        self.balances.clear();
+        self.evicted.clear();
+        self.next_seq = match self.db.get(SEQ_KEY).map_err(|e| self.sled_error(e))? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt("m:seq is not 8 bytes"))?,
+            ),
+            None => 0,
+        };
+        self.offsets = Offsets::new();
+        for item in self.db.scan_prefix(OFFSET_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let at = decode_offset_key(&key).ok_or_else(|| self.corrupt("bad offset key"))?;
+            let offset = value
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| self.corrupt("offset value is not 8 bytes"))?;
+            self.offsets.insert(at, offset);
+        }
+        self.pending = match self.db.get(PENDING_KEY).map_err(|e| self.sled_error(e))? {
+            Some(bytes) => Some(
+                decode_pending(&bytes)
+                    .ok_or_else(|| self.corrupt("the pending record does not decode"))?,
+            ),
+            None => None,
+        };
+        let mut window = IdWindow {
+            limit: window_limit,
+            ..IdWindow::default()
+        };
+        let mut newer = 0usize;
+        for item in self.db.scan_prefix(IDS_PREFIX).rev() {
+            if newer >= window_limit {
+                break;
+            }
+            let (key, entries) = item.map_err(|e| self.sled_error(e))?;
+            let seq = key[IDS_PREFIX.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("bad id batch key"))?;
+            if entries.len() % ID_ENTRY_LEN != 0 {
+                return Err(self.corrupt(format!("id batch {seq} has a partial entry")));
+            }
+            let count = entries.len() / ID_ENTRY_LEN;
+            // Scanning newest first, an id seen again in an older batch
+            // must not replace the newer entry.
+            for entry in entries.chunks_exact(ID_ENTRY_LEN) {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&entry[..16]);
+                let id = TransferId::from_bytes(id);
+                let known = if entry[16] == TAG_CREDITED {
+                    window.credited.contains_key(&id)
+                } else {
+                    window.decided.contains_key(&id)
+                };
+                if !known {
+                    window.insert(seq, entry);
+                }
+            }
+            window.batches.push_front((seq, count));
+            window.total += count;
+            newer += count;
+        }
+        let in_doubt = self.pending.as_ref().map(|pending| InDoubt {
+            seq: pending.seq,
+            prior: pending.undo.iter().cloned().collect(),
+        });
+        *write(&self.shared.window) = window;
+        *write(&self.shared.in_doubt) = in_doubt;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle for queries, served from the last committed state.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Next offsets recorded in sled (including a pending batch).
+    pub fn offsets(&self) -> &Offsets {
+        &self.offsets
+    }
+
+    pub fn pending(&self) -> Option<&Pending> {
+        self.pending.as_ref()
+    }
+
+    /// Writes the batch and its pending record in one atomic sled batch and
+    /// flushes it to disk. Until `mark_committed` (or recovery), readers
+    /// keep seeing the state before it.
+    pub fn write_batch(&mut self, effects: &BatchEffects) -> Result<WriteReport, StoreError> {
+        let seq = self.next_seq;
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> =
+            Vec::with_capacity(effects.balances.len() + effects.offsets.len() + 2);
+        for (account, balance) in &effects.balances {
+            writes.push((balance_key(account), balance.0.to_be_bytes().to_vec()));
+        }
+        let mut ids =
+            Vec::with_capacity((effects.decided.len() + effects.credited.len()) * ID_ENTRY_LEN);
+        for (id, decision) in &effects.decided {
+            ids.extend_from_slice(id.as_bytes());
+            ids.push(match decision {
+                Decision::Accepted => TAG_ACCEPTED,
+                Decision::Rejected(reason) => *reason as u8,
+            });
+        }
+        for id in &effects.credited {
+            ids.extend_from_slice(id.as_bytes());
+            ids.push(TAG_CREDITED);
+        }
+        if !ids.is_empty() {
+            writes.push((ids_key(seq), ids.clone()));
+        }
+        let offsets_before = self.offsets.clone();
+        let mut offsets_after = offsets_before.clone();
+        for (at, next) in &effects.offsets {
+            let previous = offsets_after.insert(*at, *next);
+            // Offsets only move forward: a batch that goes back means the
+            // consumer re-read records it had already applied.
+            assert!(
+                previous.is_none_or(|p| p <= *next),
+                "invariant violated: offset of {at} would go back from {previous:?} to {next}"
+            );
+            writes.push((offset_key(*at), next.to_be_bytes().to_vec()));
+        }
+        writes.push((SEQ_KEY.to_vec(), (seq + 1).to_be_bytes().to_vec()));
+
+        let mut undo = Vec::with_capacity(writes.len());
+        for (key, _) in &writes {
+            let prior = self.db.get(key).map_err(|e| self.sled_error(e))?;
+            undo.push((key.clone(), prior.map(|v| v.to_vec())));
+        }
+        let pending = Pending {
+            seq,
+            offsets_before,
+            offsets_after,
+            undo,
+        };
+
+        let mut batch = sled::Batch::default();
+        for (key, value) in &writes {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        for old in self.evicted.drain(..) {
+            batch.remove(ids_key(old));
+        }
+        batch.insert(PENDING_KEY, encode_pending(&pending));
+
+        // Readers must stop trusting these keys before they change on disk.
+        *write(&self.shared.in_doubt) = Some(InDoubt {
+            seq,
+            prior: pending.undo.iter().cloned().collect(),
+        });
+        self.db.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        let started = Instant::now();
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        let flush = started.elapsed();
+
+        for (account, balance) in &effects.balances {
+            self.balances.insert(account.clone(), *balance);
+        }
+        self.offsets = pending.offsets_after.clone();
+        self.next_seq = seq + 1;
+        if !ids.is_empty() {
+            let mut window = write(&self.shared.window);
+            window.insert(seq, &ids);
+            window.batches.push_back((seq, ids.len() / ID_ENTRY_LEN));
+            window.total += ids.len() / ID_ENTRY_LEN;
+            while window.oldest_is_out() {
+                let Some((old, count)) = window.batches.pop_front() else {
+                    break;
+                };
+                window.total -= count;
+                if let Some(entries) = self.db.get(ids_key(old)).map_err(|e| self.sled_error(e))? {
+                    window.remove(old, &entries);
+                }
+                self.evicted.push(old);
+            }
+        }
+        self.pending = Some(pending);
+        Ok(WriteReport {
+            keys_written: writes.len() + 1,
+            flush,
+        })
+    }
+
+    /// The batch in flight is committed in Kafka: readers may see it. Its
+    /// pending record stays on disk until the next write replaces it (or
+    /// `clear_pending`), which saves a flush per batch; recovery resolves it.
+    pub fn mark_committed(&mut self) {
+        *write(&self.shared.in_doubt) = None;
+    }
+
+    /// Removes the pending record of a batch known to be committed.
+    pub fn clear_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        self.db
+            .remove(PENDING_KEY)
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.pending = None;
+        self.mark_committed();
+        Ok(())
+    }
+
+    /// Takes back the pending batch (its Kafka transaction aborted): restores
+    /// every key it wrote and removes the record, in one atomic flushed
+    /// batch, then reloads the in-memory state from disk.
+    pub fn undo_pending(&mut self) -> Result<(), StoreError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for (key, prior) in &pending.undo {
+            match prior {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        batch.remove(PENDING_KEY);
+        self.db.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.load()?;
+        debug_assert_eq!(self.offsets, pending.offsets_before);
+        Ok(())
+    }
+
+    /// Flushes sled (at shutdown; batches are already flushed).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.sled_error(e))
+    }
+}
+
+impl LedgerView for Store {
+    fn balance(&self, account: &AccountId) -> Money {
+        if let Some(balance) = self.balances.get(account) {
+            return *balance;
+        }
+        // A read error here would make the batch compute from a wrong state;
+        // sled only fails reads on corruption or I/O errors, which are fatal.
+        match self.db.get(balance_key(account)) {
+            Ok(Some(bytes)) => decode_money(&bytes).unwrap_or_else(|| {
+                panic!("corrupt balance of {account} in {}", self.path.display())
+            }),
+            Ok(None) => Money::ZERO,
+            Err(error) => panic!("reading the balance of {account} failed: {error}"),
+        }
+    }
+
+    fn decision(&self, id: TransferId) -> Option<Decision> {
+        read(&self.shared.window).decided.get(&id).map(|(d, _)| *d)
+    }
+
+    fn credited(&self, id: TransferId) -> bool {
+        read(&self.shared.window).credited.contains_key(&id)
+    }
+}
+
+impl StoreReader {
+    fn committed(&self, key: &[u8]) -> Result<Option<IVec>, sled::Error> {
+        if let Some(in_doubt) = read(&self.shared.in_doubt).as_ref() {
+            if let Some(prior) = in_doubt.prior.get(key) {
+                return Ok(prior.as_deref().map(IVec::from));
+            }
+        }
+        self.db.get(key)
+    }
+
+    fn in_doubt_seq(&self) -> Option<u64> {
+        read(&self.shared.in_doubt).as_ref().map(|d| d.seq)
+    }
+
+    /// The committed balance, or `None` for an account never seen here.
+    pub fn balance(&self, account: &AccountId) -> Result<Option<Money>, sled::Error> {
+        Ok(self
+            .committed(&balance_key(account))?
+            .and_then(|bytes| decode_money(&bytes)))
+    }
+
+    /// Every committed balance, in account order.
+    pub fn balances(&self) -> Result<Vec<(AccountId, Money)>, sled::Error> {
+        let in_doubt = read(&self.shared.in_doubt);
+        let prior = in_doubt.as_ref().map(|d| &d.prior);
+        let mut all = Vec::new();
+        for item in self.db.scan_prefix(BALANCE_PREFIX) {
+            let (key, value) = item?;
+            let value = match prior.and_then(|p| p.get(key.as_ref())) {
+                Some(None) => continue,
+                Some(Some(old)) => decode_money(old),
+                None => decode_money(&value),
+            };
+            let account = std::str::from_utf8(&key[BALANCE_PREFIX.len()..])
+                .ok()
+                .and_then(|text| AccountId::parse(text).ok());
+            if let (Some(account), Some(balance)) = (account, value) {
+                all.push((account, balance));
+            }
+        }
+        Ok(all)
+    }
+
+    /// The `limit` largest committed balances, largest first.
+    pub fn top(&self, limit: usize) -> Result<Vec<(AccountId, Money)>, sled::Error> {
+        let mut all = self.balances()?;
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    pub fn transfer(&self, id: TransferId) -> TransferStatus {
+        let doubt = self.in_doubt_seq();
+        let window = read(&self.shared.window);
+        TransferStatus {
+            decision: window
+                .decided
+                .get(&id)
+                .filter(|(_, seq)| Some(*seq) != doubt)
+                .map(|(d, _)| *d),
+            credited: window
+                .credited
+                .get(&id)
+                .is_some_and(|seq| Some(*seq) != doubt),
+        }
+    }
+
+    pub fn stats(&self) -> Result<Stats, sled::Error> {
+        let balances = self.balances()?;
+        let mut offsets = Offsets::new();
+        for item in self.db.scan_prefix(OFFSET_PREFIX) {
+            let (key, _) = item?;
+            let Some(at) = decode_offset_key(&key) else {
+                continue;
+            };
+            if let Some(value) = self.committed(&key)? {
+                if let Ok(bytes) = value.as_ref().try_into() {
+                    offsets.insert(at, i64::from_be_bytes(bytes));
+                }
+            }
+        }
+        let pending = match self.db.get(PENDING_KEY)? {
+            Some(bytes) => decode_pending(&bytes).map(|p| PendingSummary {
+                seq: p.seq,
+                offsets_before: p.offsets_before,
+                offsets_after: p.offsets_after,
+                keys: p.undo.len(),
+            }),
+            None => None,
+        };
+        let window = read(&self.shared.window);
+        Ok(Stats {
+            accounts: balances.len() as u64,
+            sum: balances.iter().map(|(_, b)| *b).sum(),
+            offsets,
+            pending,
+            remembered_ids: (window.decided.len() + window.credited.len()) as u64,
+        })
+    }
+}
+
+/// Poisoning only follows a panic in another thread, which already stops
+/// the shard; the data behind these locks is replaced wholesale, never left
+/// half-updated, so reading through a poisoned lock is safe.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn decode_offset_key(key: &[u8]) -> Option<InputPartition> {
+    let rest = key.strip_prefix(OFFSET_PREFIX)?;
+    let (&code, partition) = rest.split_first()?;
+    Some(InputPartition {
+        source: Source::from_code(code)?,
+        partition: i32::from_be_bytes(partition.try_into().ok()?),
+    })
+}
+
+fn encode_offsets(out: &mut Vec<u8>, offsets: &Offsets) {
+    out.extend_from_slice(&(offsets.len() as u32).to_be_bytes());
+    for (at, offset) in offsets {
+        out.push(at.source.code());
+        out.extend_from_slice(&at.partition.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+    }
+}
+
+/// A compact binary form: the undo of a large batch holds thousands of keys,
+/// and this record is written with every batch.
+fn encode_pending(pending: &Pending) -> Vec<u8> {
+    let mut out = vec![PENDING_FORMAT_VERSION];
+    out.extend_from_slice(&pending.seq.to_be_bytes());
+    encode_offsets(&mut out, &pending.offsets_before);
+    encode_offsets(&mut out, &pending.offsets_after);
+    out.extend_from_slice(&(pending.undo.len() as u32).to_be_bytes());
+    for (key, prior) in &pending.undo {
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
+        match prior {
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_be_bytes)
+    }
+    fn offsets(&mut self) -> Option<Offsets> {
+        let count = self.u32()?;
+        let mut offsets = Offsets::new();
+        for _ in 0..count {
+            let source = Source::from_code(self.u8()?)?;
+            let partition = i32::from_be_bytes(self.take(4)?.try_into().ok()?);
+            let offset = i64::from_be_bytes(self.take(8)?.try_into().ok()?);
+            offsets.insert(InputPartition { source, partition }, offset);
+        }
+        Some(offsets)
+    }
+}
+
+fn decode_pending(bytes: &[u8]) -> Option<Pending> {
+    let mut reader = Reader(bytes);
+    if reader.u8()? != PENDING_FORMAT_VERSION {
+        return None;
+    }
+    let seq = reader.u64()?;
+    let offsets_before = reader.offsets()?;
+    let offsets_after = reader.offsets()?;
+    let count = reader.u32()?;
+    let mut undo = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
+        let key_len = reader.u32()? as usize;
+        let key = reader.take(key_len)?.to_vec();
+        let prior = match reader.u8()? {
+            0 => None,
+            1 => {
+                let len = reader.u32()? as usize;
+                Some(reader.take(len)?.to_vec())
+            }
+            _ => return None,
+        };
+        undo.push((key, prior));
+    }
+    if !reader.0.is_empty() {
+        return None;
+    }
+    Some(Pending {
+        seq,
+        offsets_before,
+        offsets_after,
+        undo,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_records_round_trip_and_reject_garbage() {
+        let at = InputPartition {
+            source: Source::Credits,
+            partition: 3,
+        };
+        let pending = Pending {
+            seq: 7,
+            offsets_before: [(at, 10)].into_iter().collect(),
+            offsets_after: [(at, 12)].into_iter().collect(),
+            undo: vec![(b"b:x".to_vec(), None), (b"b:y".to_vec(), Some(vec![1, 2]))],
+        };
+        let bytes = encode_pending(&pending);
+        assert_eq!(decode_pending(&bytes), Some(pending));
+        assert_eq!(decode_pending(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_pending(&[9]), None);
+    }
+}

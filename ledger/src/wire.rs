@@ -1,0 +1,568 @@
+//! The wire format: JSON messages on the topics, decoded strictly.
+//!
+//! Decoding never panics. A well-formed transfer takes the fast path (serde
+//! into borrowed fields); anything else is re-read as a generic JSON value
+//! only to name the problem precisely, since bad input is rare and its reason
+//! is what an operator reads in the outcome and the dead-letter headers.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::domain::{
+    AccountId, Amount, Credit, Currency, DomainError, OutcomeKind, RejectReason, Transfer,
+    TransferId,
+};
+
+/// Header names on dead-letter records.
+pub const DLQ_HEADER_REASON: &str = "txledger-reason";
+pub const DLQ_HEADER_DETAIL: &str = "txledger-detail";
+pub const DLQ_HEADER_SOURCE: &str = "txledger-source";
+
+/// A message that is not a valid transfer (or credit): the reason code, a
+/// human-readable detail, and the transfer id when one could be read, so the
+/// rejection can still be attributed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct DecodeError {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub id: Option<TransferId>,
+}
+
+impl DecodeError {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        DecodeError {
+            reason,
+            detail: detail.into(),
+            id: None,
+        }
+    }
+}
+
+impl From<DomainError> for DecodeError {
+    fn from(error: DomainError) -> Self {
+        let reason = match error {
+            DomainError::Account(_) => RejectReason::InvalidAccount,
+            DomainError::Amount(..) => RejectReason::InvalidAmount,
+            DomainError::Currency(_) => RejectReason::InvalidCurrency,
+            DomainError::SameAccount(_) => RejectReason::SameAccount,
+        };
+        DecodeError::new(reason, error.to_string())
+    }
+}
+
+/// Messages longer than this are refused before parsing: no legitimate
+/// transfer comes near it, and it bounds the work one record can cause.
+pub const MESSAGE_LEN_MAX: usize = 4096;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfer<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: Cow<'a, str>,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    created_at: Cow<'a, str>,
+}
+
+const TRANSFER_FIELDS: [&str; 6] = ["id", "from", "to", "amount", "currency", "created_at"];
+
+fn parse_id(text: &str) -> Result<TransferId, DecodeError> {
+    text.parse().map_err(|_| {
+        DecodeError::new(
+            RejectReason::InvalidId,
+            format!("id {text:?} is not a UUID"),
+        )
+    })
+}
+
+fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|at| at.to_offset(time::UtcOffset::UTC))
+        .map_err(|_| {
+            DecodeError::new(
+                RejectReason::InvalidTimestamp,
+                format!("created_at {text:?} is not an RFC 3339 timestamp"),
+            )
+        })
+}
+
+fn format_timestamp(at: OffsetDateTime) -> String {
+    // Formatting a UTC timestamp as RFC 3339 fails only for years outside
+    // 0..=9999, which parse_timestamp never produces.
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Decodes one `transactions` message.
+pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer, DecodeError> {
+    if bytes.len() > MESSAGE_LEN_MAX {
+        return Err(DecodeError::new(
+            RejectReason::Malformed,
+            format!("message of {} bytes exceeds {MESSAGE_LEN_MAX}", bytes.len()),
+        ));
+    }
+    let raw: RawTransfer = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        Err(error) => return Err(explain_bad_transfer(bytes, &error)),
+    };
+    let id = parse_id(&raw.id)?;
+    let attributed = |error: DecodeError| DecodeError {
+        id: Some(id),
+        ..error
+    };
+    let build = || -> Result<Transfer, DecodeError> {
+        let from = AccountId::parse(&raw.from)?;
+        let to = AccountId::parse(&raw.to)?;
+        let amount = Amount::parse(&raw.amount)?;
+        let currency = Currency::parse(&raw.currency)?;
+        let created_at = parse_timestamp(&raw.created_at)?;
+        Ok(Transfer::new(id, from, to, amount, currency, created_at)?)
+    };
+    build().map_err(attributed)
+}
+
+/// The slow path: say precisely what is wrong with a message that the fast
+/// path refused.
+fn explain_bad_transfer(bytes: &[u8], error: &serde_json::Error) -> DecodeError {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return DecodeError::new(RejectReason::Malformed, "message is not UTF-8");
+    };
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(parse) => {
+            return DecodeError::new(RejectReason::Malformed, format!("not JSON: {parse}"))
+        }
+    };
+    let Some(object) = value.as_object() else {
+        return DecodeError::new(RejectReason::UnknownSchema, "message is not a JSON object");
+    };
+    let id = object
+        .get("id")
+        .and_then(|id| id.as_str())
+        .and_then(|id| id.parse().ok());
+    let attributed = |reason, detail: String| DecodeError { reason, detail, id };
+    if let Some(amount) = object.get("amount").filter(|a| a.is_number()) {
+        return attributed(
+            RejectReason::InvalidAmount,
+            format!("amount {amount} must be a decimal string like \"142.50\", not a JSON number"),
+        );
+    }
+    if let Some(missing) = TRANSFER_FIELDS.iter().find(|f| !object.contains_key(**f)) {
+        return attributed(
+            RejectReason::UnknownSchema,
+            format!("field {missing:?} is missing"),
+        );
+    }
+    if let Some(unknown) = object
+        .keys()
+        .find(|key| !TRANSFER_FIELDS.contains(&key.as_str()))
+    {
+        return attributed(
+            RejectReason::UnknownSchema,
+            format!("field {unknown:?} is not part of a transfer"),
+        );
+    }
+    if let Some(field) = TRANSFER_FIELDS.iter().find(|f| !object[**f].is_string()) {
+        return attributed(
+            RejectReason::UnknownSchema,
+            format!("field {field:?} must be a string"),
+        );
+    }
+    // Every field is present and a string, yet serde refused: report its words.
+    attributed(RejectReason::UnknownSchema, error.to_string())
+}
+
+#[derive(Serialize)]
+struct TransferOut<'a> {
+    id: TransferId,
+    from: &'a AccountId,
+    to: &'a AccountId,
+    amount: Amount,
+    currency: Currency,
+    created_at: String,
+}
+
+pub fn encode_transfer(transfer: &Transfer) -> Vec<u8> {
+    to_json(&TransferOut {
+        id: transfer.id,
+        from: &transfer.from,
+        to: &transfer.to,
+        amount: transfer.amount,
+        currency: transfer.currency,
+        created_at: format_timestamp(transfer.created_at),
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and numbers to a Vec cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditWire<'a> {
+    transfer_id: TransferId,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    to: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: Cow<'a, str>,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    created_at: Cow<'a, str>,
+}
+
+pub fn encode_credit(credit: &Credit) -> Vec<u8> {
+    to_json(&CreditWire {
+        transfer_id: credit.transfer_id,
+        from: Cow::Borrowed(credit.from.as_str()),
+        to: Cow::Borrowed(credit.to.as_str()),
+        amount: Cow::Owned(credit.amount.to_string()),
+        currency: Cow::Borrowed(credit.currency.as_str()),
+        created_at: Cow::Owned(format_timestamp(credit.created_at)),
+    })
+}
+
+/// Decodes one `ledger-credits` message. Credits are written only by shards,
+/// so a failure here means a bug or a foreign writer, never user input.
+pub fn decode_credit(bytes: &[u8]) -> Result<Credit, DecodeError> {
+    let wire: CreditWire = serde_json::from_slice(bytes).map_err(|error| {
+        DecodeError::new(
+            RejectReason::UnknownSchema,
+            format!("not a credit: {error}"),
+        )
+    })?;
+    let build = || -> Result<Credit, DecodeError> {
+        Ok(Credit {
+            transfer_id: wire.transfer_id,
+            from: AccountId::parse(&wire.from)?,
+            to: AccountId::parse(&wire.to)?,
+            amount: Amount::parse(&wire.amount)?,
+            currency: Currency::parse(&wire.currency)?,
+            created_at: parse_timestamp(&wire.created_at)?,
+        })
+    };
+    build().map_err(|error| DecodeError {
+        id: Some(wire.transfer_id),
+        ..error
+    })
+}
+
+/// The decision about one input record of `transactions`, as published on
+/// `ledger-results`. It names its input by partition and offset, so every
+/// committed input record can be matched with exactly one outcome even when
+/// the input was too broken to carry a transfer id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub transfer_id: Option<TransferId>,
+    pub kind: OutcomeKind,
+    pub detail: Option<String>,
+    /// The transfer as decoded; absent when decoding failed.
+    pub transfer: Option<Transfer>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeWire<'a> {
+    transfer_id: Option<TransferId>,
+    status: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<RejectReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    amount: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    currency: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<Cow<'a, str>>,
+    partition: i32,
+    offset: i64,
+}
+
+pub fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    let transfer = outcome.transfer.as_ref();
+    to_json(&OutcomeWire {
+        transfer_id: outcome.transfer_id,
+        status: Cow::Borrowed(outcome.kind.status()),
+        reason: outcome.kind.reason(),
+        detail: outcome.detail.as_deref().map(Cow::Borrowed),
+        from: transfer.map(|t| Cow::Borrowed(t.from.as_str())),
+        to: transfer.map(|t| Cow::Borrowed(t.to.as_str())),
+        amount: transfer.map(|t| Cow::Owned(t.amount.to_string())),
+        currency: transfer.map(|t| Cow::Borrowed(t.currency.as_str())),
+        created_at: transfer.map(|t| Cow::Owned(format_timestamp(t.created_at))),
+        partition: outcome.partition,
+        offset: outcome.offset,
+    })
+}
+
+/// Decodes a `ledger-results` message (the audit and the tests read them).
+pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, DecodeError> {
+    let wire: OutcomeWire = serde_json::from_slice(bytes).map_err(|error| {
+        DecodeError::new(
+            RejectReason::UnknownSchema,
+            format!("not an outcome: {error}"),
+        )
+    })?;
+    let kind = match (wire.status.as_ref(), wire.reason) {
+        ("accepted", None) => OutcomeKind::Accepted,
+        ("duplicate", None) => OutcomeKind::Duplicate,
+        ("rejected", Some(reason)) => OutcomeKind::Rejected(reason),
+        (status, reason) => {
+            return Err(DecodeError::new(
+                RejectReason::UnknownSchema,
+                format!("status {status:?} with reason {reason:?} is not an outcome"),
+            ))
+        }
+    };
+    let transfer = match (
+        wire.transfer_id,
+        &wire.from,
+        &wire.to,
+        &wire.amount,
+        &wire.currency,
+        &wire.created_at,
+    ) {
+        (Some(id), Some(from), Some(to), Some(amount), Some(currency), Some(created_at)) => {
+            Some(Transfer::new(
+                id,
+                AccountId::parse(from)?,
+                AccountId::parse(to)?,
+                Amount::parse(amount)?,
+                Currency::parse(currency)?,
+                parse_timestamp(created_at)?,
+            )?)
+        }
+        _ => None,
+    };
+    Ok(Outcome {
+        transfer_id: wire.transfer_id,
+        kind,
+        detail: wire.detail.map(Cow::into_owned),
+        transfer,
+        partition: wire.partition,
+        offset: wire.offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b";
+
+    fn transfer_json(amount: &str) -> String {
+        format!(
+            r#"{{"id":"{ID}","from":"acc-1","to":"acc-2","amount":{amount},"currency":"EUR","created_at":"2026-11-25T10:00:00Z"}}"#
+        )
+    }
+
+    fn reason_of(bytes: &[u8]) -> (RejectReason, String) {
+        let error = decode_transfer(bytes).unwrap_err();
+        (error.reason, error.detail)
+    }
+
+    #[test]
+    fn a_valid_transfer_round_trips() {
+        let transfer = decode_transfer(transfer_json("\"142.50\"").as_bytes()).unwrap();
+        assert_eq!(transfer.amount.minor(), 14250);
+        assert_eq!(transfer.from.as_str(), "acc-1");
+        let again = decode_transfer(&encode_transfer(&transfer)).unwrap();
+        assert_eq!(again, transfer);
+    }
+
+    #[test]
+    fn every_decoder_error_class_has_its_reason() {
+        let cases: Vec<(Vec<u8>, RejectReason, &str)> = vec![
+            (
+                vec![0xff, 0xfe],
+                RejectReason::Malformed,
+                "message is not UTF-8",
+            ),
+            (
+                b"not json".to_vec(),
+                RejectReason::Malformed,
+                "not JSON: expected ident at line 1 column 2",
+            ),
+            (
+                vec![b' '; MESSAGE_LEN_MAX + 1],
+                RejectReason::Malformed,
+                "message of 4097 bytes exceeds 4096",
+            ),
+            (
+                b"[1,2]".to_vec(),
+                RejectReason::UnknownSchema,
+                "message is not a JSON object",
+            ),
+            (
+                br#"{"id":"x"}"#.to_vec(),
+                RejectReason::UnknownSchema,
+                "field \"from\" is missing",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("\"currency\"", "\"extra\":1,\"currency\"")
+                    .into_bytes(),
+                RejectReason::UnknownSchema,
+                "field \"extra\" is not part of a transfer",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("\"acc-1\"", "17")
+                    .into_bytes(),
+                RejectReason::UnknownSchema,
+                "field \"from\" must be a string",
+            ),
+            (
+                transfer_json("142.5").into_bytes(),
+                RejectReason::InvalidAmount,
+                "amount 142.5 must be a decimal string like \"142.50\", not a JSON number",
+            ),
+            (
+                transfer_json("\"-5.00\"").into_bytes(),
+                RejectReason::InvalidAmount,
+                "invalid amount \"-5.00\": must be positive",
+            ),
+            (
+                transfer_json("\"0\"").into_bytes(),
+                RejectReason::InvalidAmount,
+                "invalid amount \"0\": must be positive",
+            ),
+            (
+                transfer_json("\"1.005\"").into_bytes(),
+                RejectReason::InvalidAmount,
+                "invalid amount \"1.005\": has more than 2 decimals",
+            ),
+            (
+                transfer_json("\"1e400\"").into_bytes(),
+                RejectReason::InvalidAmount,
+                "invalid amount \"1e400\": must be a decimal string like \"142.50\"",
+            ),
+            (
+                transfer_json("\"5000000000\"").into_bytes(),
+                RejectReason::InvalidAmount,
+                "invalid amount \"5000000000\": exceeds the maximum of 1000000000.00",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace(ID, "not-a-uuid")
+                    .into_bytes(),
+                RejectReason::InvalidId,
+                "id \"not-a-uuid\" is not a UUID",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("acc-1", "bad account")
+                    .into_bytes(),
+                RejectReason::InvalidAccount,
+                "invalid account id \"bad account\": use 1-64 characters of A-Z a-z 0-9 _ - . :",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("EUR", "euro")
+                    .into_bytes(),
+                RejectReason::InvalidCurrency,
+                "invalid currency \"euro\": use a three-letter ISO 4217 code such as EUR",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("2026-11-25T10:00:00Z", "yesterday")
+                    .into_bytes(),
+                RejectReason::InvalidTimestamp,
+                "created_at \"yesterday\" is not an RFC 3339 timestamp",
+            ),
+            (
+                transfer_json("\"1.00\"")
+                    .replace("acc-2", "acc-1")
+                    .into_bytes(),
+                RejectReason::SameAccount,
+                "a transfer needs two different accounts, got \"acc-1\" twice",
+            ),
+        ];
+        for (bytes, reason, detail) in cases {
+            assert_eq!(
+                reason_of(&bytes),
+                (reason, detail.to_owned()),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn rejections_keep_the_transfer_id_when_it_is_readable() {
+        let negative = decode_transfer(transfer_json("\"-1\"").as_bytes()).unwrap_err();
+        assert_eq!(negative.id, Some(ID.parse().unwrap()));
+        let number = decode_transfer(transfer_json("3").as_bytes()).unwrap_err();
+        assert_eq!(number.id, Some(ID.parse().unwrap()));
+        let garbage = decode_transfer(b"{").unwrap_err();
+        assert_eq!(garbage.id, None);
+    }
+
+    #[test]
+    fn timestamps_are_normalised_to_utc() {
+        let json =
+            transfer_json("\"1.00\"").replace("2026-11-25T10:00:00Z", "2026-11-25T11:00:00+01:00");
+        let transfer = decode_transfer(json.as_bytes()).unwrap();
+        assert_eq!(transfer.created_at.offset(), time::UtcOffset::UTC);
+        assert_eq!(transfer.created_at.hour(), 10);
+    }
+
+    #[test]
+    fn credits_and_outcomes_round_trip() {
+        let transfer = decode_transfer(transfer_json("\"9.99\"").as_bytes()).unwrap();
+        let credit = Credit::of(&transfer);
+        assert_eq!(decode_credit(&encode_credit(&credit)).unwrap(), credit);
+        for kind in [
+            OutcomeKind::Accepted,
+            OutcomeKind::Duplicate,
+            OutcomeKind::Rejected(RejectReason::InsufficientFunds),
+        ] {
+            let outcome = Outcome {
+                transfer_id: Some(transfer.id),
+                kind,
+                detail: None,
+                transfer: Some(transfer.clone()),
+                partition: 3,
+                offset: 42,
+            };
+            assert_eq!(decode_outcome(&encode_outcome(&outcome)).unwrap(), outcome);
+        }
+        let undecodable = Outcome {
+            transfer_id: None,
+            kind: OutcomeKind::Rejected(RejectReason::Malformed),
+            detail: Some("not JSON".into()),
+            transfer: None,
+            partition: 0,
+            offset: 7,
+        };
+        assert_eq!(
+            decode_outcome(&encode_outcome(&undecodable)).unwrap(),
+            undecodable
+        );
+        assert!(decode_credit(b"{}").is_err());
+        assert!(
+            decode_outcome(br#"{"transfer_id":null,"status":"odd","partition":0,"offset":0}"#)
+                .is_err()
+        );
+    }
+}
