@@ -40,7 +40,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
-                .and_then(|builder| Ok(builder.build_recorder()));
+                .map(|builder| builder.build_recorder());
             match recorder {
                 Ok(recorder) => {
                     let handle = recorder.handle();
