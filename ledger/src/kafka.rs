@@ -137,3 +137,99 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
     )
 }
+
+/// Why topics could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("could not create an admin client for {bootstrap}: {source}")]
+    Client {
+        bootstrap: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the broker at {bootstrap} did not answer within {timeout:?}: {source}")]
+    Unreachable {
+        bootstrap: String,
+        timeout: Duration,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the broker refused to create topic {topic}: {code}")]
+    Refused { topic: String, code: RDKafkaErrorCode },
+    #[error(
+        "topic {topic} has {actual} partitions but {expected} are required: \
+         transfers and credits must have the same partition count"
+    )]
+    PartitionMismatch {
+        topic: String,
+        expected: i32,
+        actual: i32,
+    },
+}
+
+/// A topic a binary needs.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    /// Refuse an existing topic with another partition count: `transactions`
+    /// and `ledger-credits` must match, since partition numbers decide which
+    /// shard owns an account.
+    pub exact: bool,
+}
+
+/// Creates each topic that does not exist yet (replication factor from the
+/// broker's default), and checks the partition count where it matters.
+pub async fn ensure_topics(
+    config: &ClientConfig,
+    topics: &[TopicSpec<'_>],
+    timeout: Duration,
+) -> Result<(), TopicError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let bootstrap = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|source| TopicError::Client {
+            bootstrap: bootstrap.clone(),
+            source,
+        })?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|spec| NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let unreachable = |source| TopicError::Unreachable {
+        bootstrap: bootstrap.clone(),
+        timeout,
+        source,
+    };
+    let results = tokio::time::timeout(timeout, admin.create_topics(&new_topics, &options))
+        .await
+        .map_err(|_| unreachable(KafkaError::AdminOpCreation("timed out".into())))?
+        .map_err(unreachable)?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(TopicError::Refused { topic, code });
+            }
+        }
+    }
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(unreachable)?;
+    for spec in topics.iter().filter(|spec| spec.exact) {
+        if let Some(topic) = metadata.topics().iter().find(|t| t.name() == spec.name) {
+            let actual = topic.partitions().len() as i32;
+            if actual != spec.partitions {
+                return Err(TopicError::PartitionMismatch {
+                    topic: spec.name.to_owned(),
+                    expected: spec.partitions,
+                    actual,
+                });
+            }
+        }
+    }
+    Ok(())
+}
