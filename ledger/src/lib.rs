@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: the JSON views of a shard's state (HTTP API and `ledger query`).
 //! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
 //!   transfers, credits, outcomes).
 //! - [`wire`]: the JSON messages on the topics, decoded strictly.
@@ -12,6 +13,7 @@
 //! - [`kafka`]: Kafka client settings shared by every binary.
 //! - [`telemetry`]: logging setup shared by every binary.
 
+pub mod api;
 pub mod domain;
 pub mod kafka;
 pub mod machine;
