@@ -1,0 +1,4 @@
+//! The subcommands of the `ledger` binary; each module has `Args` and `run`.
+
+pub mod audit;
+pub mod query;
