@@ -1,0 +1,620 @@
+//! Property tests of the ledger core: a whole multi-shard pipeline simulated
+//! in memory (topics as vectors, shards as state machines), driven by random
+//! streams of transfers that include invalid, duplicate and underfunded ones.
+//!
+//! The crash-safety model at the end uses the real sled store and the real
+//! recovery rule, with Kafka's transaction simulated: a batch's outputs and
+//! offsets become visible all at once, or not at all.
+
+use std::collections::BTreeMap;
+
+use ledger::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
+use ledger::machine::{
+    process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, MemoryLedger, Offsets,
+    Output, Rules, Source,
+};
+use ledger::recovery::{self, PendingOffsets, Recovery};
+use ledger::store::{Store, StoreOptions};
+use ledger::wire;
+use proptest::prelude::*;
+use time::OffsetDateTime;
+
+const PARTITIONS: i32 = 4;
+const ACCOUNTS: usize = 6;
+
+fn account(index: usize) -> AccountId {
+    if index == ACCOUNTS {
+        AccountId::world()
+    } else {
+        AccountId::parse(&format!("acc-{index}")).unwrap()
+    }
+}
+
+/// The test's own partitioner; any deterministic function of the key works,
+/// as long as transfers and credits use the same one.
+fn partition_of(account: &AccountId) -> i32 {
+    (account.as_str().bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32
+}
+
+/// One step of a random scenario.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A transfer between two accounts (index ACCOUNTS is `world`).
+    Transfer {
+        from: usize,
+        to: usize,
+        cents: i64,
+        foreign_currency: bool,
+    },
+    /// Bytes that are not a valid transfer.
+    Invalid(usize),
+    /// Resend the n-th transfer produced so far (same id, same content).
+    Resend(usize),
+    /// Let a shard process up to this many of its pending records.
+    Process { shard: usize, records: usize },
+}
+
+const INVALID_INPUTS: [&str; 5] = [
+    "not json",
+    r#"{"id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b"}"#,
+    r#"{"id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b","from":"acc-1","to":"acc-2","amount":"-3.00","currency":"EUR","created_at":"2026-11-25T10:00:00Z"}"#,
+    r#"{"id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6c","from":"acc-1","to":"acc-1","amount":"3.00","currency":"EUR","created_at":"2026-11-25T10:00:00Z"}"#,
+    r#"{"id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6d","from":"acc-1","to":"acc-2","amount":3.5,"currency":"EUR","created_at":"2026-11-25T10:00:00Z"}"#,
+];
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        // Deposits from world are frequent so that transfers can succeed.
+        4 => (0..ACCOUNTS, 1i64..50_000).prop_map(|(to, cents)| Step::Transfer {
+            from: ACCOUNTS,
+            to,
+            cents,
+            foreign_currency: false,
+        }),
+        8 => (0..=ACCOUNTS, 0..=ACCOUNTS, 1i64..40_000, prop::bool::weighted(0.05)).prop_map(
+            |(from, to, cents, foreign_currency)| Step::Transfer { from, to, cents, foreign_currency }
+        ),
+        1 => (0..INVALID_INPUTS.len()).prop_map(Step::Invalid),
+        2 => any::<usize>().prop_map(Step::Resend),
+        6 => (0usize..3, 1usize..12).prop_map(|(shard, records)| Step::Process { shard, records }),
+    ]
+}
+
+/// A record on a simulated topic.
+#[derive(Debug, Clone)]
+struct Record {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// The simulated cluster: two input topics, the outcomes, and N shards each
+/// owning the partitions p with p mod N == shard.
+struct Cluster {
+    shards: usize,
+    transfers: Vec<Vec<Record>>,
+    credits: Vec<Vec<Record>>,
+    ledgers: Vec<MemoryLedger>,
+    outcomes: Vec<wire::Outcome>,
+    sent: Vec<Vec<u8>>,
+    sequence: u128,
+}
+
+impl Cluster {
+    fn new(shards: usize) -> Self {
+        Cluster {
+            shards,
+            transfers: vec![Vec::new(); PARTITIONS as usize],
+            credits: vec![Vec::new(); PARTITIONS as usize],
+            ledgers: vec![MemoryLedger::default(); shards],
+            outcomes: Vec::new(),
+            sent: Vec::new(),
+            sequence: 0,
+        }
+    }
+
+    fn publish_transfer(&mut self, key: &AccountId, value: Vec<u8>) {
+        self.transfers[partition_of(key) as usize].push(Record {
+            key: key.as_str().as_bytes().to_vec(),
+            value,
+        });
+    }
+
+    fn apply_step(&mut self, step: &Step) {
+        match *step {
+            Step::Transfer {
+                from,
+                to,
+                cents,
+                foreign_currency,
+            } => {
+                self.sequence += 1;
+                let currency = if foreign_currency {
+                    Currency::parse("USD").unwrap()
+                } else {
+                    Currency::EUR
+                };
+                // Same-account transfers are not representable as a
+                // `Transfer`; they are covered by the invalid inputs.
+                let Ok(transfer) = Transfer::new(
+                    TransferId(uuid::Uuid::from_u128(self.sequence)),
+                    account(from),
+                    account(to),
+                    Amount::from_minor(cents).unwrap(),
+                    currency,
+                    OffsetDateTime::UNIX_EPOCH,
+                ) else {
+                    return;
+                };
+                let bytes = wire::encode_transfer(&transfer);
+                self.sent.push(bytes.clone());
+                self.publish_transfer(&transfer.from, bytes);
+            }
+            Step::Invalid(index) => {
+                self.publish_transfer(&account(1), INVALID_INPUTS[index].as_bytes().to_vec());
+            }
+            Step::Resend(index) => {
+                if !self.sent.is_empty() {
+                    let bytes = self.sent[index % self.sent.len()].clone();
+                    let transfer = wire::decode_transfer(&bytes).unwrap();
+                    self.publish_transfer(&transfer.from, bytes);
+                }
+            }
+            Step::Process { shard, records } => {
+                let shard = shard % self.shards;
+                let effects = self.run_shard(shard, records);
+                self.commit(shard, &effects);
+            }
+        }
+    }
+
+    /// The records a shard has not consumed yet, transfers and credits
+    /// interleaved per partition in a fixed order, at most `limit`.
+    fn unread(&self, shard: usize, limit: usize) -> Vec<(InputPartition, i64, &Record)> {
+        let offsets = &self.ledgers[shard].offsets;
+        let mut records = Vec::new();
+        for partition in (0..PARTITIONS).filter(|p| *p as usize % self.shards == shard) {
+            for (source, topic) in [
+                (Source::Transfers, &self.transfers),
+                (Source::Credits, &self.credits),
+            ] {
+                let at = InputPartition { source, partition };
+                let next = offsets.get(&at).copied().unwrap_or(0);
+                for (offset, record) in topic[partition as usize]
+                    .iter()
+                    .enumerate()
+                    .skip(next as usize)
+                {
+                    records.push((at, offset as i64, record));
+                }
+            }
+        }
+        records.truncate(limit);
+        records
+    }
+
+    fn run_shard(&self, shard: usize, limit: usize) -> BatchEffects {
+        let unread = self.unread(shard, limit);
+        let inputs: Vec<InputRecord<'_>> = unread
+            .iter()
+            .map(|(at, offset, record)| InputRecord {
+                at: *at,
+                offset: *offset,
+                key: Some(&record.key),
+                payload: Some(&record.value),
+            })
+            .collect();
+        process_batch(&self.ledgers[shard], &Rules::default(), &inputs)
+    }
+
+    fn commit(&mut self, shard: usize, effects: &BatchEffects) {
+        self.ledgers[shard].apply(effects);
+        for output in &effects.outputs {
+            match output {
+                Output::Credit(credit) => {
+                    self.credits[partition_of(&credit.to) as usize].push(Record {
+                        key: credit.to.as_str().as_bytes().to_vec(),
+                        value: wire::encode_credit(credit),
+                    })
+                }
+                Output::Outcome(outcome) => self.outcomes.push(outcome.clone()),
+                Output::DeadLetter(_) => {}
+            }
+        }
+    }
+
+    /// Credits published but not yet consumed by their shard.
+    fn in_flight(&self) -> Money {
+        let mut total = Money::ZERO;
+        for partition in 0..PARTITIONS {
+            let shard = partition as usize % self.shards;
+            let at = InputPartition {
+                source: Source::Credits,
+                partition,
+            };
+            let next = self.ledgers[shard].offsets.get(&at).copied().unwrap_or(0) as usize;
+            for record in &self.credits[partition as usize][next..] {
+                total = total + wire::decode_credit(&record.value).unwrap().amount.money();
+            }
+        }
+        total
+    }
+
+    fn sum(&self) -> Money {
+        self.ledgers.iter().map(MemoryLedger::sum).sum()
+    }
+
+    fn check_invariants(&self) -> Result<(), TestCaseError> {
+        // 1. Conservation.
+        prop_assert_eq!(self.sum() + self.in_flight(), Money::ZERO);
+        // 2. Only `world` may be negative.
+        for ledger in &self.ledgers {
+            for (account, balance) in &ledger.balances {
+                prop_assert!(
+                    account.is_world() || *balance >= Money::ZERO,
+                    "{} is {}",
+                    account,
+                    balance
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes everything until no shard has anything left.
+    fn drain(&mut self) -> Result<(), TestCaseError> {
+        loop {
+            let mut progressed = false;
+            for shard in 0..self.shards {
+                if !self.unread(shard, 1).is_empty() {
+                    let effects = self.run_shard(shard, usize::MAX);
+                    self.commit(shard, &effects);
+                    self.check_invariants()?;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn scenario() -> impl Strategy<Value = (usize, Vec<Step>)> {
+    (1usize..=3, prop::collection::vec(step(), 1..120))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Invariants 1 and 2 hold after every committed batch, and at
+    /// quiescence nothing is in flight and the sum is exactly zero.
+    #[test]
+    fn money_is_conserved_and_never_negative((shards, steps) in scenario()) {
+        let mut cluster = Cluster::new(shards);
+        for step in &steps {
+            cluster.apply_step(step);
+            cluster.check_invariants()?;
+        }
+        cluster.drain()?;
+        prop_assert_eq!(cluster.in_flight(), Money::ZERO);
+        prop_assert_eq!(cluster.sum(), Money::ZERO);
+        // Every input record got exactly one outcome.
+        let inputs: usize = cluster.transfers.iter().map(Vec::len).sum();
+        prop_assert_eq!(cluster.outcomes.len(), inputs);
+        // A transfer id is decided at most once.
+        let mut decisions = BTreeMap::new();
+        for outcome in &cluster.outcomes {
+            if let (Some(id), false) = (outcome.transfer_id, outcome.kind == ledger::domain::OutcomeKind::Duplicate) {
+                if outcome.transfer.is_some() {
+                    *decisions.entry(id).or_insert(0) += 1;
+                }
+            }
+        }
+        prop_assert!(decisions.values().all(|count| *count == 1));
+    }
+
+    /// Invariant 3: feeding any already-processed record again changes
+    /// nothing (transfers come back `duplicate` or rejected again, credits
+    /// are skipped).
+    #[test]
+    fn records_fed_twice_change_nothing((shards, steps) in scenario(), picks in prop::collection::vec(any::<prop::sample::Index>(), 1..20)) {
+        let mut cluster = Cluster::new(shards);
+        for step in &steps {
+            cluster.apply_step(step);
+        }
+        cluster.drain()?;
+        for pick in picks {
+            let partition = pick.index(PARTITIONS as usize);
+            let shard = partition % cluster.shards;
+            for (source, topic) in [(Source::Transfers, &cluster.transfers), (Source::Credits, &cluster.credits)] {
+                let records = &topic[partition];
+                if records.is_empty() {
+                    continue;
+                }
+                let offset = pick.index(records.len());
+                let record = &records[offset];
+                let input = InputRecord {
+                    at: InputPartition { source, partition: partition as i32 },
+                    offset: offset as i64,
+                    key: Some(&record.key),
+                    payload: Some(&record.value),
+                };
+                let effects = process_batch(&cluster.ledgers[shard], &Rules::default(), &[input]);
+                prop_assert!(effects.balances.is_empty(), "balances changed: {:?}", effects.balances);
+                prop_assert!(effects.decided.is_empty());
+                prop_assert!(effects.credited.is_empty());
+                prop_assert!(effects.credits_emitted().next().is_none());
+            }
+        }
+    }
+
+    /// Invariant 4: the same batch from the same state gives identical
+    /// effects, and identical bytes once encoded.
+    #[test]
+    fn processing_is_deterministic((shards, steps) in scenario(), limit in 1usize..40) {
+        let mut cluster = Cluster::new(shards);
+        for step in &steps {
+            cluster.apply_step(step);
+        }
+        for shard in 0..cluster.shards {
+            let first = cluster.run_shard(shard, limit);
+            let second = cluster.run_shard(shard, limit);
+            prop_assert_eq!(&first, &second);
+            prop_assert_eq!(encode_all(&first), encode_all(&second));
+        }
+    }
+}
+
+fn encode_all(effects: &BatchEffects) -> Vec<Vec<u8>> {
+    effects
+        .outputs
+        .iter()
+        .map(|output| match output {
+            Output::Outcome(outcome) => wire::encode_outcome(outcome),
+            Output::Credit(credit) => wire::encode_credit(credit),
+            Output::DeadLetter(letter) => letter.payload.clone(),
+        })
+        .collect()
+}
+
+/// Where a simulated shard crashes while handling one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    None,
+    /// Before the sled write: nothing of the batch exists anywhere.
+    BeforeSledWrite,
+    /// sled has the batch and its pending record, Kafka does not.
+    AfterSledWrite,
+    /// Kafka committed; the pending record was not cleared.
+    AfterKafkaCommit,
+}
+
+fn crash() -> impl Strategy<Value = Crash> {
+    prop_oneof![
+        3 => Just(Crash::None),
+        1 => Just(Crash::BeforeSledWrite),
+        1 => Just(Crash::AfterSledWrite),
+        1 => Just(Crash::AfterKafkaCommit),
+    ]
+}
+
+/// Kafka's side of one shard: committed offsets and committed outputs.
+#[derive(Default)]
+struct SimulatedKafka {
+    offsets: Offsets,
+    outputs: Vec<Vec<u8>>,
+}
+
+/// Reopens the store the way a restarted shard does and applies the
+/// recovery decision.
+fn restart(
+    dir: &std::path::Path,
+    store: Store,
+    kafka: &SimulatedKafka,
+) -> Result<Store, TestCaseError> {
+    drop(store);
+    let mut store = Store::open(dir, StoreOptions::default()).unwrap();
+    let decision = recovery::decide(
+        store.pending().map(|p| PendingOffsets {
+            before: &p.offsets_before,
+            after: &p.offsets_after,
+        }),
+        store.offsets(),
+        &kafka.offsets,
+    );
+    match decision {
+        Recovery::Normal => {}
+        Recovery::KeepPending => store.clear_pending().unwrap(),
+        Recovery::UndoPending => store.undo_pending().unwrap(),
+        Recovery::Refuse(message) => return Err(TestCaseError::fail(message)),
+    }
+    prop_assert_eq!(store.offsets(), &kafka.offsets);
+    prop_assert!(store.pending().is_none());
+    Ok(store)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Invariant 5 and crash safety: one shard over a real sled directory,
+    /// crashing at random protocol steps and recovering with the recovery
+    /// rule, ends with exactly the state and outputs of a run without
+    /// crashes.
+    #[test]
+    fn crashes_at_any_step_recover_to_the_committed_state(
+        steps in prop::collection::vec(step(), 1..60),
+        crashes in prop::collection::vec(crash(), 60),
+        batch_records in 1usize..10,
+    ) {
+        // One shard owns every partition, so credits come back to it.
+        let mut reference = Cluster::new(1);
+        for step in &steps {
+            if !matches!(step, Step::Process { .. }) {
+                reference.apply_step(step);
+            }
+        }
+        let transfers = reference.transfers.clone();
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut kafka = SimulatedKafka::default();
+        let mut crash_plan = crashes.into_iter().cycle();
+        let rules = Rules::default();
+        loop {
+            // The batch comes from Kafka's committed offsets, as after a
+            // restart the shard seeks there.
+            prop_assert_eq!(store.offsets(), &kafka.offsets);
+            let mut simulated = Cluster::new(1);
+            simulated.transfers = transfers.clone();
+            simulated.credits = vec![Vec::new(); PARTITIONS as usize];
+            for bytes in kafka.outputs.iter().filter_map(|b| wire::decode_credit(b).ok()) {
+                simulated.credits[partition_of(&bytes.to) as usize].push(Record {
+                    key: bytes.to.as_str().as_bytes().to_vec(),
+                    value: wire::encode_credit(&bytes),
+                });
+            }
+            simulated.ledgers[0].offsets = kafka.offsets.clone();
+            let unread = simulated.unread(0, batch_records);
+            if unread.is_empty() {
+                break;
+            }
+            let inputs: Vec<InputRecord<'_>> = unread
+                .iter()
+                .map(|(at, offset, record)| InputRecord { at: *at, offset: *offset, key: Some(&record.key), payload: Some(&record.value) })
+                .collect();
+            let effects = process_batch(&store, &rules, &inputs);
+            let crash = crash_plan.next().unwrap_or(Crash::None);
+            if crash == Crash::BeforeSledWrite {
+                store = restart(dir.path(), store, &kafka)?;
+                continue;
+            }
+            store.write_batch(&effects).unwrap();
+            if crash == Crash::AfterSledWrite {
+                store = restart(dir.path(), store, &kafka)?;
+                continue;
+            }
+            // The Kafka commit: outputs and offsets together.
+            kafka.outputs.extend(effects.outputs.iter().filter(|o| !matches!(o, Output::DeadLetter(_))).map(|o| match o {
+                Output::Outcome(outcome) => wire::encode_outcome(outcome),
+                Output::Credit(credit) => wire::encode_credit(credit),
+                Output::DeadLetter(_) => unreachable!(),
+            }));
+            kafka.offsets.extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
+            if crash == Crash::AfterKafkaCommit {
+                store = restart(dir.path(), store, &kafka)?;
+                continue;
+            }
+            store.mark_committed();
+        }
+
+        // The same input without crashes, batch by batch in memory.
+        let mut clean = Cluster::new(1);
+        clean.transfers = transfers;
+        let mut clean_outputs = Vec::new();
+        loop {
+            let effects = clean.run_shard(0, batch_records);
+            if effects.offsets.is_empty() {
+                break;
+            }
+            clean_outputs.extend(encode_all(&effects).into_iter().zip(&effects.outputs).filter(|(_, o)| !matches!(o, Output::DeadLetter(_))).map(|(bytes, _)| bytes));
+            clean.commit(0, &effects);
+        }
+        prop_assert_eq!(&kafka.outputs, &clean_outputs);
+        let expected = &clean.ledgers[0];
+        let reader = store.reader();
+        let actual: BTreeMap<AccountId, Money> = reader.balances().unwrap().into_iter().collect();
+        prop_assert_eq!(&actual, &expected.balances);
+        prop_assert_eq!(store.offsets(), &expected.offsets);
+        for id in expected.decided.keys() {
+            prop_assert_eq!(store.decision(*id), expected.decided.get(id).copied());
+        }
+        prop_assert_eq!(reader.stats().unwrap().sum, Money::ZERO);
+    }
+}
+
+#[test]
+fn a_reopened_store_remembers_decisions_and_serves_committed_reads_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let deposit = Transfer::new(
+        TransferId::new_random(),
+        AccountId::world(),
+        account(0),
+        Amount::parse("10.00").unwrap(),
+        Currency::EUR,
+        OffsetDateTime::UNIX_EPOCH,
+    )
+    .unwrap();
+    let bytes = wire::encode_transfer(&deposit);
+    let input = InputRecord {
+        at: InputPartition {
+            source: Source::Transfers,
+            partition: 0,
+        },
+        offset: 0,
+        key: None,
+        payload: Some(&bytes),
+    };
+    let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let effects = process_batch(&store, &Rules::default(), &[input]);
+    store.write_batch(&effects).unwrap();
+    // Written to sled, not yet committed in Kafka: readers see nothing.
+    let reader = store.reader();
+    assert_eq!(reader.balance(&AccountId::world()).unwrap(), None);
+    assert_eq!(reader.transfer(deposit.id).decision, None);
+    store.mark_committed();
+    assert_eq!(
+        reader.balance(&AccountId::world()).unwrap(),
+        Some(Money(-1000))
+    );
+    drop(reader);
+    drop(store);
+
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.decision(deposit.id).is_some());
+    // The pending record survives the restart until recovery resolves it;
+    // until then the reopened store serves the state before it.
+    assert!(store.pending().is_some());
+    assert_eq!(store.reader().balance(&AccountId::world()).unwrap(), None);
+}
+
+#[test]
+fn the_idempotency_window_forgets_the_oldest_batches_alike_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        idempotency_window: 3,
+    };
+    let mut store = Store::open(dir.path(), options).unwrap();
+    let mut ids = Vec::new();
+    for offset in 0..6 {
+        let transfer = Transfer::new(
+            TransferId::new_random(),
+            AccountId::world(),
+            account(0),
+            Amount::parse("1.00").unwrap(),
+            Currency::EUR,
+            OffsetDateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        ids.push(transfer.id);
+        let bytes = wire::encode_transfer(&transfer);
+        let input = InputRecord {
+            at: InputPartition {
+                source: Source::Transfers,
+                partition: 0,
+            },
+            offset,
+            key: None,
+            payload: Some(&bytes),
+        };
+        let effects = process_batch(&store, &Rules::default(), &[input]);
+        store.write_batch(&effects).unwrap();
+        store.mark_committed();
+    }
+    let remembered: Vec<bool> = ids.iter().map(|id| store.decision(*id).is_some()).collect();
+    assert_eq!(remembered, [false, false, false, true, true, true]);
+    store.clear_pending().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), options).unwrap();
+    let reloaded: Vec<bool> = ids.iter().map(|id| store.decision(*id).is_some()).collect();
+    assert_eq!(reloaded, remembered);
+}
