@@ -22,6 +22,9 @@ enum Command {
     /// Prove (or disprove, naming the ids) exactly-once over the topics
     /// and the shards' balances.
     Audit(cli::audit::Args),
+    /// Run the whole pipeline locally (broker, producer, shards) with a
+    /// live status line, optional chaos, and the audit at the end.
+    Demo(cli::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Query(args) => cli::query::run(args),
         Command::Audit(args) => cli::audit::run(args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! The subcommands of the `ledger` binary; each module has `Args` and `run`.
 
 pub mod audit;
+pub mod demo;
 pub mod query;

@@ -1,0 +1,305 @@
+//! `ledger demo`: the whole pipeline on this machine, no container engine
+//! needed: a local broker (or `KAFKA_BOOTSTRAP_SERVERS`), the topics, a
+//! producer and N shards as child processes, a live status line, optional
+//! chaos, and the audit's verdict at the end.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ledger::kafka::ENV_BOOTSTRAP;
+use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Transfers to generate; 0 runs until Ctrl-C or --duration.
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Stop producing after this many seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Transfers per second (0: as fast as possible).
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// Consumer shards.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=6))]
+    shards: u32,
+    /// Partitions of `transactions` and `ledger-credits`.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
+    /// Accounts in the generated population.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u32,
+    /// Seed of the generated stream.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Kill a random shard (SIGKILL) every --chaos-interval seconds and
+    /// restart it, and kill the producer mid-transaction now and then.
+    #[arg(long)]
+    chaos: bool,
+    /// Seconds between chaos events.
+    #[arg(long, default_value_t = 4)]
+    chaos_interval: u64,
+    /// Where shard data and process logs go (default: a temporary
+    /// directory, removed at the end).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Give up waiting for the shards to catch up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    settle_timeout: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    ledger::telemetry::init_logging(ledger::telemetry::LogFormat::Human);
+    let binaries = Binaries::locate()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_ctrl_c(Arc::clone(&stop));
+
+    // The broker: an existing one, or a local one that dies with us.
+    let (bootstrap, _broker) = match std::env::var(ENV_BOOTSTRAP) {
+        Ok(bootstrap) if !bootstrap.is_empty() => (bootstrap, None),
+        _ => {
+            eprintln!("starting a local Kafka broker (first run fetches its jars with Maven)...");
+            let broker = harness::Broker::start(harness::BrokerOptions::default())
+                .context("starting the local broker")?;
+            (broker.bootstrap_servers().to_owned(), Some(broker))
+        }
+    };
+    eprintln!("broker: {bootstrap}");
+
+    // A run-specific prefix keeps this run's topics, group and
+    // transactional ids apart from anything else on the broker.
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("demo-{run_id}-");
+    let topics = pipeline::prefixed_topics(&prefix);
+    let temporary = match &args.work_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("creating a work directory")?),
+    };
+    let work_dir = args
+        .work_dir
+        .clone()
+        .or_else(|| temporary.as_ref().map(|t| t.path().to_owned()))
+        .context("no work directory")?;
+    let config = PipelineConfig {
+        bootstrap_servers: bootstrap.clone(),
+        topics: topics.clone(),
+        partitions: args.partitions,
+        shards: args.shards,
+        work_dir: work_dir.clone(),
+        group_id: format!("{prefix}ledger"),
+        transactional_id_prefix: format!("{prefix}ledger-consumer"),
+        producer_transactional_id: format!("{prefix}producer"),
+        batch_ms: 100,
+    };
+    let mut pipeline = Pipeline::new(config, binaries)?;
+    pipeline.create_topics()?;
+    pipeline.start_shards()?;
+    pipeline.wait_ready(Duration::from_secs(120))?;
+    eprintln!(
+        "{} shards ready: {}; logs in {}",
+        args.shards,
+        pipeline.shard_urls().join(" "),
+        work_dir.display()
+    );
+    let run = ProducerRun {
+        count: args.count,
+        rate: args.rate,
+        seed: args.seed,
+        accounts: args.accounts,
+        batch_ms: 100,
+    };
+    pipeline.start_producer(&run)?;
+
+    let started = Instant::now();
+    let mut status = StatusLine::new();
+    let mut next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
+    let mut chaos_round = 0u64;
+    loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        status.render(&pipeline, started);
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("\nstopping (Ctrl-C)...");
+            break;
+        }
+        if args
+            .duration
+            .is_some_and(|limit| started.elapsed() >= Duration::from_secs(limit))
+        {
+            eprintln!("\n--duration reached, stopping the producer...");
+            break;
+        }
+        if let Some(exit) = pipeline.producer_exit() {
+            if exit.success() {
+                eprintln!("\nthe producer finished; waiting for the shards to catch up...");
+                break;
+            }
+            anyhow::bail!(
+                "the producer failed ({exit}); its log: {}",
+                pipeline.producer_log().display()
+            );
+        }
+        if args.chaos && Instant::now() >= next_chaos {
+            chaos_round += 1;
+            next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
+            // Every fifth event hits the producer: it is restarted with the
+            // same seed and transactional id, so it fences its predecessor
+            // and resends the stream from the start; the shards answer the
+            // already-decided ids with `duplicate`.
+            if chaos_round % 5 == 0 {
+                pipeline.kill_producer();
+                pipeline.start_producer(&run)?;
+            } else {
+                let shard = (chaos_round as usize * 7) % args.shards as usize;
+                pipeline.kill_shard(shard);
+                pipeline.start_shard(shard)?;
+            }
+        }
+        for index in 0..args.shards as usize {
+            if let Some(exit) = pipeline.shard_exit(index) {
+                eprintln!(
+                    "\nshard {index} exited ({exit}); restarting it. Its log: {}",
+                    pipeline.shard_log(index).display()
+                );
+                pipeline.start_shard(index)?;
+            }
+        }
+    }
+    pipeline.stop_producer();
+    pipeline.wait_ready(Duration::from_secs(120))?;
+    pipeline.wait_caught_up(Duration::from_secs(args.settle_timeout))?;
+    status.render(&pipeline, started);
+    eprintln!();
+
+    eprintln!("auditing...");
+    let report = pipeline.audit()?;
+    println!("{report:#?}");
+    let disruptions = pipeline.disruptions;
+    println!(
+        "survived: {} shard kills, {} producer kills ({} producer runs)",
+        disruptions.shard_kills, disruptions.producer_kills, disruptions.producer_starts
+    );
+    let statuses = pipeline.stop();
+    if statuses.iter().any(|s| !s.is_some_and(|s| s.success())) {
+        eprintln!("warning: a shard did not stop cleanly: {statuses:?}");
+    }
+    if let (Some(temporary), true) = (temporary, !report.passed()) {
+        // Keep the evidence of a failed audit.
+        let kept = temporary.keep();
+        eprintln!("shard data and logs kept in {}", kept.display());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Sets `stop` on Ctrl-C (SIGINT) or SIGTERM.
+fn watch_ctrl_c(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+        });
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+/// One line, rewritten in place on a terminal (a line every 5 s otherwise).
+struct StatusLine {
+    terminal: bool,
+    last_outcomes: f64,
+    last_at: Instant,
+    last_printed: Option<Instant>,
+}
+
+impl StatusLine {
+    fn new() -> Self {
+        StatusLine {
+            terminal: std::io::stderr().is_terminal(),
+            last_outcomes: 0.0,
+            last_at: Instant::now(),
+            last_printed: None,
+        }
+    }
+
+    fn render(&mut self, pipeline: &Pipeline, started: Instant) {
+        if !self.terminal
+            && self
+                .last_printed
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        let outcomes = pipeline.metric_totals("txledger_consumer_outcomes_total");
+        let by_status = |status: &str| -> f64 {
+            outcomes
+                .iter()
+                .filter(|(labels, _)| labels.contains(&format!("status=\"{status}\"")))
+                .map(|(_, value)| value)
+                .sum()
+        };
+        let (accepted, rejected, duplicate) = (
+            by_status("accepted"),
+            by_status("rejected"),
+            by_status("duplicate"),
+        );
+        let total = accepted + rejected + duplicate;
+        let elapsed = self.last_at.elapsed().as_secs_f64().max(0.001);
+        // Counters restart with a killed shard; never show a negative rate.
+        let rate = ((total - self.last_outcomes) / elapsed).max(0.0);
+        self.last_outcomes = total;
+        self.last_at = Instant::now();
+        let stats = pipeline.stats();
+        let up = stats.iter().filter(|s| s.is_some()).count();
+        let sum: rust_decimal::Decimal = stats
+            .iter()
+            .flatten()
+            .filter_map(|s| s.sum.parse::<rust_decimal::Decimal>().ok())
+            .sum();
+        let lag = pipeline.lag().map_or("?".to_owned(), |lag| lag.to_string());
+        let d = pipeline.disruptions;
+        let line = format!(
+            "{:>4}s | {:>7.0} outcomes/s | accepted {:.0} rejected {:.0} duplicate {:.0} | lag {lag} | shards up {up}/{} | sum of balances {sum} | kills: shards {} producer {}",
+            started.elapsed().as_secs(),
+            rate,
+            accepted,
+            rejected,
+            duplicate,
+            stats.len(),
+            d.shard_kills,
+            d.producer_kills,
+        );
+        let mut stderr = std::io::stderr();
+        if self.terminal {
+            let _ = write!(stderr, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(stderr, "{line}");
+        }
+        let _ = stderr.flush();
+        self.last_printed = Some(Instant::now());
+    }
+}
