@@ -155,7 +155,10 @@ pub enum TopicError {
         source: KafkaError,
     },
     #[error("the broker refused to create topic {topic}: {code}")]
-    Refused { topic: String, code: RDKafkaErrorCode },
+    Refused {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error(
         "topic {topic} has {actual} partitions but {expected} are required: \
          transfers and credits must have the same partition count"

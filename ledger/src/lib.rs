@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`api`]: the JSON views of a shard's state (HTTP API and `ledger query`).
+//! - [`audit`]: the Jepsen-style checker behind `ledger audit`: topics and
+//!   balances in, a verdict naming every violation out.
 //! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
 //!   transfers, credits, outcomes).
 //! - [`wire`]: the JSON messages on the topics, decoded strictly.
@@ -11,13 +13,20 @@
 //! - [`recovery`]: the pure rule that decides, after a crash, whether the
 //!   last batch happened.
 //! - [`kafka`]: Kafka client settings shared by every binary.
+//! - [`pipeline`]: the producer and the shards as child processes, for
+//!   `ledger demo`, the chaos test and the benchmarks.
+//! - [`routing`]: which partition and shard own an account (Kafka's murmur2
+//!   partitioner, exactly).
 //! - [`telemetry`]: logging setup shared by every binary.
 
 pub mod api;
+pub mod audit;
 pub mod domain;
 pub mod kafka;
 pub mod machine;
+pub mod pipeline;
 pub mod recovery;
+pub mod routing;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

@@ -1,8 +1,971 @@
+//! `ledger query`: an account's balance, the top accounts, a transfer's
+//! status and shard stats, from running shards (`--url`, their HTTP API) or
+//! from stopped shards' sled directories (`--db`).
+//!
+//! Both sources yield the same `ledger::api` views, so merging several
+//! shards and printing them (a table, or `--json`) is one code path for
+//! both. Answers show committed state only: a stopped shard's last batch
+//! whose Kafka commit is unknown (its pending record) is left out and
+//! reported, since only the shard itself, talking to Kafka at start, can
+//! tell whether it happened.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context};
+use clap::builder::RangedU64ValueParser;
+use clap::Subcommand;
+use reqwest::blocking::Client;
+use reqwest::{StatusCode, Url};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
+use ledger::domain::{AccountId, TransferId};
+use ledger::routing::{partition_for, shard_for};
+use ledger::store::{Store, StoreError, StoreOptions};
+
+/// The shards' API URLs, comma-separated, used when neither `--db` nor
+/// `--url` is given (so a deployment sets it once for its operators).
+const URLS_ENV: &str = "TXLEDGER_SHARD_URLS";
+
+/// Bounds what one question may cost: shards asked, accounts listed, time
+/// and bytes per HTTP answer.
+const SHARDS_MAX: usize = 1024;
+/// The shards' API answers `?top=N` up to this N (`consumer` `TOP_MAX`).
+const TOP_LIMIT_MAX: u64 = 1000;
+const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A shard answers `stats` by scanning its balances: allow for a large one.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+const HTTP_BODY_MAX_BYTES: u64 = 16 << 20;
+
+/// The exit status of an answer that is "no such thing" (an unknown
+/// account, a transfer no shard knows); errors exit with 2 (`main.rs`).
+const EXIT_NOT_FOUND: u8 = 1;
+
+const AFTER_HELP: &str = "\
+Shards are given in shard ordinal order (shard 0 first), all --db or all --url.
+Without either, the comma-separated URLs in TXLEDGER_SHARD_URLS are used.
+
+Examples:
+  ledger query stats --db /var/lib/txledger/shard-0
+  ledger query balance acc-000042 --url http://localhost:8080 --url http://localhost:8081
+  ledger query top --limit 5 --json
+  ledger query transfer 6f1c1f3e-4a2b-4c55-9d1e-2b8f0c7d9a10
+
+--json prints, whatever the number of shards: for balance an AccountView; for
+top an array of AccountView, largest first; for transfer {status, reason,
+decided_by, credited_by, shards: [TransferView]}; for stats {shards:
+[StatsView], total}; for an unknown account an ErrorView.
+
+Exit status: 0 answered; 1 not found (an unknown account, or a transfer no
+shard asked knows); 2 error.";
+
+// The one-line description is the `Query` variant's, in `main.rs`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    #[command(subcommand)]
+    question: Question,
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+    /// A stopped shard's sled directory, read offline; repeat it once per
+    /// shard. A running shard locks its directory: ask it with --url.
+    #[arg(
+        long = "db",
+        value_name = "DIR",
+        global = true,
+        conflicts_with = "urls"
+    )]
+    dbs: Vec<PathBuf>,
+
+    /// A running shard's HTTP API, e.g. http://localhost:8080; repeat it
+    /// (or separate with commas) once per shard [fallback: TXLEDGER_SHARD_URLS].
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        global = true,
+        value_delimiter = ',',
+        value_parser = parse_url
+    )]
+    urls: Vec<Url>,
+
+    /// Print JSON (the `ledger::api` views) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Partition count of `transactions` and `ledger-credits`: with several
+    /// shards, `balance` needs it to find the shard that owns the account.
+    #[arg(
+        long,
+        value_name = "N",
+        global = true,
+        default_value_t = 6,
+        value_parser = clap::value_parser!(i32).range(1..)
+    )]
+    partitions: i32,
+}
+
+#[derive(Debug, Subcommand)]
+enum Question {
+    /// One account's committed balance, asked of the shard that owns it.
+    Balance {
+        #[arg(value_parser = AccountId::parse)]
+        account: AccountId,
+    },
+    /// The accounts with the largest committed balances, over the shards given.
+    Top {
+        /// How many accounts to list.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 10,
+            value_parser = RangedU64ValueParser::<usize>::new().range(1..=TOP_LIMIT_MAX)
+        )]
+        limit: usize,
+    },
+    /// What the shards know about a transfer: the source account's shard
+    /// decided it, the destination account's shard applied its credit.
+    Transfer {
+        /// The transfer id (a UUID).
+        #[arg(value_parser = parse_transfer_id)]
+        id: TransferId,
+    },
+    /// Per shard: accounts, sum of balances, input offsets, pending batch;
+    /// and the totals.
+    Stats,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let shards = shards(&args)?;
+    match &args.question {
+        Question::Balance { account } => balance(&shards, account, args.partitions, args.json),
+        Question::Top { limit } => top(&shards, *limit, args.json),
+        Question::Transfer { id } => transfer(&shards, *id, args.json),
+        Question::Stats => stats(&shards, args.json),
+    }
+}
+
+/// Shard URLs are plain `http://host:port`, optionally with a path prefix
+/// (behind a proxy); the API paths are appended to it.
+fn parse_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim())
+        .map_err(|error| format!("{error} (expected e.g. http://localhost:8080)"))?;
+    if url.scheme() != "http" {
+        // The workspace builds reqwest without TLS: the shards' API is
+        // served in-cluster over plain HTTP.
+        return Err(format!(
+            "the shards' API is plain http, not {}",
+            url.scheme()
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_transfer_id(text: &str) -> Result<TransferId, String> {
+    text.trim()
+        .parse()
+        .map_err(|error| format!("not a UUID ({error})"))
+}
+
+fn shards(args: &Args) -> anyhow::Result<Vec<Shard>> {
+    let sources: Vec<Source> = if !args.dbs.is_empty() {
+        args.dbs.iter().cloned().map(Source::Db).collect()
+    } else {
+        let urls = if args.urls.is_empty() {
+            urls_from_env()?
+        } else {
+            args.urls.clone()
+        };
+        if urls.is_empty() {
+            bail!(
+                "no shard to ask: give --db DIR (a stopped shard) or --url URL (a running \
+                 shard), once per shard, or set {URLS_ENV}"
+            );
+        }
+        let client = Client::builder()
+            .connect_timeout(HTTP_CONNECT_TIMEOUT)
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .context("creating the HTTP client")?;
+        urls.into_iter()
+            .map(|base| {
+                Source::Http(Api {
+                    base,
+                    client: client.clone(),
+                })
+            })
+            .collect()
+    };
+    if sources.len() > SHARDS_MAX {
+        bail!(
+            "{} shards given, at most {SHARDS_MAX} are supported",
+            sources.len()
+        );
+    }
+    Ok(sources
+        .into_iter()
+        .zip(0u32..)
+        .map(|(source, ordinal)| Shard { ordinal, source })
+        .collect())
+}
+
+fn urls_from_env() -> anyhow::Result<Vec<Url>> {
+    let Ok(value) = std::env::var(URLS_ENV) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| parse_url(part).map_err(|error| anyhow!("{URLS_ENV}: {part:?}: {error}")))
+        .collect()
+}
+
+/// One shard as the user named it; its ordinal is its position among the
+/// `--db` or `--url` options.
+struct Shard {
+    ordinal: u32,
+    source: Source,
+}
+
+enum Source {
+    /// Opened for each question, so that `balance` touches only the
+    /// directory of the shard that owns the account.
+    Db(PathBuf),
+    Http(Api),
+}
+
+struct Api {
+    base: Url,
+    client: Client,
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard {} ({})", self.ordinal, self.source)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Db(dir) => write!(f, "{}", dir.display()),
+            Source::Http(api) => write!(f, "{}", api.base),
+        }
+    }
+}
+
+impl Shard {
+    fn balance(&self, account: &AccountId) -> anyhow::Result<Option<AccountView>> {
+        let view = match &self.source {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                let balance = store
+                    .reader()
+                    .balance(account)
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                balance.map(|balance| AccountView::new(account.as_str(), balance, self.ordinal))
+            }
+            Source::Http(api) => match api.get(&["v1", "accounts", account.as_str()], None)? {
+                Reply::Found(view) => Some(view),
+                Reply::NotFound(_) => None,
+            },
+        };
+        if let Some(view) = &view {
+            self.check_ordinal(view.shard)?;
+        }
+        Ok(view)
+    }
+
+    fn top(&self, limit: usize) -> anyhow::Result<TopView> {
+        let view = match &self.source {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                let top = store
+                    .reader()
+                    .top(limit)
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                TopView {
+                    shard: self.ordinal,
+                    accounts: top
+                        .iter()
+                        .map(|(account, balance)| {
+                            AccountView::new(account.as_str(), *balance, self.ordinal)
+                        })
+                        .collect(),
+                }
+            }
+            Source::Http(api) => {
+                api.get_required(&["v1", "accounts"], Some(("top", &limit.to_string())))?
+            }
+        };
+        self.check_ordinal(view.shard)?;
+        for account in &view.accounts {
+            self.check_ordinal(account.shard)?;
+        }
+        Ok(view)
+    }
+
+    fn transfer(&self, id: TransferId) -> anyhow::Result<TransferView> {
+        let view = match &self.source {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                TransferView::new(id.to_string(), self.ordinal, store.reader().transfer(id))
+            }
+            Source::Http(api) => api.get_required(&["v1", "transfers", &id.to_string()], None)?,
+        };
+        self.check_ordinal(view.shard)?;
+        Ok(view)
+    }
+
+    fn stats(&self) -> anyhow::Result<StatsView> {
+        let view = match &self.source {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                let stats = store
+                    .reader()
+                    .stats()
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                StatsView::new(self.ordinal, &stats)
+            }
+            Source::Http(api) => api.get_required(&["v1", "stats"], None)?,
+        };
+        self.check_ordinal(view.shard)?;
+        Ok(view)
+    }
+
+    /// Routing and merging trust the command-line order of the shards: a
+    /// running shard that reports another ordinal means the URLs are out of
+    /// order, and every routed answer would be wrong.
+    fn check_ordinal(&self, reported: u32) -> anyhow::Result<()> {
+        if reported != self.ordinal {
+            bail!(
+                "{self} says it is shard {reported}: give the shards in shard ordinal \
+                 order (shard 0 first)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Opens a stopped shard's store without ever creating one.
+fn open_offline(dir: &Path) -> anyhow::Result<Store> {
+    Store::open_existing(dir, StoreOptions::default()).map_err(|error| match error {
+        // The store says "does not exist" whenever sled's `conf` file is
+        // missing; an existing directory deserves the precise reason.
+        StoreError::NotFound(_) if dir.exists() => anyhow!(
+            "no ledger at {}: the directory holds no sled database; give a shard's data \
+             directory",
+            dir.display()
+        ),
+        error => error.into(),
+    })
+}
+
+/// A successful answer, or a 404 that the shard itself sent (with an
+/// `ErrorView`), which is "no such thing" rather than a wrong URL.
+enum Reply<T> {
+    Found(T),
+    NotFound(ErrorView),
+}
+
+impl Api {
+    fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: Option<(&str, &str)>,
+    ) -> anyhow::Result<Reply<T>> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("{} cannot take a path", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        if let Some((key, value)) = query {
+            url.query_pairs_mut().append_pair(key, value);
+        }
+        let response = self
+            .client
+            .get(url.clone())
+            .send()
+            .with_context(|| format!("GET {url}: is the shard running?"))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        response
+            .take(HTTP_BODY_MAX_BYTES + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("GET {url}: reading the answer"))?;
+        if body.len() as u64 > HTTP_BODY_MAX_BYTES {
+            bail!("GET {url}: the answer exceeds {HTTP_BODY_MAX_BYTES} bytes");
+        }
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map(Reply::Found)
+                .with_context(|| format!("GET {url}: the answer is not the expected JSON view"));
+        }
+        match serde_json::from_slice::<ErrorView>(&body) {
+            Ok(error) if status == StatusCode::NOT_FOUND => Ok(Reply::NotFound(error)),
+            Ok(error) => bail!("GET {url}: {status}: {}", error.error),
+            Err(_) => bail!(
+                "GET {url}: {status}, and not a txledger error: is {} a shard's API?",
+                self.base
+            ),
+        }
+    }
+
+    fn get_required<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: Option<(&str, &str)>,
+    ) -> anyhow::Result<T> {
+        match self.get(segments, query)? {
+            Reply::Found(view) => Ok(view),
+            Reply::NotFound(error) => bail!(
+                "{}: 404: {} (is it a txledger shard's API?)",
+                self.base,
+                error.error
+            ),
+        }
+    }
+}
+
+fn balance(
+    shards: &[Shard],
+    account: &AccountId,
+    partitions: i32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let partition = partition_for(account.as_str().as_bytes(), partitions);
+    // `shards` holds at most SHARDS_MAX entries, so the cast is exact.
+    let owner = &shards[shard_for(partition, shards.len() as u32) as usize];
+    match owner.balance(account)? {
+        Some(view) => {
+            if json {
+                print_json(&view)?;
+            } else {
+                let mut table = Table::new(&[
+                    ("ACCOUNT", Align::Left),
+                    ("BALANCE", Align::Right),
+                    ("SHARD", Align::Right),
+                ]);
+                table.row(vec![view.account, view.balance, view.shard.to_string()]);
+                print_text(&table.to_string())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let mut message = format!("unknown account {account}: {owner} has never seen it");
+            if shards.len() > 1 {
+                // A wrong partition count or shard order sends the question
+                // to a shard that cannot know the account.
+                message.push_str(&format!(
+                    " (it owns the account's partition {partition} of {partitions}; check \
+                     --partitions and the shard order if the account exists)"
+                ));
+            }
+            not_found(json, message)
+        }
+    }
+}
+
+fn top(shards: &[Shard], limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    // The global top N is among the union of every shard's top N.
+    let mut ranked = Vec::new();
+    for shard in shards {
+        for view in shard.top(limit)?.accounts {
+            let balance = decimal(&view.balance)
+                .with_context(|| format!("{shard}: balance of {}", view.account))?;
+            ranked.push((balance, view));
+        }
+    }
+    ranked.sort_by(|(a, a_view), (b, b_view)| {
+        b.cmp(a).then_with(|| a_view.account.cmp(&b_view.account))
+    });
+    ranked.truncate(limit);
+    let accounts: Vec<AccountView> = ranked.into_iter().map(|(_, view)| view).collect();
+    if json {
+        print_json(&accounts)?;
+    } else {
+        let mut table = Table::new(&[
+            ("RANK", Align::Right),
+            ("ACCOUNT", Align::Left),
+            ("BALANCE", Align::Right),
+            ("SHARD", Align::Right),
+        ]);
+        for (rank, view) in (1u32..).zip(accounts) {
+            table.row(vec![
+                rank.to_string(),
+                view.account,
+                view.balance,
+                view.shard.to_string(),
+            ]);
+        }
+        print_text(&table.to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `transfer` over the shards given. A transfer id alone names neither its
+/// source nor its destination account, so every shard is asked: the source
+/// account's shard knows the decision, the destination account's shard
+/// whether the credit was applied.
+#[derive(Debug, Serialize)]
+struct TransferAnswer {
+    transfer_id: String,
+    /// `accepted` or `rejected` (one shard decided it); `unknown` (no shard
+    /// asked did); `conflicting` (several did: the same id was submitted
+    /// from source accounts of different shards).
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    decided_by: Vec<u32>,
+    credited_by: Vec<u32>,
+    shards: Vec<TransferView>,
+}
+
+impl TransferAnswer {
+    fn merge(transfer_id: TransferId, shards: Vec<TransferView>) -> Self {
+        let decided: Vec<&TransferView> = shards
+            .iter()
+            .filter(|view| view.status != "unknown")
+            .collect();
+        let (status, reason) = match decided.as_slice() {
+            [] => ("unknown".to_owned(), None),
+            [one] => (one.status.clone(), one.reason.clone()),
+            _ => ("conflicting".to_owned(), None),
+        };
+        TransferAnswer {
+            transfer_id: transfer_id.to_string(),
+            status,
+            reason,
+            decided_by: decided.iter().map(|view| view.shard).collect(),
+            credited_by: shards
+                .iter()
+                .filter(|view| view.credited)
+                .map(|view| view.shard)
+                .collect(),
+            shards,
+        }
+    }
+
+    fn known(&self) -> bool {
+        !self.decided_by.is_empty() || !self.credited_by.is_empty()
+    }
+
+    /// One sentence for humans: who decided what, and where the credit is.
+    fn summary(&self) -> String {
+        let decision = match self.status.as_str() {
+            "unknown" => "not decided by any shard asked (not processed yet, never submitted, \
+                          or older than the idempotency window)"
+                .to_owned(),
+            "conflicting" => {
+                let each: Vec<String> = self
+                    .shards
+                    .iter()
+                    .filter(|view| view.status != "unknown")
+                    .map(|view| format!("shard {} {}", view.shard, describe(view)))
+                    .collect();
+                format!(
+                    "decided by several shards ({}): the same id was submitted from source \
+                     accounts of different shards",
+                    each.join(", ")
+                )
+            }
+            status => match &self.reason {
+                Some(reason) => format!("{status} ({reason}) by {}", shard_list(&self.decided_by)),
+                None => format!("{status} by {}", shard_list(&self.decided_by)),
+            },
+        };
+        let credit = if !self.credited_by.is_empty() {
+            format!("; credit applied on {}", shard_list(&self.credited_by))
+        } else if self.status == "accepted" {
+            "; credit not applied on any shard asked (still in flight on ledger-credits, or \
+             the destination account's shard was not asked)"
+                .to_owned()
+        } else {
+            String::new()
+        };
+        format!("transfer {}: {decision}{credit}", self.transfer_id)
+    }
+}
+
+fn describe(view: &TransferView) -> String {
+    match &view.reason {
+        Some(reason) => format!("{} ({reason})", view.status),
+        None => view.status.clone(),
+    }
+}
+
+fn shard_list(shards: &[u32]) -> String {
+    let numbers: Vec<String> = shards.iter().map(u32::to_string).collect();
+    match numbers.len() {
+        1 => format!("shard {}", numbers[0]),
+        _ => format!("shards {}", numbers.join(", ")),
+    }
+}
+
+fn transfer(shards: &[Shard], id: TransferId, json: bool) -> anyhow::Result<ExitCode> {
+    let views = shards
+        .iter()
+        .map(|shard| shard.transfer(id))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let answer = TransferAnswer::merge(id, views);
+    if json {
+        print_json(&answer)?;
+    } else {
+        let mut table = Table::new(&[
+            ("SHARD", Align::Right),
+            ("STATUS", Align::Left),
+            ("REASON", Align::Left),
+            ("CREDITED", Align::Left),
+        ]);
+        for view in &answer.shards {
+            table.row(vec![
+                view.shard.to_string(),
+                view.status.clone(),
+                view.reason.clone().unwrap_or_else(|| "-".to_owned()),
+                if view.credited { "yes" } else { "no" }.to_owned(),
+            ]);
+        }
+        print_text(&format!("{}\n\n{table}", answer.summary()))?;
+    }
+    Ok(if answer.known() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_FOUND)
+    })
+}
+
+/// `stats` over the shards given: each shard's view, and the sums.
+#[derive(Debug, Serialize)]
+struct StatsAnswer {
+    shards: Vec<StatsView>,
+    total: StatsTotal,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsTotal {
+    accounts: u64,
+    /// Over every shard, plus the credits in flight, this is zero; so it is
+    /// zero here at quiescence when every shard is given.
+    sum: String,
+    remembered_ids: u64,
+    pending_batches: u64,
+}
+
+impl StatsAnswer {
+    fn total(shards: Vec<StatsView>) -> anyhow::Result<Self> {
+        let mut sum = Decimal::ZERO;
+        for view in &shards {
+            sum += decimal(&view.sum).with_context(|| format!("shard {}: sum", view.shard))?;
+        }
+        let total = StatsTotal {
+            accounts: shards.iter().map(|view| view.accounts).sum(),
+            sum: sum.to_string(),
+            remembered_ids: shards.iter().map(|view| view.remembered_ids).sum(),
+            pending_batches: shards.iter().filter(|view| view.pending.is_some()).count() as u64,
+        };
+        Ok(StatsAnswer { shards, total })
+    }
+}
+
+fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
+    let views = shards
+        .iter()
+        .map(Shard::stats)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let answer = StatsAnswer::total(views)?;
+    if json {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut summary = Table::new(&[
+        ("SHARD", Align::Left),
+        ("ACCOUNTS", Align::Right),
+        ("SUM", Align::Right),
+        ("REMEMBERED IDS", Align::Right),
+        ("PENDING", Align::Left),
+        ("SOURCE", Align::Left),
+    ]);
+    let mut offsets = Table::new(&[
+        ("SHARD", Align::Left),
+        ("INPUT", Align::Left),
+        ("PARTITION", Align::Right),
+        ("NEXT OFFSET", Align::Right),
+    ]);
+    let mut notes = Vec::new();
+    for (shard, view) in shards.iter().zip(&answer.shards) {
+        let pending = match &view.pending {
+            Some(pending) => {
+                // A running shard resolves its pending record itself and
+                // already answers from committed state; only a stopped one
+                // leaves a batch in doubt for the operator to know about.
+                if matches!(shard.source, Source::Db(_)) {
+                    notes.push(format!(
+                        "shard {}: 1 batch pending (seq {}): its effects are not shown; start \
+                         the shard to resolve it",
+                        view.shard, pending.seq
+                    ));
+                }
+                format!("seq {}", pending.seq)
+            }
+            None => "none".to_owned(),
+        };
+        summary.row(vec![
+            view.shard.to_string(),
+            view.accounts.to_string(),
+            view.sum.clone(),
+            view.remembered_ids.to_string(),
+            pending,
+            shard.source.to_string(),
+        ]);
+        for offset in &view.offsets {
+            offsets.row(vec![
+                view.shard.to_string(),
+                offset.source.clone(),
+                offset.partition.to_string(),
+                offset.next_offset.to_string(),
+            ]);
+        }
+    }
+    let total = &answer.total;
+    summary.row(vec![
+        "total".to_owned(),
+        total.accounts.to_string(),
+        total.sum.clone(),
+        total.remembered_ids.to_string(),
+        match total.pending_batches {
+            0 => "none".to_owned(),
+            1 => "1 batch".to_owned(),
+            n => format!("{n} batches"),
+        },
+        String::new(),
+    ]);
+
+    let mut text = summary.to_string();
+    if !offsets.is_empty() {
+        text.push('\n');
+        text.push_str(&offsets.to_string());
+    }
+    if !notes.is_empty() {
+        text.push('\n');
+        for note in notes {
+            text.push_str(&note);
+            text.push('\n');
+        }
+    }
+    print_text(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Amounts arrive as decimal strings (from a shard's API they are not yet
+/// trusted); merging compares and adds them exactly, never as floats.
+fn decimal(text: &str) -> anyhow::Result<Decimal> {
+    Decimal::from_str_exact(text)
+        .map_err(|error| anyhow!("{text:?} is not a decimal amount: {error}"))
+}
+
+fn not_found(json: bool, message: String) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(&ErrorView { error: message })?;
+    } else {
+        eprintln!("{message}");
+    }
+    Ok(ExitCode::from(EXIT_NOT_FOUND))
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("encoding the answer as JSON")?;
+    text.push('\n');
+    print_text(&text)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is the reader's choice, not
+/// an error, while any other write failure is reported.
+fn print_text(text: &str) -> anyhow::Result<()> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+            Err(error).context("writing to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A text table: a header, columns as wide as their widest cell, amounts
+/// and counts right-aligned so that their digits line up.
+struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Align)]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(
+            cells.len(),
+            self.columns.len(),
+            "a row has one cell per column"
+        );
+        self.rows.push(cells);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|column| {
+                std::iter::once(&header)
+                    .chain(&self.rows)
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column > 0 {
+                    line.push_str("  ");
+                }
+                let width = widths[column];
+                match self.columns[column].1 {
+                    Align::Left => line.push_str(&format!("{cell:<width$}")),
+                    Align::Right => line.push_str(&format!("{cell:>width$}")),
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(shard: u32, status: &str, reason: Option<&str>, credited: bool) -> TransferView {
+        TransferView {
+            transfer_id: "t".to_owned(),
+            shard,
+            status: status.to_owned(),
+            reason: reason.map(str::to_owned),
+            credited,
+        }
+    }
+
+    fn merged(views: Vec<TransferView>) -> TransferAnswer {
+        TransferAnswer::merge(TransferId::new_random(), views)
+    }
+
+    #[test]
+    fn a_transfer_combines_the_decision_and_the_credit() {
+        let answer = merged(vec![
+            view(0, "accepted", None, false),
+            view(1, "unknown", None, true),
+        ]);
+        assert_eq!(answer.status, "accepted");
+        assert_eq!(
+            (answer.decided_by.as_slice(), answer.credited_by.as_slice()),
+            (&[0][..], &[1][..])
+        );
+        assert!(answer
+            .summary()
+            .ends_with("accepted by shard 0; credit applied on shard 1"));
+
+        let answer = merged(vec![
+            view(0, "accepted", None, false),
+            view(1, "unknown", None, false),
+        ]);
+        assert!(answer
+            .summary()
+            .contains("credit not applied on any shard asked"));
+        assert!(answer.known());
+
+        let answer = merged(vec![
+            view(0, "unknown", None, false),
+            view(1, "rejected", Some("insufficient_funds"), false),
+        ]);
+        assert_eq!(
+            (answer.status.as_str(), answer.reason.as_deref()),
+            ("rejected", Some("insufficient_funds"))
+        );
+        assert!(answer
+            .summary()
+            .ends_with("rejected (insufficient_funds) by shard 1"));
+    }
+
+    #[test]
+    fn a_transfer_nobody_knows_is_unknown_and_two_deciders_conflict() {
+        let answer = merged(vec![
+            view(0, "unknown", None, false),
+            view(1, "unknown", None, false),
+        ]);
+        assert_eq!(answer.status, "unknown");
+        assert!(!answer.known());
+
+        let answer = merged(vec![
+            view(0, "accepted", None, false),
+            view(1, "rejected", Some("insufficient_funds"), false),
+        ]);
+        assert_eq!(answer.status, "conflicting");
+        assert_eq!(answer.decided_by, [0, 1]);
+        assert!(answer
+            .summary()
+            .contains("shard 0 accepted, shard 1 rejected (insufficient_funds)"));
+    }
+
+    #[test]
+    fn stats_totals_add_exactly() {
+        let stats = |shard, accounts, sum: &str| StatsView {
+            shard,
+            accounts,
+            sum: sum.to_owned(),
+            offsets: Vec::new(),
+            pending: None,
+            remembered_ids: 2,
+        };
+        let answer =
+            StatsAnswer::total(vec![stats(0, 3, "-150.10"), stats(1, 2, "150.10")]).unwrap();
+        assert_eq!(answer.total.accounts, 5);
+        assert_eq!(answer.total.sum, "0.00");
+        assert_eq!(answer.total.remembered_ids, 4);
+        assert!(StatsAnswer::total(vec![stats(0, 1, "1e3")]).is_err());
+    }
+
+    #[test]
+    fn tables_align_amounts_right_and_text_left() {
+        let mut table = Table::new(&[("ACCOUNT", Align::Left), ("BALANCE", Align::Right)]);
+        table.row(vec!["alice".to_owned(), "1000.00".to_owned()]);
+        table.row(vec!["bob-the-builder".to_owned(), "-5.50".to_owned()]);
+        assert_eq!(
+            table.to_string(),
+            "ACCOUNT          BALANCE\n\
+             alice            1000.00\n\
+             bob-the-builder    -5.50\n"
+        );
+    }
 }
