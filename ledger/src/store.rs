@@ -45,7 +45,7 @@ const PENDING_FORMAT_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no ledger at {0}: the directory does not exist")]
+    #[error("no ledger at {0}: the directory does not exist or holds no shard database")]
     NotFound(PathBuf),
     #[error(
         "the ledger at {0} is locked by another process (a running shard?); \

@@ -37,7 +37,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     // Its own broker, not the shared one: this test stops and restarts it.
     let mut broker = harness::Broker::start(harness::BrokerOptions::default())
         .unwrap_or_else(|error| panic!("starting the broker: {error}"));
-    let prefix = harness::unique_name("chaos-") + "-";
+    let prefix = harness::unique_name("chaos") + "-";
     let work = tempfile::tempdir().expect("work dir");
     let config = PipelineConfig {
         bootstrap_servers: broker.bootstrap_servers().to_owned(),
