@@ -123,15 +123,18 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
         }
         // A record of the transaction was not delivered: the transaction
         // cannot commit, but the producer itself is fine.
-        KafkaError::MessageProduction(code) if !is_fencing(*code) => ErrorClass::Abortable,
+        KafkaError::MessageProduction(code) if !is_fatal_code(*code) => ErrorClass::Abortable,
         _ => ErrorClass::Fatal,
     }
 }
 
-fn is_fencing(code: RDKafkaErrorCode) -> bool {
+/// Codes that mean the producer itself is done for: fenced by a newer
+/// incarnation, or in librdkafka's fatal state.
+fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
-        RDKafkaErrorCode::Fenced
+        RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::Fenced
             | RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::InvalidProducerEpoch
             | RDKafkaErrorCode::TransactionalIdAuthorizationFailed

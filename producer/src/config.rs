@@ -1,0 +1,314 @@
+//! The producer's configuration: command-line flags, each with an
+//! environment-variable fallback so that a container needs no arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ledger::domain::Currency;
+use ledger::telemetry::LogFormat;
+
+/// Largest `--batch-records`: a transaction's records are kept in memory to
+/// be resent after an abort, and librdkafka's queue
+/// (`queue.buffering.max.messages`, 100 000 by default) must hold them all.
+pub const BATCH_RECORDS_MAX: usize = 100_000;
+
+/// The prefix of the default `transactional.id`, followed by the hostname.
+pub const TRANSACTIONAL_ID_PREFIX: &str = "txledger-producer-";
+
+/// Writes money transfers to Kafka with idempotent, transactional writes:
+/// generated (the default) or imported from a file.
+///
+/// Every record of a committed transaction is visible to `read_committed`
+/// readers exactly once; the records of an aborted or interrupted transaction
+/// never are. A transfer resubmitted on purpose (`--duplicate-share`) is a
+/// second record with the same id, which the ledger decides only once.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "producer", version)]
+pub struct Config {
+    /// Kafka brokers, comma-separated host:port.
+    #[arg(long, env = ledger::kafka::ENV_BOOTSTRAP, default_value = "localhost:9092")]
+    pub bootstrap_servers: String,
+
+    /// Topic the transfers are written to; created at start if missing.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "transactions")]
+    pub topic: String,
+
+    /// Partition count used when the topic is created. An existing topic with
+    /// another count is refused: shards map accounts to partitions.
+    #[arg(long, env = "PRODUCER_PARTITIONS", default_value_t = 6,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+
+    /// Stable identity of this producer instance across restarts; a restarted
+    /// instance with the same id fences the old one and aborts its open
+    /// transaction. Default: txledger-producer-<hostname>.
+    #[arg(
+        long,
+        env = "PRODUCER_TRANSACTIONAL_ID",
+        conflicts_with = "no_transactions"
+    )]
+    pub transactional_id: Option<String>,
+
+    /// Idempotent writes without transactions (no transactional.id): for
+    /// benchmarks only, since a crash can leave part of a batch visible.
+    #[arg(long, env = "PRODUCER_NO_TRANSACTIONS")]
+    pub no_transactions: bool,
+
+    /// Most records in one transaction.
+    #[arg(long, env = "PRODUCER_BATCH_RECORDS", default_value_t = 1000,
+          value_parser = parse_batch_records)]
+    pub batch_records: usize,
+
+    /// Longest time a transaction stays open, in milliseconds, counted from
+    /// its first record.
+    #[arg(long, env = "PRODUCER_BATCH_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub batch_ms: u64,
+
+    /// Kafka's transaction.timeout.ms, in seconds: the broker aborts a
+    /// transaction left open longer (a crashed producer's). Must exceed
+    /// --batch-ms by at least 5 s.
+    #[arg(long, env = "PRODUCER_TRANSACTION_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=900))]
+    pub transaction_timeout_secs: u64,
+
+    /// Bound on reaching the broker at start (topic creation, transactional
+    /// initialization); an unreachable broker is an error after this long.
+    #[arg(long, env = "PRODUCER_CONNECT_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout_secs: u64,
+
+    /// Records per second; 0 means as fast as possible.
+    #[arg(long, env = "PRODUCER_RATE", default_value_t = 0)]
+    pub rate: u64,
+
+    /// Records to send before exiting; 0 means endless (or, with
+    /// --from-file, the whole file).
+    #[arg(long, env = "PRODUCER_COUNT", default_value_t = 0)]
+    pub count: u64,
+
+    /// Generation: number of customer accounts (acc-000000, acc-000001, ...),
+    /// at most one million (the generator keeps each in memory). Each gets an opening deposit from `world` before any other transfer.
+    #[arg(long, env = "PRODUCER_ACCOUNTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub accounts: u32,
+
+    /// Generation: share of transfers (0 to 1) that exceed the sender's
+    /// balance, so that the ledger rejects them with insufficient_funds.
+    #[arg(long, env = "PRODUCER_FAIL_SHARE", default_value_t = 0.02, value_parser = parse_share)]
+    pub fail_share: f64,
+
+    /// Generation: share of records (0 to 1) that resubmit an earlier
+    /// transfer with the same id and content, to exercise idempotency.
+    #[arg(long, env = "PRODUCER_DUPLICATE_SHARE", default_value_t = 0.01, value_parser = parse_share)]
+    pub duplicate_share: f64,
+
+    /// Generation: seed of the random stream; the same seed gives the same
+    /// transfers (ids, accounts, amounts). Default: random, logged at start.
+    #[arg(long, env = "PRODUCER_SEED")]
+    pub seed: Option<u64>,
+
+    /// Generation: currency of every transfer (the ledger's currency).
+    #[arg(long, env = "PRODUCER_CURRENCY", default_value = "EUR", value_parser = parse_currency)]
+    pub currency: Currency,
+
+    /// Import mode: read transfers from this file (JSON lines, or CSV with a
+    /// header row id,from,to,amount,currency,created_at) instead of
+    /// generating them.
+    #[arg(long, env = "PRODUCER_FROM_FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Import mode: file format; `auto` picks CSV for a .csv file, JSON lines
+    /// otherwise.
+    #[arg(long, env = "PRODUCER_FORMAT", value_enum, default_value_t = FileFormat::Auto)]
+    pub format: FileFormat,
+
+    /// Import mode: what an invalid line does. `abort` checks the whole file
+    /// first and sends nothing if any line is invalid; `skip` sends the valid
+    /// lines. Either way every invalid line is reported with its number.
+    #[arg(long, env = "PRODUCER_ON_INVALID", value_enum, default_value_t = OnInvalid::Abort)]
+    pub on_invalid: OnInvalid,
+
+    /// Serve Prometheus metrics on http://ADDRESS/metrics (e.g.
+    /// 0.0.0.0:9100). Off when not given.
+    #[arg(long, env = "PRODUCER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Seconds between progress log lines.
+    #[arg(long, env = "PRODUCER_PROGRESS_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub progress_secs: u64,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// The format of an import file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileFormat {
+    Auto,
+    /// One JSON transfer per line, as on the topic.
+    Jsonl,
+    /// Comma-separated, with a header row naming the six transfer fields.
+    Csv,
+}
+
+/// What an invalid import line does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnInvalid {
+    /// Report it and go on with the next line.
+    Skip,
+    /// Report every invalid line and send nothing.
+    Abort,
+}
+
+/// A combination of flags that parses but cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--transaction-timeout-secs ({timeout_secs} s) must exceed --batch-ms ({batch_ms} ms) \
+         by at least 5 s, or the broker aborts transactions that are still filling"
+    )]
+    TimeoutTooShort { timeout_secs: u64, batch_ms: u64 },
+    #[error("--fail-share ({fail}) plus --duplicate-share ({duplicate}) must not exceed 1")]
+    SharesTooLarge { fail: f64, duplicate: f64 },
+    #[error("the hostname could not be read ({0}); pass --transactional-id")]
+    Hostname(String),
+    #[error("--transactional-id must not be empty")]
+    EmptyTransactionalId,
+}
+
+impl Config {
+    /// Checks what clap cannot check flag by flag. `run` calls it, so a
+    /// `Config` built in code is held to the same rules as the command line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.transaction_timeout_secs * 1000 < self.batch_ms + 5000 {
+            return Err(ConfigError::TimeoutTooShort {
+                timeout_secs: self.transaction_timeout_secs,
+                batch_ms: self.batch_ms,
+            });
+        }
+        if self.fail_share + self.duplicate_share > 1.0 {
+            return Err(ConfigError::SharesTooLarge {
+                fail: self.fail_share,
+                duplicate: self.duplicate_share,
+            });
+        }
+        if self.transactional_id.as_deref() == Some("") {
+            return Err(ConfigError::EmptyTransactionalId);
+        }
+        Ok(())
+    }
+
+    /// The `transactional.id` to use, or `None` with `--no-transactions`.
+    pub fn resolved_transactional_id(&self) -> Result<Option<String>, ConfigError> {
+        if self.no_transactions {
+            return Ok(None);
+        }
+        if let Some(id) = &self.transactional_id {
+            return Ok(Some(id.clone()));
+        }
+        let host = hostname::get().map_err(|error| ConfigError::Hostname(error.to_string()))?;
+        Ok(Some(format!(
+            "{TRANSACTIONAL_ID_PREFIX}{}",
+            host.to_string_lossy()
+        )))
+    }
+
+    pub fn batch_duration(&self) -> Duration {
+        Duration::from_millis(self.batch_ms)
+    }
+
+    pub fn transaction_timeout(&self) -> Duration {
+        Duration::from_secs(self.transaction_timeout_secs)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!("{share} is not between 0 and 1"))
+    }
+}
+
+fn parse_batch_records(text: &str) -> Result<usize, String> {
+    let records: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    if (1..=BATCH_RECORDS_MAX).contains(&records) {
+        Ok(records)
+    } else {
+        Err(format!(
+            "{records} is not between 1 and {BATCH_RECORDS_MAX}"
+        ))
+    }
+}
+
+fn parse_currency(text: &str) -> Result<Currency, String> {
+    Currency::parse(text).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("producer").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&["--bootstrap-servers", "b:9092"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.topic, "transactions");
+        assert_eq!(config.partitions, 6);
+        assert_eq!(config.batch_records, 1000);
+        assert_eq!(config.batch_ms, 100);
+        let id = config.resolved_transactional_id().unwrap().unwrap();
+        assert!(id.starts_with(TRANSACTIONAL_ID_PREFIX), "{id}");
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_with_the_reason() {
+        for (args, says) in [
+            (&["--fail-share", "1.5"][..], "not between 0 and 1"),
+            (&["--batch-records", "0"][..], "not between 1 and 100000"),
+            (&["--partitions", "0"][..], "0 is not in 1..=10000"),
+            (&["--currency", "euro"][..], "three-letter"),
+            (
+                &["--no-transactions", "--transactional-id", "x"][..],
+                "cannot be used with",
+            ),
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn combinations_are_checked() {
+        let config = parse(&["--batch-ms", "60000", "--transaction-timeout-secs", "60"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TimeoutTooShort { .. })
+        ));
+        let config = parse(&["--fail-share", "0.6", "--duplicate-share", "0.5"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SharesTooLarge { .. })
+        ));
+        let config = parse(&["--no-transactions"]).unwrap();
+        assert_eq!(config.resolved_transactional_id().unwrap(), None);
+    }
+}

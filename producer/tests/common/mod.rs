@@ -1,0 +1,159 @@
+//! Helpers of the producer's integration tests: reading a topic under either
+//! isolation level, and running the `producer` binary with a bound.
+
+// Each test crate that includes this module uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ledger::domain::Transfer;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rustix::process::{kill_process, Pid, Signal};
+
+/// Bound on every wait of a test. Generous: CI runs on a loaded 2-core
+/// machine, and a healthy broker answers in milliseconds anyway.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Partitions of every test topic.
+pub const PARTITIONS: i32 = 3;
+
+/// One record as read back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub key: Vec<u8>,
+    pub transfer: Transfer,
+}
+
+/// When [`read`] may stop.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// At least this many records read, whether or not more follow.
+    AtLeast(usize),
+    /// At least this many records read and every partition at its end (the
+    /// last stable offset under `read_committed`). Commit markers follow a
+    /// commit shortly, so waiting for the expected count, rather than for
+    /// the first end, keeps a test from reading before they land.
+    AtLeastThenEnd(usize),
+}
+
+/// Reads `topic` from the beginning with `isolation` (`read_committed` or
+/// `read_uncommitted`) until `until` holds; panics after [`DEADLINE`]. Every
+/// record must decode with the shards' decoder.
+pub fn read(bootstrap: &str, topic: &str, isolation: &str, until: Until) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", harness::unique_name("reader"))
+        // A reader must leave no offsets behind.
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("create a reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("add a partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut at_end = HashSet::new();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let done = match until {
+            Until::AtLeast(count) => records.len() >= count,
+            Until::AtLeastThenEnd(count) => {
+                records.len() >= count && at_end.len() == PARTITIONS as usize
+            }
+        };
+        if done {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} ({isolation}): {} records read and partitions {at_end:?} at their end \
+             after {DEADLINE:?}, waiting for {until:?}",
+            records.len()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(message)) => {
+                at_end.remove(&message.partition());
+                let payload = message.payload().expect("a payload");
+                let transfer = ledger::wire::decode_transfer(payload)
+                    .unwrap_or_else(|error| panic!("undecodable record: {error}"));
+                records.push(Read {
+                    key: message.key().expect("a key").to_vec(),
+                    transfer,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            // The topic may not exist yet while a producer is starting.
+            Some(Err(error)) => eprintln!("reading {topic}: {error}"),
+        }
+    }
+}
+
+/// The `producer` binary, running, its output captured.
+pub struct Running {
+    pid: Pid,
+    exited: mpsc::Receiver<io::Result<Output>>,
+}
+
+/// Starts the `producer` binary with `args`.
+pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_producer"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the producer binary");
+    let pid = Pid::from_child(&child);
+    let (report, exited) = mpsc::channel();
+    // A thread waits, so that the test can wait with a bound and no polling.
+    std::thread::spawn(move || {
+        let _ = report.send(child.wait_with_output());
+    });
+    Running { pid, exited }
+}
+
+impl Running {
+    pub fn signal(&self, signal: Signal) {
+        kill_process(self.pid, signal).expect("signal the producer");
+    }
+
+    /// Waits for the exit, at most `within`; kills the process and panics
+    /// after that.
+    pub fn finish(self, within: Duration) -> Output {
+        match self.exited.recv_timeout(within) {
+            Ok(output) => output.expect("wait for the producer"),
+            Err(_) => {
+                let _ = kill_process(self.pid, Signal::KILL);
+                let output = self.exited.recv().ok().and_then(Result::ok);
+                panic!(
+                    "the producer did not exit within {within:?}; stderr:\n{}",
+                    output.map(|o| stderr(&o)).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// Runs the binary to its end, at most `within`.
+pub fn run_binary<S: AsRef<std::ffi::OsStr>>(args: &[S], within: Duration) -> Output {
+    spawn(args).finish(within)
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
