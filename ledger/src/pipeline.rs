@@ -303,7 +303,10 @@ impl Pipeline {
                 "TXLEDGER_TRANSACTIONAL_ID_PREFIX",
                 &config.transactional_id_prefix,
             )
-            .env("TXLEDGER_HTTP_ADDR", format!("127.0.0.1:{}", shard.http_port))
+            .env(
+                "TXLEDGER_HTTP_ADDR",
+                format!("127.0.0.1:{}", shard.http_port),
+            )
             .env("TXLEDGER_BATCH_MS", config.batch_ms.to_string())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -495,7 +498,10 @@ impl Pipeline {
         config.set("enable.partition.eof", "true");
         let probe: BaseConsumer = config.create()?;
         let mut assignment = TopicPartitionList::new();
-        for topic in [&self.config.topics.transactions, &self.config.topics.credits] {
+        for topic in [
+            &self.config.topics.transactions,
+            &self.config.topics.credits,
+        ] {
             for partition in 0..self.config.partitions {
                 let offset = next
                     .get(&(topic.clone(), partition))
@@ -570,7 +576,12 @@ impl Pipeline {
     pub fn audit(&self) -> Result<AuditReport, AuditError> {
         let timeout = Duration::from_secs(600);
         let mut input = AuditInput::new(self.config.topics.clone(), Rules::default());
-        audit::read_topics(&self.config.bootstrap_servers, timeout, &mut input, &mut |_| {})?;
+        audit::read_topics(
+            &self.config.bootstrap_servers,
+            timeout,
+            &mut input,
+            &mut |_| {},
+        )?;
         for url in self.shard_urls() {
             input.push_balances(audit::fetch_balances(
                 &BalanceSource::Url(url),
@@ -646,10 +657,7 @@ mod tests {
             parse_metric(text, "txledger_consumer_outcomes_total"),
             vec![
                 ("{status=\"accepted\"}".to_owned(), 12.0),
-                (
-                    "{status=\"rejected\",reason=\"malformed\"}".to_owned(),
-                    3.0
-                ),
+                ("{status=\"rejected\",reason=\"malformed\"}".to_owned(), 3.0),
             ]
         );
         assert_eq!(

@@ -145,7 +145,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     eprintln!(
         "chaos run: {TRANSFERS} transfers per producer run over {:?}; shard kills {}, \
          producer kills {} (mid-transaction), producer runs {}, broker restarts {}, \
-         unplanned restarts {}\n{report:#?}",
+         unplanned restarts {}\n{report}",
         started.elapsed(),
         disruptions.shard_kills,
         disruptions.producer_kills,

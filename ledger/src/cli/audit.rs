@@ -1,8 +1,116 @@
+//! `ledger audit`: reads the pipeline's topics and the shards' balances and
+//! prints a verdict. Exit code 0 when every check passes, 1 on any
+//! violation, 2 when the audit could not run (see `main`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ledger::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
+use ledger::domain::Currency;
+use ledger::machine::Rules;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Kafka brokers.
+    #[arg(long, env = ledger::kafka::ENV_BOOTSTRAP)]
+    bootstrap_servers: String,
+    /// Input topic of transfers.
+    #[arg(long, default_value = "transactions")]
+    transactions_topic: String,
+    /// Topic of the shards' outcomes.
+    #[arg(long, default_value = "ledger-results")]
+    results_topic: String,
+    /// Topic of the shards' credits.
+    #[arg(long, default_value = "ledger-credits")]
+    credits_topic: String,
+    /// Topic of the shards' dead letters.
+    #[arg(long, default_value = "ledger-dlq")]
+    dlq_topic: String,
+    /// A running shard's HTTP API, e.g. http://localhost:8080; once per
+    /// shard. Without --url or --db the balance checks are skipped.
+    #[arg(long = "url", value_name = "URL")]
+    urls: Vec<String>,
+    /// A stopped shard's sled directory; once per shard.
+    #[arg(long = "db", value_name = "DIR")]
+    dbs: Vec<PathBuf>,
+    /// The ledger's currency: must be the shards' own.
+    #[arg(long, default_value = "EUR", value_parser = Currency::parse)]
+    currency: Currency,
+    /// Give up reading the topics after this long (an open transaction
+    /// holds the read back until it ends).
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Bound on one shard's HTTP answers.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let topics = Topics {
+        transactions: args.transactions_topic,
+        results: args.results_topic,
+        credits: args.credits_topic,
+        dead_letters: args.dlq_topic,
+    };
+    let mut input = AuditInput::new(
+        topics,
+        Rules {
+            currency: args.currency,
+        },
+    );
+    // Balances first: a shard that cannot be reached fails the audit in
+    // seconds, not after minutes of reading topics.
+    let sources = args
+        .urls
+        .into_iter()
+        .map(BalanceSource::Url)
+        .chain(args.dbs.into_iter().map(BalanceSource::Db));
+    for source in sources {
+        let balances = audit::fetch_balances(&source, SHARD_TIMEOUT)
+            .with_context(|| format!("reading the balances of {source}"))?;
+        input.push_balances(balances);
+    }
+    audit::read_topics(
+        &args.bootstrap_servers,
+        Duration::from_secs(args.timeout_secs),
+        &mut input,
+        &mut print_progress,
+    )
+    .context("reading the topics")?;
+    let report = audit::audit(&input);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Progress on stderr, so stdout holds only the report.
+fn print_progress(progress: &ReadProgress<'_>) {
+    let seconds = progress.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        progress.records as f64 / seconds
+    } else {
+        0.0
+    };
+    eprintln!(
+        "audit: {} ({}): {} records{} in {seconds:.1} s ({rate:.0}/s)",
+        progress.topic,
+        progress.isolation,
+        progress.records,
+        if progress.done { ", done" } else { " so far" },
+    );
 }

@@ -177,7 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     eprintln!("auditing...");
     let report = pipeline.audit()?;
-    println!("{report:#?}");
+    print!("{report}");
     let disruptions = pipeline.disruptions;
     println!(
         "survived: {} shard kills, {} producer kills ({} producer runs)",

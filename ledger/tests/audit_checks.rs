@@ -1,0 +1,763 @@
+//! The pure audit against hand-made histories: a clean one passes, and each
+//! anomaly fails the right check, naming the right record, id or account.
+//!
+//! Histories come from an honest in-memory pipeline that runs the shards'
+//! own state machine (so outcomes, credits and balances are what real shards
+//! would write); each test then breaks one thing.
+
+use ledger::audit::{
+    audit, AuditInput, AuditReport, Check, Position, ShardBalances, Status, Topics,
+};
+use ledger::domain::{
+    AccountId, Amount, Currency, Money, OutcomeKind, RejectReason, Transfer, TransferId,
+};
+use ledger::machine::{
+    process_batch, InputPartition, InputRecord, MemoryLedger, Output, Rules, Source,
+};
+use ledger::wire::{self, Outcome};
+use time::macros::datetime;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 2;
+
+fn account(name: &str) -> AccountId {
+    AccountId::parse(name).unwrap()
+}
+
+/// The partition (of both `transactions` and `ledger-credits`) that owns an
+/// account; any stable function does for the audit.
+fn home(account: &AccountId) -> i32 {
+    let sum: u32 = account.as_str().bytes().map(u32::from).sum();
+    (sum % PARTITIONS as u32) as i32
+}
+
+fn id(n: u128) -> TransferId {
+    TransferId(Uuid::from_u128(n))
+}
+
+fn transfer(n: u128, from: &str, to: &str, amount: &str) -> Transfer {
+    Transfer::new(
+        id(n),
+        account(from),
+        account(to),
+        Amount::parse(amount).unwrap(),
+        Currency::EUR,
+        datetime!(2026-11-25 10:00 UTC),
+    )
+    .unwrap()
+}
+
+/// An honest pipeline: shard `i` of `shards` owns the partitions `p` with
+/// `p % shards == i`, decides with the real state machine, and its credits
+/// are applied at once by the destination's shard.
+struct Pipeline {
+    ledgers: Vec<MemoryLedger>,
+    next_offset: Vec<i64>,
+    /// `transactions`: (partition, offset, bytes), committed.
+    transfers: Vec<(i32, i64, Vec<u8>)>,
+    /// `transactions` records of aborted transactions.
+    aborted: Vec<(i32, i64)>,
+    /// `ledger-results`, one partition.
+    outcomes: Vec<Vec<u8>>,
+    /// `ledger-credits`: (partition, bytes).
+    credits: Vec<(i32, Vec<u8>)>,
+    dead_letters: u64,
+    /// Anomaly switch: the next credit is neither written nor applied.
+    lose_next_credit: bool,
+}
+
+impl Pipeline {
+    fn new(shards: usize) -> Self {
+        Pipeline {
+            ledgers: vec![MemoryLedger::default(); shards],
+            next_offset: vec![0; PARTITIONS as usize],
+            transfers: Vec::new(),
+            aborted: Vec::new(),
+            outcomes: Vec::new(),
+            credits: Vec::new(),
+            dead_letters: 0,
+            lose_next_credit: false,
+        }
+    }
+
+    fn shard(&self, partition: i32) -> usize {
+        partition as usize % self.ledgers.len()
+    }
+
+    /// Every committed record is followed by a commit marker, so offsets
+    /// are not dense, as on a real transactional topic.
+    fn take_offset(&mut self, partition: i32) -> i64 {
+        let offset = self.next_offset[partition as usize];
+        self.next_offset[partition as usize] += 2;
+        offset
+    }
+
+    fn submit(&mut self, transfer: &Transfer) {
+        self.submit_bytes(home(&transfer.from), &wire::encode_transfer(transfer));
+    }
+
+    fn submit_bytes(&mut self, partition: i32, bytes: &[u8]) {
+        let offset = self.take_offset(partition);
+        self.transfers.push((partition, offset, bytes.to_vec()));
+        let shard = self.shard(partition);
+        let record = InputRecord {
+            at: InputPartition {
+                source: Source::Transfers,
+                partition,
+            },
+            offset,
+            key: None,
+            payload: Some(bytes),
+        };
+        let effects = process_batch(&self.ledgers[shard], &Rules::default(), &[record]);
+        self.ledgers[shard].apply(&effects);
+        for output in effects.outputs {
+            match output {
+                Output::Outcome(outcome) => self.outcomes.push(wire::encode_outcome(&outcome)),
+                Output::DeadLetter(_) => self.dead_letters += 1,
+                Output::Credit(credit) => {
+                    if std::mem::take(&mut self.lose_next_credit) {
+                        continue;
+                    }
+                    let bytes = wire::encode_credit(&credit);
+                    let partition = home(&credit.to);
+                    self.apply_credit(partition, &bytes);
+                    self.credits.push((partition, bytes));
+                }
+            }
+        }
+    }
+
+    fn apply_credit(&mut self, partition: i32, bytes: &[u8]) {
+        let shard = self.shard(partition);
+        let record = InputRecord {
+            at: InputPartition {
+                source: Source::Credits,
+                partition,
+            },
+            offset: 0,
+            key: None,
+            payload: Some(bytes),
+        };
+        let effects = process_batch(&self.ledgers[shard], &Rules::default(), &[record]);
+        self.ledgers[shard].apply(&effects);
+    }
+
+    /// A record written in a transaction that aborted: no shard saw it.
+    fn abort(&mut self, transfer: &Transfer) -> Position {
+        let partition = home(&transfer.from);
+        let offset = self.take_offset(partition);
+        self.aborted.push((partition, offset));
+        Position { partition, offset }
+    }
+
+    /// Position on `transactions` of the n-th committed record.
+    fn input_at(&self, n: usize) -> String {
+        let (partition, offset, _) = self.transfers[n];
+        format!("transactions/{partition}@{offset}")
+    }
+
+    fn balances(&self) -> Vec<ShardBalances> {
+        self.ledgers
+            .iter()
+            .enumerate()
+            .map(|(shard, ledger)| ShardBalances {
+                source: format!("shard-{shard}"),
+                balances: ledger.balances.clone().into_iter().collect(),
+            })
+            .collect()
+    }
+
+    fn input(&self) -> AuditInput {
+        self.input_with(self.balances())
+    }
+
+    fn input_with(&self, balances: Vec<ShardBalances>) -> AuditInput {
+        let mut input = AuditInput::new(Topics::default(), Rules::default());
+        for (partition, offset, bytes) in &self.transfers {
+            input.push_transfer(
+                Position {
+                    partition: *partition,
+                    offset: *offset,
+                },
+                None,
+                Some(bytes),
+            );
+        }
+        let mut uncommitted: Vec<(i32, i64)> = self
+            .transfers
+            .iter()
+            .map(|(partition, offset, _)| (*partition, *offset))
+            .chain(self.aborted.iter().copied())
+            .collect();
+        uncommitted.sort_unstable();
+        for (partition, offset) in uncommitted {
+            input.push_uncommitted_transfer(Position { partition, offset });
+        }
+        for (offset, bytes) in self.outcomes.iter().enumerate() {
+            input.push_outcome(
+                Position {
+                    partition: 0,
+                    offset: offset as i64,
+                },
+                Some(bytes),
+            );
+        }
+        let mut next = vec![0i64; PARTITIONS as usize];
+        for (partition, bytes) in &self.credits {
+            let offset = next[*partition as usize];
+            next[*partition as usize] += 1;
+            input.push_credit(
+                Position {
+                    partition: *partition,
+                    offset,
+                },
+                Some(bytes),
+            );
+        }
+        for _ in 0..self.dead_letters {
+            input.push_dead_letter();
+        }
+        for shard in balances {
+            input.push_balances(shard);
+        }
+        input
+    }
+}
+
+/// A history with every kind of outcome: deposits, a transfer, a rejection
+/// for funds, a resubmission, undecodable and invalid input, a currency
+/// mismatch, and an aborted transaction.
+fn busy() -> Pipeline {
+    let mut pipeline = Pipeline::new(2);
+    pipeline.submit(&transfer(1, "world", "alice", "100.00"));
+    pipeline.submit(&transfer(2, "world", "bob", "50.00"));
+    pipeline.submit(&transfer(3, "alice", "bob", "30.00"));
+    pipeline.submit(&transfer(4, "bob", "carol", "500.00"));
+    pipeline.submit(&transfer(3, "alice", "bob", "30.00"));
+    pipeline.submit_bytes(0, b"not json");
+    let negative = String::from_utf8(wire::encode_transfer(&transfer(
+        5, "carol", "alice", "1.00",
+    )))
+    .unwrap()
+    .replace("\"1.00\"", "\"-1.00\"");
+    pipeline.submit_bytes(1, negative.as_bytes());
+    let mut dollars = transfer(6, "alice", "carol", "1.00");
+    dollars.currency = Currency::parse("USD").unwrap();
+    pipeline.submit(&dollars);
+    pipeline.abort(&transfer(7, "alice", "dave", "10.00"));
+    pipeline
+}
+
+fn failing(report: &AuditReport) -> Vec<Check> {
+    report
+        .checks
+        .iter()
+        .filter(|result| result.status == Status::Fail)
+        .map(|result| result.check)
+        .collect()
+}
+
+fn findings(report: &AuditReport, check: Check) -> Vec<String> {
+    report
+        .check(check)
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn edit_outcome(bytes: &mut Vec<u8>, edit: impl FnOnce(&mut Outcome)) {
+    let mut outcome = wire::decode_outcome(bytes).unwrap();
+    edit(&mut outcome);
+    *bytes = wire::encode_outcome(&outcome);
+}
+
+/// The index in `outcomes` of the outcome of the n-th committed record
+/// (the honest pipeline writes them in input order).
+fn outcome_of(pipeline: &Pipeline, n: usize) -> usize {
+    let (partition, offset, _) = pipeline.transfers[n];
+    pipeline
+        .outcomes
+        .iter()
+        .position(|bytes| {
+            let outcome = wire::decode_outcome(bytes).unwrap();
+            (outcome.partition, outcome.offset) == (partition, offset)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_clean_history_passes_with_its_totals() {
+    let pipeline = busy();
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![], "{report:#?}");
+    assert_eq!(report.verdict, Status::Pass);
+    let totals = &report.totals;
+    assert_eq!(totals.inputs_committed, 8);
+    assert_eq!(totals.inputs_aborted, 1);
+    assert_eq!(totals.inputs_undecodable, 2);
+    assert_eq!(
+        (totals.accepted, totals.rejected, totals.duplicate),
+        (3, 4, 1)
+    );
+    assert_eq!(totals.credits, 3);
+    assert_eq!(totals.dead_letters, 2);
+    assert_eq!(totals.balance_sum, Some(Money::ZERO));
+    assert_eq!(totals.balance_sources, 2);
+}
+
+#[test]
+fn without_balances_the_balance_checks_are_skipped() {
+    let report = audit(&busy().input_with(Vec::new()));
+    assert_eq!(report.verdict, Status::Pass);
+    for check in [Check::Balances, Check::Conservation, Check::Negative] {
+        assert_eq!(report.check(check).status, Status::Skip);
+    }
+    assert_eq!(report.totals.balance_sum, None);
+}
+
+#[test]
+fn a_lost_outcome_is_named() {
+    let mut pipeline = busy();
+    // The insufficient-funds rejection: nothing else depends on it.
+    let lost = outcome_of(&pipeline, 3);
+    pipeline.outcomes.remove(lost);
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Lost]);
+    assert_eq!(
+        findings(&report, Check::Lost),
+        vec![format!(
+            "{} id={} committed, but no outcome",
+            pipeline.input_at(3),
+            id(4)
+        )]
+    );
+}
+
+#[test]
+fn a_second_outcome_for_one_record_is_named() {
+    let mut pipeline = busy();
+    let again = pipeline.outcomes[outcome_of(&pipeline, 3)].clone();
+    pipeline.outcomes.push(again);
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Duplicated]);
+    assert_eq!(
+        findings(&report, Check::Duplicated),
+        vec![format!(
+            "{} id={} 2 outcomes for one record",
+            pipeline.input_at(3),
+            id(4)
+        )]
+    );
+}
+
+/// Two accounts on different partitions.
+fn apart() -> (&'static str, &'static str) {
+    let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    for a in names {
+        for b in names {
+            if home(&account(a)) != home(&account(b)) {
+                return (a, b);
+            }
+        }
+    }
+    unreachable!("some two names land apart")
+}
+
+#[test]
+fn an_id_decided_by_two_shards_is_named() {
+    // Two shards each decide the same id, submitted from two accounts that
+    // live on different shards: an idempotency breach.
+    let (a, b) = apart();
+    let mut pipeline = Pipeline::new(2);
+    pipeline.submit(&transfer(1, "world", a, "10.00"));
+    pipeline.submit(&transfer(2, "world", b, "10.00"));
+    pipeline.submit(&transfer(3, a, "zoe", "5.00"));
+    pipeline.submit(&transfer(3, b, "zoe", "5.00"));
+    let report = audit(&pipeline.input());
+    assert!(failing(&report).contains(&Check::Duplicated), "{report:#?}");
+    assert_eq!(
+        findings(&report, Check::Duplicated),
+        vec![format!(
+            "{} id={} transfer id decided again (first at {})",
+            pipeline.input_at(3),
+            id(3),
+            pipeline.input_at(2)
+        )]
+    );
+}
+
+#[test]
+fn an_id_resubmitted_to_another_partition_of_the_same_shard_passes() {
+    // One shard owns both partitions: the second copy is a duplicate,
+    // whichever partition it came through.
+    let (a, b) = apart();
+    let mut pipeline = Pipeline::new(1);
+    pipeline.submit(&transfer(1, "world", a, "10.00"));
+    pipeline.submit(&transfer(2, "world", b, "10.00"));
+    pipeline.submit(&transfer(3, a, "zoe", "5.00"));
+    pipeline.submit(&transfer(3, b, "zoe", "5.00"));
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![], "{report:#?}");
+    assert_eq!(report.totals.duplicate, 1);
+}
+
+#[test]
+fn an_outcome_of_aborted_input_is_an_aborted_read() {
+    let mut pipeline = busy();
+    let aborted = pipeline.abort(&transfer(8, "alice", "erin", "1.00"));
+    // A shard that read uncommitted would have decided it.
+    pipeline.outcomes.push(wire::encode_outcome(&Outcome {
+        transfer_id: Some(id(8)),
+        kind: OutcomeKind::Rejected(RejectReason::InsufficientFunds),
+        detail: None,
+        transfer: Some(transfer(8, "alice", "erin", "1.00")),
+        partition: aborted.partition,
+        offset: aborted.offset,
+    }));
+    let at = pipeline.outcomes.len() - 1;
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::AbortedReads]);
+    assert_eq!(
+        findings(&report, Check::AbortedReads),
+        vec![format!(
+            "ledger-results/0@{at} id={} outcome of transactions/{aborted}, \
+             a record of an aborted transaction",
+            id(8)
+        )]
+    );
+    assert_eq!(report.totals.inputs_aborted, 2);
+}
+
+#[test]
+fn an_outcome_of_no_record_is_an_aborted_read() {
+    let mut pipeline = busy();
+    let last = outcome_of(&pipeline, 3);
+    let mut ghost = pipeline.outcomes[last].clone();
+    edit_outcome(&mut ghost, |outcome| outcome.offset = 999);
+    pipeline.outcomes.push(ghost);
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::AbortedReads]);
+    let [finding] = &findings(&report, Check::AbortedReads)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.ends_with("@999, which is no committed record"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn an_outcome_that_differs_from_its_input_is_named() {
+    let mut pipeline = busy();
+    let rejected = outcome_of(&pipeline, 3);
+    edit_outcome(&mut pipeline.outcomes[rejected], |outcome| {
+        if let Some(transfer) = outcome.transfer.as_mut() {
+            transfer.amount = Amount::parse("499.99").unwrap();
+        }
+    });
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::OutcomeMismatch]);
+    assert_eq!(
+        findings(&report, Check::OutcomeMismatch),
+        vec![format!(
+            "ledger-results/0@{rejected} id={} outcome of {} carries amount 499.99 instead of 500.00",
+            id(4),
+            pipeline.input_at(3)
+        )]
+    );
+}
+
+#[test]
+fn a_lost_credit_is_named_and_breaks_conservation() {
+    let mut pipeline = busy();
+    pipeline.lose_next_credit = true;
+    pipeline.submit(&transfer(9, "alice", "erin", "20.00"));
+    let report = audit(&pipeline.input());
+    assert_eq!(
+        failing(&report),
+        vec![Check::Credits, Check::Conservation],
+        "{report:#?}"
+    );
+    assert_eq!(
+        findings(&report, Check::Credits),
+        vec![format!(
+            "{} id={} accepted, but no credit",
+            pipeline.input_at(8),
+            id(9)
+        )]
+    );
+    assert_eq!(
+        findings(&report, Check::Conservation),
+        vec!["the balances sum to -20.00, not 0 (no credit is in flight at quiescence)"]
+    );
+}
+
+#[test]
+fn a_second_credit_is_named() {
+    let mut pipeline = busy();
+    let copy = pipeline.credits[2].clone();
+    pipeline.credits.push(copy.clone());
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Credits]);
+    let [finding] = &findings(&report, Check::Credits)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.starts_with(&format!("ledger-credits/{}@", copy.0))
+            && finding.ends_with(&format!(
+                "id={} 2 credits for 1 accepted transfer(s)",
+                id(3)
+            )),
+        "{finding}"
+    );
+}
+
+#[test]
+fn a_credit_without_an_accepted_transfer_is_named() {
+    let mut pipeline = busy();
+    // Transfer 4 was rejected for funds; a credit for it creates money.
+    let bytes = wire::encode_credit(&ledger::domain::Credit::of(&transfer(
+        4, "bob", "carol", "500.00",
+    )));
+    let partition = home(&account("carol"));
+    pipeline.apply_credit(partition, &bytes);
+    pipeline.credits.push((partition, bytes));
+    let report = audit(&pipeline.input());
+    assert_eq!(
+        failing(&report),
+        vec![Check::Credits, Check::Conservation],
+        "{report:#?}"
+    );
+    let [finding] = &findings(&report, Check::Credits)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.ends_with(&format!("id={} credit of no accepted transfer", id(4))),
+        "{finding}"
+    );
+}
+
+#[test]
+fn a_credit_that_differs_from_its_transfer_is_named() {
+    let mut pipeline = busy();
+    let mut credit = wire::decode_credit(&pipeline.credits[2].1).unwrap();
+    credit.amount = Amount::parse("31.00").unwrap();
+    pipeline.credits[2].1 = wire::encode_credit(&credit);
+    let report = audit(&pipeline.input());
+    assert!(failing(&report).contains(&Check::Credits), "{report:#?}");
+    let [finding] = &findings(&report, Check::Credits)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.ends_with(&format!(
+            "id={} credit carries amount 31.00 instead of 30.00",
+            id(3)
+        )),
+        "{finding}"
+    );
+}
+
+#[test]
+fn a_wrong_balance_is_named_with_both_values() {
+    let pipeline = busy();
+    let mut balances = pipeline.balances();
+    let bob = account("bob");
+    for shard in &mut balances {
+        for (account, balance) in &mut shard.balances {
+            if *account == bob {
+                *balance = *balance + Money(1);
+            }
+        }
+    }
+    let report = audit(&pipeline.input_with(balances));
+    assert_eq!(failing(&report), vec![Check::Balances, Check::Conservation]);
+    assert_eq!(
+        findings(&report, Check::Balances),
+        vec!["account=bob balance 80.01, the fold of outcomes and credits gives 80.00"]
+    );
+}
+
+#[test]
+fn an_account_on_two_shards_is_named() {
+    let pipeline = busy();
+    let mut balances = pipeline.balances();
+    balances.push(ShardBalances {
+        source: "shard-9".to_owned(),
+        balances: vec![(account("alice"), Money::ZERO)],
+    });
+    let report = audit(&pipeline.input_with(balances));
+    assert_eq!(failing(&report), vec![Check::Balances]);
+    let [finding] = &findings(&report, Check::Balances)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.starts_with("account=alice held by two shards: shard-")
+            && finding.ends_with(" and shard-9"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn a_negative_balance_is_named() {
+    let pipeline = busy();
+    let mut balances = pipeline.balances();
+    balances[0].balances.push((account("mallory"), Money(-500)));
+    balances[0]
+        .balances
+        .push((account("world"), Money::ZERO - Money(-500)));
+    let report = audit(&pipeline.input_with(balances));
+    // The fold knows neither change; world may be negative, mallory not.
+    assert_eq!(failing(&report), vec![Check::Balances, Check::Negative]);
+    assert_eq!(
+        findings(&report, Check::Negative),
+        vec!["account=mallory balance -5.00"]
+    );
+}
+
+#[test]
+fn decisions_against_the_rules_are_named() {
+    let mut pipeline = busy();
+    // The USD transfer accepted, the undecodable record rejected for another
+    // reason, and a deposit from world refused for funds.
+    let usd = outcome_of(&pipeline, 7);
+    edit_outcome(&mut pipeline.outcomes[usd], |outcome| {
+        outcome.kind = OutcomeKind::Rejected(RejectReason::InsufficientFunds);
+    });
+    let garbage = outcome_of(&pipeline, 5);
+    edit_outcome(&mut pipeline.outcomes[garbage], |outcome| {
+        outcome.kind = OutcomeKind::Rejected(RejectReason::UnknownSchema);
+    });
+    pipeline.submit(&transfer(10, "world", "erin", "1.00"));
+    let deposit = pipeline.outcomes.len() - 1;
+    edit_outcome(&mut pipeline.outcomes[deposit], |outcome| {
+        outcome.kind = OutcomeKind::Rejected(RejectReason::InsufficientFunds);
+    });
+    let report = audit(&pipeline.input_with(Vec::new()));
+    // The deposit's credit now has no accepted transfer.
+    assert_eq!(failing(&report), vec![Check::Credits, Check::Decisions]);
+    let mut expected = vec![
+        format!(
+            "{} the shard answered rejected(unknown_schema), the ledger rules give rejected(malformed)",
+            pipeline.input_at(5)
+        ),
+        format!(
+            "{} id={} the shard answered rejected(insufficient_funds), the ledger rules give rejected(currency_mismatch)",
+            pipeline.input_at(7),
+            id(6)
+        ),
+        format!(
+            "{} id={} the shard answered rejected(insufficient_funds), the ledger rules give accepted",
+            pipeline.input_at(8),
+            id(10)
+        ),
+    ];
+    let mut found = findings(&report, Check::Decisions);
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn a_duplicate_of_an_undecided_id_is_named() {
+    let mut pipeline = busy();
+    let rejected = outcome_of(&pipeline, 3);
+    edit_outcome(&mut pipeline.outcomes[rejected], |outcome| {
+        outcome.kind = OutcomeKind::Duplicate;
+    });
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Decisions]);
+    assert_eq!(
+        findings(&report, Check::Decisions),
+        vec![format!(
+            "{} id={} the shard answered duplicate, the ledger rules give accepted",
+            pipeline.input_at(3),
+            id(4)
+        )]
+    );
+}
+
+#[test]
+fn a_resubmission_decided_again_is_named() {
+    let mut pipeline = busy();
+    let again = outcome_of(&pipeline, 4);
+    edit_outcome(&mut pipeline.outcomes[again], |outcome| {
+        outcome.kind = OutcomeKind::Rejected(RejectReason::InsufficientFunds);
+    });
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Duplicated, Check::Decisions]);
+    assert_eq!(
+        findings(&report, Check::Decisions),
+        vec![format!(
+            "{} id={} the shard answered rejected(insufficient_funds), the ledger rules give duplicate",
+            pipeline.input_at(4),
+            id(3)
+        )]
+    );
+}
+
+#[test]
+fn unreadable_outputs_and_missing_dead_letters_are_named() {
+    let mut pipeline = busy();
+    pipeline.outcomes.push(b"{}".to_vec());
+    pipeline.dead_letters -= 1;
+    let report = audit(&pipeline.input());
+    assert_eq!(
+        failing(&report),
+        vec![Check::Unreadable, Check::DeadLetters]
+    );
+    let [finding] = &findings(&report, Check::Unreadable)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.starts_with(&format!(
+            "ledger-results/0@{} unknown_schema: not an outcome",
+            pipeline.outcomes.len() - 1
+        )),
+        "{finding}"
+    );
+    assert_eq!(
+        findings(&report, Check::DeadLetters),
+        vec!["1 records on ledger-dlq, expected 2 (one per undecodable input or credit)"]
+    );
+}
+
+#[test]
+fn findings_are_capped_but_counted() {
+    let mut pipeline = Pipeline::new(1);
+    for n in 0..25 {
+        pipeline.submit(&transfer(100 + n, "world", "alice", "1.00"));
+    }
+    pipeline.outcomes.clear();
+    let report = audit(&pipeline.input_with(Vec::new()));
+    let lost = report.check(Check::Lost);
+    assert_eq!(lost.count, 25);
+    assert_eq!(lost.findings.len(), ledger::audit::FINDINGS_MAX);
+}
+
+#[test]
+fn the_report_serializes_for_machines() {
+    let mut pipeline = busy();
+    pipeline.outcomes.remove(outcome_of(&pipeline, 3));
+    let json = serde_json::to_value(audit(&pipeline.input())).unwrap();
+    assert_eq!(json["verdict"], "FAIL");
+    assert_eq!(json["checks"][0]["check"], "lost");
+    assert_eq!(json["checks"][0]["status"], "FAIL");
+    assert_eq!(json["checks"][0]["count"], 1);
+    assert_eq!(
+        json["checks"][0]["findings"][0]["transfer_id"],
+        id(4).to_string()
+    );
+    assert_eq!(json["totals"]["balance_sum"], "0.00");
+}
+
+#[test]
+fn checks_are_reported_in_the_order_of_check_all() {
+    let report = audit(&busy().input());
+    let order: Vec<Check> = report.checks.iter().map(|result| result.check).collect();
+    assert_eq!(order, Check::ALL);
+    for check in Check::ALL {
+        assert_eq!(report.check(check).check, check);
+    }
+}
