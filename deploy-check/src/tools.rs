@@ -1,0 +1,44 @@
+//! External tools that validate a file better than a parser here can, run
+//! when installed. A missing tool is never a silent pass: the test prints a
+//! note saying what was not checked and how to install it.
+
+use std::io::ErrorKind;
+use std::process::{Command, Output};
+
+use crate::repo;
+
+/// Runs `program args...` in the workspace root. `None` when the program is
+/// not installed.
+pub fn run(program: &str, args: &[&str]) -> Option<Output> {
+    match Command::new(program)
+        .args(args)
+        .current_dir(repo::root())
+        .output()
+    {
+        Ok(output) => Some(output),
+        Err(error) if error.kind() == ErrorKind::NotFound => None,
+        Err(error) => panic!("running {program}: {error}"),
+    }
+}
+
+/// stdout and stderr together, for failure messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// How to run Docker Compose here: the `docker compose` plugin, else the
+/// standalone `docker-compose`. `None` when neither works (a docker client
+/// without the compose plugin counts as none).
+pub fn compose_command() -> Option<Vec<&'static str>> {
+    if run("docker", &["compose", "version"]).is_some_and(|output| output.status.success()) {
+        return Some(vec!["docker", "compose"]);
+    }
+    if run("docker-compose", &["version"]).is_some_and(|output| output.status.success()) {
+        return Some(vec!["docker-compose"]);
+    }
+    None
+}

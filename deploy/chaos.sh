@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The chaos pod-deletion demo, on a cluster where `kubectl apply -f deploy/`
+# has run (kind, minikube, or a real one):
+#
+#   1. waits until Kafka, the shards and the producer are ready;
+#   2. for CHAOS_DURATION seconds, while the producer writes, deletes a random
+#      shard or the producer every KILL_INTERVAL seconds (sometimes with a
+#      1-second grace period, which lands mid-batch like a crash), and the
+#      Kafka pod once, half-way; after each deletion it prints the pods, the
+#      way `kubectl get pods -w` would, until all are ready again;
+#   3. stops the producer and waits until the shards are quiescent (their
+#      offsets and sums stop moving, no batch in doubt);
+#   4. runs the audit as a Job (deploy/jobs/audit-job.yaml), prints its
+#      verdict and exits with its status: 0 only if the audit passed.
+#
+# Settings (environment): NAMESPACE (txledger), CHAOS_DURATION (300 s),
+# KILL_INTERVAL (20 s), READY_TIMEOUT (600 s per recovery), SETTLE_TIMEOUT
+# (600 s), AUDIT_TIMEOUT (1200 s), RESTORE_PRODUCER (1: scale the producer
+# back up at the end).
+set -euo pipefail
+
+readonly NAMESPACE="${NAMESPACE:-txledger}"
+readonly CHAOS_DURATION="${CHAOS_DURATION:-300}"
+readonly KILL_INTERVAL="${KILL_INTERVAL:-20}"
+readonly READY_TIMEOUT="${READY_TIMEOUT:-600}"
+readonly SETTLE_TIMEOUT="${SETTLE_TIMEOUT:-600}"
+readonly AUDIT_TIMEOUT="${AUDIT_TIMEOUT:-1200}"
+readonly RESTORE_PRODUCER="${RESTORE_PRODUCER:-1}"
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+readonly AUDIT_JOB_FILE="$SCRIPT_DIR/jobs/audit-job.yaml"
+readonly AUDIT_JOB=ledger-audit
+readonly SHARDS_STS=ledger-consumer
+readonly PRODUCER_DEPLOY=ledger-producer
+readonly KAFKA_POD=kafka-0
+readonly PART_OF=app.kubernetes.io/part-of=txledger
+
+k() { kubectl --namespace "$NAMESPACE" "$@"; }
+log() { printf '\n[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+die() {
+  printf 'chaos: %s\n' "$*" >&2
+  exit 2
+}
+
+for setting in CHAOS_DURATION KILL_INTERVAL READY_TIMEOUT SETTLE_TIMEOUT AUDIT_TIMEOUT; do
+  [[ "${!setting}" =~ ^[0-9]+$ ]] || die "$setting must be a whole number of seconds, not '${!setting}'"
+done
+((KILL_INTERVAL > 0)) || die "KILL_INTERVAL must be at least 1"
+command -v kubectl >/dev/null || die "kubectl not found"
+[[ -f "$AUDIT_JOB_FILE" ]] || die "missing $AUDIT_JOB_FILE"
+
+shards=$(k get statefulset "$SHARDS_STS" -o jsonpath='{.spec.replicas}') \
+  || die "no StatefulSet $SHARDS_STS in namespace $NAMESPACE: run 'kubectl apply -f deploy/' first"
+readonly shards
+
+# One line per pod of the pipeline: name, phase, ready containers, restarts,
+# and "terminating" while it is being deleted.
+pod_table() {
+  k get pods -l "$PART_OF" --sort-by=.metadata.name -o \
+    jsonpath='{range .items[*]}{.metadata.name}{"\t"}{.status.phase}{"\tready="}{range .status.containerStatuses[*]}{.ready}{end}{"\trestarts="}{range .status.containerStatuses[*]}{.restartCount}{end}{"\t"}{.metadata.deletionTimestamp}{"\n"}{end}' \
+    | awk -F'\t' '{ printf "  %-22s %-10s %-12s %-12s %s\n", $1, $2, $3, $4, ($5 == "" ? "" : "terminating") }'
+}
+
+# True when Kafka, every shard and (unless it is scaled to 0) the producer
+# each have exactly one pod, ready and not being deleted.
+all_ready() {
+  local producers expected ready
+  producers=$(k get deployment "$PRODUCER_DEPLOY" -o jsonpath='{.spec.replicas}')
+  expected=$((1 + shards + producers))
+  ready=$(k get pods -l "$PART_OF" -o \
+    jsonpath='{range .items[*]}{.metadata.name}{" "}{.metadata.deletionTimestamp}{" "}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' \
+    | awk '$NF == "True" && NF == 2 && $1 !~ /^ledger-audit-/' | wc -l)
+  [[ "$ready" -eq "$expected" ]] && [[ "$(k get pods -l "$PART_OF" --no-headers | grep -vc '^ledger-audit-')" -eq "$expected" ]]
+}
+
+# Prints the pod table whenever it changes (like `kubectl get pods -w`) until
+# everything is ready again.
+wait_recovered() {
+  local deadline=$((SECONDS + READY_TIMEOUT)) last="" table
+  while true; do
+    table=$(pod_table)
+    if [[ "$table" != "$last" ]]; then
+      printf '%s\n' "--- +$((SECONDS - started))s"
+      printf '%s\n' "$table"
+      last="$table"
+    fi
+    if all_ready; then
+      log "all pods ready"
+      return 0
+    fi
+    ((SECONDS < deadline)) || die "the pipeline did not recover within ${READY_TIMEOUT}s"
+    sleep 2
+  done
+}
+
+delete_pod() { # POD
+  local pod="$1" grace
+  # Half the deletions are abrupt: 1 s after SIGTERM comes SIGKILL, which
+  # lands mid-batch (or mid-transaction) like a crash or an OOM kill.
+  if ((RANDOM % 2)); then grace=1; else grace=30; fi
+  log "deleting $pod (grace period ${grace}s)"
+  k delete pod "$pod" --grace-period="$grace" --wait=false
+}
+
+random_victim() {
+  local choice=$((RANDOM % (shards + 1)))
+  if ((choice < shards)); then
+    printf '%s-%d\n' "$SHARDS_STS" "$choice"
+  else
+    k get pods -l app.kubernetes.io/name="$PRODUCER_DEPLOY" -o jsonpath='{.items[*].metadata.name}' \
+      | awk '{ print $1 }'
+  fi
+}
+
+# Stable when three readings 5 s apart are identical and no batch is in
+# doubt: the producer is stopped, so moving offsets mean shards still catch up
+# (or forward credits to each other).
+wait_quiescent() {
+  local deadline=$((SECONDS + SETTLE_TIMEOUT)) previous="" current same=0
+  while ((same < 3)); do
+    ((SECONDS < deadline)) || die "the shards did not settle within ${SETTLE_TIMEOUT}s"
+    sleep 5
+    if ! current=$(k exec "$SHARDS_STS-0" -c consumer -- ledger query stats --json 2>/dev/null); then
+      same=0
+      continue
+    fi
+    if [[ "$current" == "$previous" ]] && ! grep -q '"pending": *{' <<<"$current"; then
+      same=$((same + 1))
+    else
+      same=0
+    fi
+    previous="$current"
+  done
+  log "shards quiescent:"
+  k exec "$SHARDS_STS-0" -c consumer -- ledger query stats
+}
+
+run_audit() {
+  k delete job "$AUDIT_JOB" --ignore-not-found --wait=true
+  k apply -f "$AUDIT_JOB_FILE"
+  local deadline=$((SECONDS + AUDIT_TIMEOUT)) succeeded failed
+  while true; do
+    succeeded=$(k get job "$AUDIT_JOB" -o jsonpath='{.status.succeeded}')
+    failed=$(k get job "$AUDIT_JOB" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}')
+    if [[ "$succeeded" == 1 || "$failed" == True ]]; then
+      break
+    fi
+    ((SECONDS < deadline)) || die "the audit did not finish within ${AUDIT_TIMEOUT}s"
+    sleep 5
+  done
+  log "audit output:"
+  k logs "job/$AUDIT_JOB" --tail=-1 || true
+  [[ "$succeeded" == 1 ]]
+}
+
+started=$SECONDS
+log "waiting for the pipeline in namespace $NAMESPACE ($shards shards)"
+wait_recovered
+
+log "chaos for ${CHAOS_DURATION}s: a deletion every ${KILL_INTERVAL}s, Kafka once half-way"
+chaos_start=$SECONDS
+chaos_end=$((chaos_start + CHAOS_DURATION))
+kafka_deleted=0
+deletions=0
+while ((SECONDS < chaos_end)); do
+  sleep "$KILL_INTERVAL"
+  if ((kafka_deleted == 0 && SECONDS >= chaos_start + CHAOS_DURATION / 2)); then
+    victim=$KAFKA_POD
+    kafka_deleted=1
+  else
+    victim=$(random_victim)
+  fi
+  [[ -n "$victim" ]] || continue
+  delete_pod "$victim"
+  deletions=$((deletions + 1))
+  wait_recovered
+done
+if ((kafka_deleted == 0)); then
+  delete_pod "$KAFKA_POD"
+  deletions=$((deletions + 1))
+  wait_recovered
+fi
+log "$deletions pods deleted; pod restarts so far:"
+pod_table
+
+log "stopping the producer, then waiting for the shards to catch up"
+k scale deployment "$PRODUCER_DEPLOY" --replicas=0
+# SIGTERM makes the producer commit or abort its open transaction and exit.
+deadline=$((SECONDS + 120))
+while [[ -n "$(k get pods -l app.kubernetes.io/name="$PRODUCER_DEPLOY" -o name)" ]]; do
+  ((SECONDS < deadline)) || die "the producer did not stop within 120s"
+  sleep 2
+done
+wait_quiescent
+
+log "running the audit (job/$AUDIT_JOB)"
+if run_audit; then
+  verdict=0
+  log "VERDICT: the audit PASSED after $deletions pod deletions"
+else
+  verdict=1
+  log "VERDICT: the audit FAILED (see its output above)"
+fi
+
+if [[ "$RESTORE_PRODUCER" == 1 ]]; then
+  k scale deployment "$PRODUCER_DEPLOY" --replicas=1
+fi
+exit "$verdict"
