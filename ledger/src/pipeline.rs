@@ -187,7 +187,11 @@ fn kill(child: &mut Child) {
 /// Asks the child to stop with SIGTERM, waits up to `grace`, then kills it.
 fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    // The child may have exited already; then there is nothing to say.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid])
+        .stderr(Stdio::null())
+        .status();
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
