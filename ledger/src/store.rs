@@ -222,6 +222,43 @@ pub struct StoreReader {
     shared: Arc<Shared>,
 }
 
+/// How long `open` keeps trying a locked directory. sled releases its
+/// directory lock when the last handle is dropped, and its background
+/// threads may hold one a little longer than the `Store`: a shard restarted
+/// in the same process (tests) would otherwise find its own old lock.
+const LOCKED_RETRY_FOR: Duration = Duration::from_secs(3);
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCKED_RETRY_FOR;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            // Durability comes from the explicit flush of every batch; a
+            // background flusher would only add I/O between them.
+            .flush_every_ms(None)
+            .open();
+        let error = match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(ref io)) if io.to_string().contains("lock") => {
+                if Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                StoreError::Locked(path.to_owned())
+            }
+            Err(source @ sled::Error::Corruption { .. }) => StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: source.to_string(),
+            },
+            Err(source) => StoreError::Sled {
+                path: path.to_owned(),
+                source,
+            },
+        };
+        return Err(error);
+    }
+}
+
 fn balance_key(account: &AccountId) -> Vec<u8> {
     [BALANCE_PREFIX, account.as_str().as_bytes()].concat()
 }
@@ -256,25 +293,7 @@ impl Store {
         if !create && !path.join("conf").exists() {
             return Err(StoreError::NotFound(path.to_owned()));
         }
-        let db = sled::Config::new()
-            .path(path)
-            // Durability comes from the explicit flush of every batch; a
-            // background flusher would only add I/O between them.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match source {
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(path.to_owned())
-                }
-                sled::Error::Corruption { .. } => StoreError::Corrupt {
-                    path: path.to_owned(),
-                    detail: source.to_string(),
-                },
-                source => StoreError::Sled {
-                    path: path.to_owned(),
-                    source,
-                },
-            })?;
+        let db = open_sled(path)?;
         let mut store = Store {
             path: path.to_owned(),
             db,
