@@ -1,1 +1,192 @@
-//! placeholder
+//! A txledger consumer shard: exactly-once read-process-write from the
+//! `transactions` and `ledger-credits` partitions it owns to `ledger-results`,
+//! `ledger-credits` and `ledger-dlq`, with its balances in a local sled
+//! ledger kept in step with Kafka's committed offsets.
+//!
+//! # Guarantees
+//!
+//! Every committed input record gets exactly one committed outcome; every
+//! accepted transfer is debited and credited exactly once; balances never
+//! include a batch whose Kafka transaction aborted. This holds across
+//! crashes at any point, because sled holds a pending record of the batch in
+//! flight and Kafka's committed offsets decide at start whether it happened.
+//! It ends where Kafka's does: output read with `read_uncommitted` includes
+//! aborted batches, and a transfer id decided longer ago than the
+//! idempotency window is decided again.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags with environment fallbacks, and what is derived from
+//!   them (ordinal, owned partitions).
+//! - `shard`: the protocol loop and recovery, on a dedicated thread.
+//! - `http`: health, readiness, metrics and queries (axum, on tokio).
+//! - [`api`]: the JSON bodies of the HTTP API, shared with its clients.
+//! - `measure`: the Prometheus metrics.
+//! - [`faults`]: test-only failure injection and protocol mutants.
+
+pub mod api;
+pub mod config;
+pub mod faults;
+mod http;
+mod measure;
+mod shard;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::kafka::{self, TopicError, TopicSpec};
+use ledger::store::StoreError;
+use rdkafka::error::KafkaError;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+pub use config::{Config, ConfigError};
+
+/// Bound on creating or checking the topics at start.
+const TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the shard stopped. Each message is complete on its own (it names the
+/// cause's text), so printing it without its source chain says everything.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("the topics are not usable: {0}")]
+    Topics(#[from] TopicError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("recovery refused to start the shard: {0}")]
+    RecoveryRefused(String),
+    #[error("fatal Kafka error at {step}: {error}")]
+    Kafka {
+        step: &'static str,
+        error: KafkaError,
+    },
+    #[error("the HTTP API on {address} failed: {error}")]
+    Http {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("could not start the shard thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the shard loop panicked (an invariant was violated; see the panic message)")]
+    LoopPanicked,
+}
+
+/// Binds `config.http_addr` and runs the shard until `shutdown` resolves
+/// (then finishes the open batch and returns `Ok`) or a fatal error.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|error| Error::Http {
+            address: config.http_addr,
+            error,
+        })?;
+    serve(config, listener, shutdown).await
+}
+
+/// [`run`] on a listener bound by the caller (tests bind `127.0.0.1:0`).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let settings = config::Settings::resolve(&config)?;
+    if settings.faults.is_active() {
+        warn!(message = "Test-only failure injection is on.", faults = ?settings.faults);
+    }
+    let address = listener.local_addr().map_err(|error| Error::Http {
+        address: config.http_addr,
+        error,
+    })?;
+    measure::describe();
+    measure::ready(false);
+    let shared = Arc::new(shard::Shared::default());
+    let app = http::router(http::AppState {
+        shared: Arc::clone(&shared),
+        shard: settings.shard,
+        shards: settings.shards,
+        metrics: ledger::telemetry::metrics_handle(),
+    });
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    info!(message = "HTTP API listening.", %address);
+
+    let result = drive(&config, settings, &shared, shutdown).await;
+    let _ = http_stop.send(());
+    let served = match server.await {
+        Ok(served) => served.map_err(|error| Error::Http { address, error }),
+        Err(join) => Err(Error::Http {
+            address,
+            error: std::io::Error::other(join),
+        }),
+    };
+    result.and(served)
+}
+
+/// Topics, then the loop thread; returns its result.
+async fn drive(
+    config: &Config,
+    settings: config::Settings,
+    shared: &Arc<shard::Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    tokio::pin!(shutdown);
+    let topics = [
+        TopicSpec {
+            name: &settings.transfers_topic,
+            partitions: config.partitions,
+            exact: true,
+        },
+        TopicSpec {
+            name: &settings.credits_topic,
+            partitions: config.partitions,
+            exact: true,
+        },
+        TopicSpec {
+            name: &settings.results_topic,
+            partitions: config.partitions,
+            exact: false,
+        },
+        TopicSpec {
+            name: &settings.dlq_topic,
+            partitions: config.partitions,
+            exact: false,
+        },
+    ];
+    let client = kafka::client_config(&settings.bootstrap_servers);
+    tokio::select! {
+        created = kafka::ensure_topics(&client, &topics, TOPIC_TIMEOUT) => created?,
+        () = &mut shutdown => return Ok(()),
+    }
+
+    let (done, finished) = oneshot::channel();
+    let loop_shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name(format!("shard-{}", settings.shard))
+        .spawn(move || {
+            let _ = done.send(shard::run(settings, loop_shared));
+        })
+        .map_err(Error::Thread)?;
+    tokio::pin!(finished);
+    let result = tokio::select! {
+        result = &mut finished => result,
+        () = &mut shutdown => {
+            info!(message = "Shutdown requested: finishing the open batch.");
+            shared.stop.store(true, Ordering::Release);
+            finished.await
+        }
+    };
+    // The sender is dropped without a result only if the thread panicked.
+    result.unwrap_or(Err(Error::LoopPanicked))
+}

@@ -1,0 +1,334 @@
+//! The shard's configuration: flags with environment fallbacks, and the
+//! values derived from them once at start (ordinal, owned partitions, paths).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ledger::domain::Currency;
+use ledger::machine::{Rules, Source};
+use ledger::store::StoreOptions;
+use ledger::telemetry::LogFormat;
+
+use crate::faults::Faults;
+
+/// Why the configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no shard ordinal: pass --shard (or TXLEDGER_SHARD), or run on a host whose name \
+         ends with the ordinal, like a StatefulSet pod `ledger-consumer-2` (this host is {0:?})"
+    )]
+    NoOrdinal(String),
+    #[error("shard {shard} does not exist among {shards} shards: ordinals run from 0 to {last}", last = shards - 1)]
+    OrdinalOutOfRange { shard: u32, shards: u32 },
+    #[error(
+        "shard {shard} of {shards} owns no partition of {partitions}: \
+         run at most as many shards as partitions"
+    )]
+    NoPartition {
+        shard: u32,
+        shards: u32,
+        partitions: i32,
+    },
+    #[error(
+        "the transaction timeout ({timeout_ms} ms) must leave room for a batch: \
+         use at least ten times --batch-ms ({batch_ms} ms) and at least 1000 ms"
+    )]
+    TransactionTimeout { timeout_ms: u64, batch_ms: u64 },
+    #[error("{variable}={value:?} is not valid: {why}")]
+    Fault {
+        variable: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// An exactly-once consumer shard of the txledger pipeline.
+///
+/// Kafka client security settings (SASL, TLS) come from KAFKA_SECURITY_PROTOCOL,
+/// KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and
+/// KAFKA_SSL_CA_LOCATION. Logs are filtered with RUST_LOG (default info).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "consumer", version)]
+pub struct Config {
+    /// Kafka brokers, host:port[,host:port...].
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "localhost:9092"
+    )]
+    pub bootstrap_servers: String,
+
+    /// Input topic of transfers, keyed by source account.
+    #[arg(long, env = "TXLEDGER_TRANSFERS_TOPIC", default_value = "transactions")]
+    pub transfers_topic: String,
+
+    /// Topic of credits between shards, keyed by destination account; read
+    /// and written by the shards.
+    #[arg(long, env = "TXLEDGER_CREDITS_TOPIC", default_value = "ledger-credits")]
+    pub credits_topic: String,
+
+    /// Output topic of outcomes, one per input transfer record.
+    #[arg(long, env = "TXLEDGER_RESULTS_TOPIC", default_value = "ledger-results")]
+    pub results_topic: String,
+
+    /// Dead-letter topic for undecodable input.
+    #[arg(long, env = "TXLEDGER_DLQ_TOPIC", default_value = "ledger-dlq")]
+    pub dlq_topic: String,
+
+    /// Partitions of the topics, used to create missing ones and to check
+    /// that transfers and credits have the same count.
+    #[arg(long, env = "TXLEDGER_PARTITIONS", default_value_t = 6,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+
+    /// The sled directory of this shard [default: ./data/shard-<ordinal>].
+    #[arg(long, env = "TXLEDGER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// This shard's ordinal, 0 to shards-1 [default: the number at the end of
+    /// the hostname, e.g. ledger-consumer-2].
+    #[arg(long, env = "TXLEDGER_SHARD")]
+    pub shard: Option<u32>,
+
+    /// How many shards share the partitions.
+    #[arg(long, env = "TXLEDGER_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub shards: u32,
+
+    /// Consumer group whose committed offsets the transactions carry.
+    #[arg(long, env = "TXLEDGER_GROUP_ID", default_value = "txledger-ledger")]
+    pub group_id: String,
+
+    /// The shard's transactional.id is `<prefix>-<ordinal>`: stable across
+    /// restarts so that a new incarnation fences the old one.
+    #[arg(
+        long,
+        env = "TXLEDGER_TRANSACTIONAL_ID_PREFIX",
+        default_value = "ledger-consumer"
+    )]
+    pub transactional_id_prefix: String,
+
+    /// Address of the HTTP API (health, readiness, metrics, queries).
+    #[arg(long, env = "TXLEDGER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Most records in one batch (one Kafka transaction, one sled write).
+    #[arg(long, env = "TXLEDGER_BATCH_RECORDS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub batch_records: u32,
+
+    /// Longest time spent polling one batch, in milliseconds.
+    #[arg(long, env = "TXLEDGER_BATCH_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub batch_ms: u64,
+
+    /// Kafka transaction timeout in milliseconds; must stay at or below the
+    /// broker's transaction.max.timeout.ms.
+    #[arg(
+        long,
+        env = "TXLEDGER_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub transaction_timeout_ms: u64,
+
+    /// The ledger's one currency; transfers in any other are rejected.
+    #[arg(long, env = "TXLEDGER_CURRENCY", default_value = "EUR")]
+    pub currency: Currency,
+
+    /// How many recent transfer ids are remembered for idempotency; a
+    /// resubmission older than that is decided again.
+    #[arg(long, env = "TXLEDGER_IDEMPOTENCY_WINDOW", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub idempotency_window: u64,
+
+    /// Log line format.
+    #[arg(long, env = "TXLEDGER_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Test-only failure injection, from TXLEDGER_FAIL_AT and friends (see
+    /// `faults`); never a flag, so that nobody sets it by accident.
+    #[arg(skip)]
+    pub faults: Faults,
+}
+
+/// Everything the shard loop needs, resolved and checked once.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub bootstrap_servers: String,
+    pub transfers_topic: String,
+    pub credits_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
+    pub shard: u32,
+    pub shards: u32,
+    /// Partition numbers this shard owns in both input topics.
+    pub owned: Vec<i32>,
+    pub data_dir: PathBuf,
+    pub group_id: String,
+    pub transactional_id: String,
+    pub batch_records: usize,
+    pub batch_time: Duration,
+    pub transaction_timeout: Duration,
+    pub rules: Rules,
+    pub store: StoreOptions,
+    pub faults: Faults,
+}
+
+impl Settings {
+    pub fn resolve(config: &Config) -> Result<Settings, ConfigError> {
+        let shard = match config.shard {
+            Some(shard) => shard,
+            None => {
+                let host = hostname::get()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                ordinal_of_hostname(&host).ok_or(ConfigError::NoOrdinal(host))?
+            }
+        };
+        if shard >= config.shards {
+            return Err(ConfigError::OrdinalOutOfRange {
+                shard,
+                shards: config.shards,
+            });
+        }
+        let owned = owned_partitions(shard, config.shards, config.partitions);
+        if owned.is_empty() {
+            return Err(ConfigError::NoPartition {
+                shard,
+                shards: config.shards,
+                partitions: config.partitions,
+            });
+        }
+        if config.transaction_timeout_ms < 1000
+            || config.transaction_timeout_ms < config.batch_ms * 10
+        {
+            return Err(ConfigError::TransactionTimeout {
+                timeout_ms: config.transaction_timeout_ms,
+                batch_ms: config.batch_ms,
+            });
+        }
+        Ok(Settings {
+            bootstrap_servers: config.bootstrap_servers.clone(),
+            transfers_topic: config.transfers_topic.clone(),
+            credits_topic: config.credits_topic.clone(),
+            results_topic: config.results_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            shard,
+            shards: config.shards,
+            owned,
+            data_dir: config
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("./data/shard-{shard}"))),
+            group_id: config.group_id.clone(),
+            transactional_id: format!("{}-{shard}", config.transactional_id_prefix),
+            batch_records: config.batch_records as usize,
+            batch_time: Duration::from_millis(config.batch_ms),
+            transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),
+            rules: Rules {
+                currency: config.currency,
+            },
+            store: StoreOptions {
+                idempotency_window: usize::try_from(config.idempotency_window)
+                    .unwrap_or(usize::MAX),
+            },
+            faults: config.faults,
+        })
+    }
+
+    pub fn topic(&self, source: Source) -> &str {
+        match source {
+            Source::Transfers => &self.transfers_topic,
+            Source::Credits => &self.credits_topic,
+        }
+    }
+}
+
+/// The StatefulSet ordinal: the digits at the end of the hostname.
+pub fn ordinal_of_hostname(host: &str) -> Option<u32> {
+    let digits = host.len() - host.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    host[host.len() - digits..].parse().ok()
+}
+
+/// Partitions `p` with `p mod shards == shard`: static ownership, so no
+/// group rebalance ever moves an account away from the sled that holds it.
+pub fn owned_partitions(shard: u32, shards: u32, partitions: i32) -> Vec<i32> {
+    (0..partitions)
+        .filter(|p| u32::try_from(*p).is_ok_and(|p| p % shards == shard))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ordinal_is_the_hostname_suffix() {
+        assert_eq!(ordinal_of_hostname("ledger-consumer-2"), Some(2));
+        assert_eq!(ordinal_of_hostname("ledger-consumer-17"), Some(17));
+        assert_eq!(ordinal_of_hostname("host3"), Some(3));
+        assert_eq!(ordinal_of_hostname("laptop"), None);
+        assert_eq!(ordinal_of_hostname(""), None);
+    }
+
+    #[test]
+    fn shards_split_the_partitions_modulo() {
+        assert_eq!(owned_partitions(0, 1, 3), vec![0, 1, 2]);
+        assert_eq!(owned_partitions(1, 3, 6), vec![1, 4]);
+        assert_eq!(owned_partitions(2, 4, 6), vec![2]);
+        assert!(owned_partitions(6, 7, 6).is_empty());
+        let all: Vec<i32> = (0..5).flat_map(|s| owned_partitions(s, 5, 12)).collect();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..12).collect::<Vec<_>>(), "each partition once");
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("consumer").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn settings_are_derived_and_checked() {
+        let config = parse(&[
+            "--shard",
+            "1",
+            "--shards",
+            "3",
+            "--transactional-id-prefix",
+            "t",
+        ]);
+        let settings = Settings::resolve(&config).unwrap();
+        assert_eq!(settings.owned, vec![1, 4]);
+        assert_eq!(settings.transactional_id, "t-1");
+        assert_eq!(settings.data_dir, PathBuf::from("./data/shard-1"));
+        assert_eq!(settings.rules.currency, Currency::EUR);
+
+        let out_of_range = parse(&["--shard", "3", "--shards", "3"]);
+        assert!(matches!(
+            Settings::resolve(&out_of_range),
+            Err(ConfigError::OrdinalOutOfRange { .. })
+        ));
+        let idle = parse(&["--shard", "6", "--shards", "7"]);
+        assert!(matches!(
+            Settings::resolve(&idle),
+            Err(ConfigError::NoPartition { .. })
+        ));
+        let tight = parse(&[
+            "--shard",
+            "0",
+            "--batch-ms",
+            "500",
+            "--transaction-timeout-ms",
+            "2000",
+        ]);
+        assert!(matches!(
+            Settings::resolve(&tight),
+            Err(ConfigError::TransactionTimeout { .. })
+        ));
+        assert!(Config::try_parse_from(["consumer", "--currency", "euro"]).is_err());
+        assert!(Config::try_parse_from(["consumer", "--batch-records", "0"]).is_err());
+    }
+}

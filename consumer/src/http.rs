@@ -1,0 +1,195 @@
+//! The HTTP API: health, readiness, metrics and read-only queries.
+//!
+//! Queries read the store through `StoreReader`, which serves the last
+//! COMMITTED state: a batch between its sled write and its Kafka commit is
+//! invisible here. sled reads block, so they run on the blocking pool.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ledger::domain::{AccountId, TransferId};
+use ledger::store::StoreReader;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+
+use crate::api::{
+    AccountBalance, AccountEntry, ErrorBody, ShardStats, TopAccounts, TransferStatus,
+};
+use crate::measure;
+use crate::shard::Shared;
+
+/// Most accounts one `?top=N` query returns: it bounds the answer's size and
+/// the sort's work.
+pub const TOP_MAX: usize = 1000;
+const TOP_DEFAULT: usize = 10;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub shared: Arc<Shared>,
+    pub shard: u32,
+    pub shards: u32,
+    pub metrics: PrometheusHandle,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .route("/v1/accounts", get(top_accounts))
+        .route("/v1/accounts/{id}", get(account))
+        .route("/v1/transfers/{id}", get(transfer))
+        .route("/v1/stats", get(stats))
+        .with_state(state)
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.shared.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering")
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
+}
+
+/// Runs a read on the blocking pool, once the shard is ready (before that
+/// the store may still be recovering).
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    query: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let Some(reader) = state.shared.reader.get().cloned() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the shard is recovering; retry once /readyz answers 200".to_owned(),
+        ));
+    };
+    tokio::task::spawn_blocking(move || query(&reader))
+        .await
+        .map_err(|join| ApiError(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()))?
+}
+
+fn store_error(error: sled::Error) -> ApiError {
+    // A failed sled read means I/O trouble or corruption: an operator must look.
+    tracing::error!(message = "Reading the ledger failed.", error = %error);
+    measure::error("store");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("reading the ledger failed: {error}"),
+    )
+}
+
+async fn account(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountBalance>, ApiError> {
+    let account = AccountId::parse(&id)
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let shard = state.shard;
+    let shards = state.shards;
+    read(&state, move |reader| {
+        match reader.balance(&account).map_err(store_error)? {
+            Some(balance) => Ok(Json(AccountBalance {
+                account: account.to_string(),
+                balance: balance.to_decimal(),
+                shard,
+            })),
+            None => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "account {account} is not known to shard {shard} of {shards} \
+                     (it may live on another shard, or have no movement yet)"
+                ),
+            )),
+        }
+    })
+    .await
+}
+
+/// `top` is read as text so that a bad value gets the API's JSON error,
+/// not the extractor's plain-text one.
+#[derive(Deserialize)]
+struct TopParams {
+    top: Option<String>,
+}
+
+async fn top_accounts(
+    State(state): State<AppState>,
+    Query(params): Query<TopParams>,
+) -> Result<Json<TopAccounts>, ApiError> {
+    let top = match params.top.as_deref() {
+        None => TOP_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=TOP_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("top must be a number from 1 to {TOP_MAX}, got {text:?}"),
+                )
+            })?,
+    };
+    let shard = state.shard;
+    read(&state, move |reader| {
+        let accounts = reader
+            .top(top)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(account, balance)| AccountEntry {
+                account: account.to_string(),
+                balance: balance.to_decimal(),
+            })
+            .collect();
+        Ok(Json(TopAccounts { shard, accounts }))
+    })
+    .await
+}
+
+async fn transfer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TransferStatus>, ApiError> {
+    let transfer_id: TransferId = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("transfer id {id:?} is not a UUID"),
+        )
+    })?;
+    let shard = state.shard;
+    read(&state, move |reader| {
+        let status = reader.transfer(transfer_id);
+        Ok(Json(TransferStatus {
+            transfer_id: transfer_id.to_string(),
+            shard,
+            decision: status.decision,
+            credited: status.credited,
+        }))
+    })
+    .await
+}
+
+async fn stats(State(state): State<AppState>) -> Result<Json<ShardStats>, ApiError> {
+    let (shard, shards) = (state.shard, state.shards);
+    read(&state, move |reader| {
+        let stats = reader.stats().map_err(store_error)?;
+        Ok(Json(ShardStats::new(shard, shards, stats)))
+    })
+    .await
+}

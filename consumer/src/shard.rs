@@ -1,0 +1,773 @@
+//! The exactly-once protocol of one shard (DESIGN.md, "The exactly-once
+//! protocol"), run on a dedicated thread because every transactional call of
+//! rdkafka blocks.
+//!
+//! Per batch: poll (bounded) -> `process_batch` (pure) -> begin -> produce
+//! outcomes, credits, dead letters -> ONE durable sled write with the
+//! pending record -> offsets into the transaction -> commit -> the batch is
+//! visible to queries. The pending record stays on disk until the next write
+//! replaces it or an idle round clears it; recovery resolves it after a crash.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ledger::domain::Money;
+use ledger::kafka::{self, ErrorClass};
+use ledger::machine::{
+    process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output, Source,
+};
+use ledger::recovery::{self, PendingOffsets, Recovery};
+use ledger::store::{Store, StoreError, StoreReader};
+use ledger::wire;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::faults::{Mutant, Step};
+use crate::{measure, Error};
+
+/// Attempts of a retriable transactional call before the transaction is
+/// given up (aborted and redone).
+const RETRIES_MAX: u32 = 5;
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Start-up waits longer: the broker may still be starting. Each attempt
+/// is bounded by `STARTUP_CALL_TIMEOUT`, so a start gives up within minutes
+/// and the supervisor restarts it.
+const STARTUP_ATTEMPTS_MAX: u32 = 10;
+const STARTUP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `send` waits for room in a full producer queue, in slices.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
+const QUEUE_FULL_RETRIES: u32 = 100;
+/// The stop flag is looked at least this often while polling.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// State shared between the loop thread and the HTTP API.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Recovery is done and the loop consumes.
+    pub ready: AtomicBool,
+    /// Set on SIGTERM: finish the open batch, then stop.
+    pub stop: AtomicBool,
+    /// Set once recovery is done; queries before that get 503.
+    pub reader: OnceLock<StoreReader>,
+}
+
+/// Routes librdkafka's logs and errors into `tracing`. librdkafka calls a
+/// lost connection an error; here ERROR means "possible data loss or
+/// operator action", which the protocol's own checks decide, so client-level
+/// events are WARN at most.
+struct KafkaContext;
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", message = line, facility);
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", message = line, facility);
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", message = line, facility),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        report("client", "client", &error, reason);
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+impl ProducerContext for KafkaContext {
+    type DeliveryOpaque = ();
+
+    /// A failed delivery fails the transaction's commit, which is where it
+    /// is handled (and logged); nothing to do per record.
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// Logs an error event and counts it, in one place. `class` is the metric
+/// label: retriable, abortable, fatal, consumer, client, store.
+fn report(class: &'static str, step: &'static str, error: &dyn std::fmt::Display, what: &str) {
+    measure::error(class);
+    match class {
+        "fatal" | "store" => error!(message = what, class, step, error = %error),
+        _ => warn!(message = what, class, step, error = %error),
+    }
+}
+
+/// A Kafka call that failed, after the retries of retriable errors.
+struct Failed {
+    step: &'static str,
+    class: ErrorClass,
+    error: KafkaError,
+}
+
+/// Why a transaction did not commit.
+enum Interrupted {
+    Kafka(Failed),
+    /// `TXLEDGER_ABORT_EVERY` asked for this abort.
+    Deliberate,
+    /// sled failed: corruption or I/O, never retried.
+    Store(StoreError),
+}
+
+impl From<Failed> for Interrupted {
+    fn from(failed: Failed) -> Self {
+        Interrupted::Kafka(failed)
+    }
+}
+
+/// One consumed record, copied out of the consumer's buffers so that the
+/// batch does not borrow the consumer while the loop uses it.
+struct Polled {
+    at: InputPartition,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// What a committed batch cost, for metrics.
+struct Committed {
+    flush: Duration,
+    /// Change of this shard's sum of balances.
+    delta: Money,
+}
+
+/// The shard's thread body: start (with recovery), then batches until the
+/// stop flag is set or a fatal error.
+pub(crate) fn run(settings: Settings, shared: Arc<Shared>) -> Result<(), Error> {
+    let Some(mut shard) = Shard::start(settings, Arc::clone(&shared))? else {
+        return Ok(());
+    };
+    let result = shard.serve();
+    shared.ready.store(false, Ordering::Release);
+    measure::ready(false);
+    result
+}
+
+struct Shard {
+    settings: Settings,
+    shared: Arc<Shared>,
+    store: Store,
+    consumer: BaseConsumer<KafkaContext>,
+    producer: BaseProducer<KafkaContext>,
+    /// The group whose offsets the transactions commit.
+    group: ConsumerGroupMetadata,
+    /// Non-empty batches polled by this incarnation, for failure injection.
+    batches: u64,
+    /// Transactions begun by this incarnation, for deliberate aborts.
+    transactions: u64,
+    /// Sum of the committed balances, kept batch by batch for the gauge.
+    balance_sum: Money,
+}
+
+impl Shard {
+    /// Opens the store, fences the previous incarnation, recovers and
+    /// assigns the partitions. `None`: stopped before it was done.
+    fn start(settings: Settings, shared: Arc<Shared>) -> Result<Option<Shard>, Error> {
+        let mut store = Store::open(&settings.data_dir, settings.store)?;
+        info!(
+            message = "Ledger opened.",
+            path = %settings.data_dir.display(),
+            shard = settings.shard,
+            shards = settings.shards,
+            partitions = ?settings.owned,
+            offsets = %recovery::show(store.offsets()),
+            pending = store.pending().is_some(),
+        );
+
+        let producer: BaseProducer<KafkaContext> = kafka::transactional_producer_config(
+            &settings.bootstrap_servers,
+            &settings.transactional_id,
+            settings.transaction_timeout,
+        )
+        .create_with_context(KafkaContext)
+        .map_err(|error| Error::Kafka {
+            step: "creating the producer",
+            error,
+        })?;
+        // Fences any older incarnation with the same transactional.id and
+        // completes or aborts its open transaction, so that the committed
+        // offsets read next can no longer move.
+        let init = startup_retry(&shared, "init_transactions", || {
+            producer.init_transactions(settings.transaction_timeout.min(STARTUP_CALL_TIMEOUT))
+        })?;
+        if init.is_none() {
+            return Ok(None);
+        }
+
+        let consumer: BaseConsumer<KafkaContext> =
+            kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id)
+                .create_with_context(KafkaContext)
+                .map_err(|error| Error::Kafka {
+                    step: "creating the consumer",
+                    error,
+                })?;
+        let Some(committed) = startup_retry(&shared, "fetching committed offsets", || {
+            committed_offsets(&consumer, &settings)
+        })?
+        else {
+            return Ok(None);
+        };
+
+        let pending = store.pending().map(|pending| PendingOffsets {
+            before: &pending.offsets_before,
+            after: &pending.offsets_after,
+        });
+        let decision = recovery::decide(pending, store.offsets(), &committed);
+        info!(
+            message = "Recovery decided.",
+            decision = ?decision,
+            sled = %recovery::show(store.offsets()),
+            kafka = %recovery::show(&committed),
+        );
+        match decision {
+            Recovery::Normal => {}
+            Recovery::KeepPending => store.clear_pending()?,
+            Recovery::UndoPending => store.undo_pending()?,
+            Recovery::Refuse(message) => return Err(Error::RecoveryRefused(message)),
+        }
+        // Invariant 5, checked after acting on the decision.
+        assert_eq!(
+            store.offsets(),
+            &committed,
+            "invariant violated: after recovery sled's offsets must equal Kafka's"
+        );
+
+        let group = consumer.group_metadata().ok_or(Error::Kafka {
+            step: "reading the consumer group metadata",
+            error: KafkaError::Subscription("no group metadata".to_owned()),
+        })?;
+        let reader = store.reader();
+        let balance_sum = reader
+            .balances()
+            .map_err(|error| {
+                Error::Store(StoreError::Sled {
+                    path: settings.data_dir.clone(),
+                    source: error,
+                })
+            })?
+            .into_iter()
+            .map(|(_, balance)| balance)
+            .sum();
+        let shard = Shard {
+            settings,
+            shared,
+            store,
+            consumer,
+            producer,
+            group,
+            batches: 0,
+            transactions: 0,
+            balance_sum,
+        };
+        shard.seek_to_store()?;
+        measure::balance_sum(balance_sum);
+        // A reader set twice (impossible: one start per Shared) keeps the first.
+        let _ = shard.shared.reader.set(reader);
+        shard.shared.ready.store(true, Ordering::Release);
+        measure::ready(true);
+        info!(
+            message = "Shard ready.",
+            shard = shard.settings.shard,
+            transactional_id = %shard.settings.transactional_id,
+            offsets = %recovery::show(shard.store.offsets()),
+            balance_sum = %balance_sum,
+        );
+        Ok(Some(shard))
+    }
+
+    fn serve(&mut self) -> Result<(), Error> {
+        let faults = self.settings.faults;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let polled = self.poll_batch()?;
+            if polled.is_empty() {
+                // Idle: the pending record's batch is committed; clearing it
+                // now makes a later restart a plain Normal start.
+                if self.store.pending().is_some() {
+                    faults.check(Step::BeforeClearPending, self.batches);
+                    self.store.clear_pending()?;
+                }
+                continue;
+            }
+            self.batches += 1;
+            faults.check(Step::AfterPoll, self.batches);
+            self.process(&polled)?;
+        }
+        if self.store.pending().is_some() {
+            faults.check(Step::BeforeClearPending, self.batches);
+            self.store.clear_pending()?;
+        }
+        self.store.flush()?;
+        info!(
+            message = "Shard stopped cleanly.",
+            shard = self.settings.shard,
+            offsets = %recovery::show(self.store.offsets()),
+        );
+        Ok(())
+    }
+
+    /// Polls until `batch_records` records or `batch_time`, or the stop flag.
+    fn poll_batch(&self) -> Result<Vec<Polled>, Error> {
+        let deadline = Instant::now() + self.settings.batch_time;
+        let mut batch = Vec::new();
+        while batch.len() < self.settings.batch_records && !self.shared.stop.load(Ordering::Acquire)
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.consumer.poll((deadline - now).min(POLL_SLICE)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let source = if message.topic() == self.settings.transfers_topic {
+                        Source::Transfers
+                    } else {
+                        Source::Credits
+                    };
+                    batch.push(Polled {
+                        at: InputPartition {
+                            source,
+                            partition: message.partition(),
+                        },
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    });
+                }
+                Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
+                    report("fatal", "poll", &error, "The consumer failed fatally.");
+                    return Err(Error::Kafka {
+                        step: "poll",
+                        error,
+                    });
+                }
+                Some(Err(error)) => {
+                    report("consumer", "poll", &error, "Consuming failed; polling on.");
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn process(&mut self, polled: &[Polled]) -> Result<(), Error> {
+        let started = Instant::now();
+        let records: Vec<InputRecord<'_>> = polled
+            .iter()
+            .map(|record| InputRecord {
+                at: record.at,
+                offset: record.offset,
+                key: record.key.as_deref(),
+                payload: record.payload.as_deref(),
+            })
+            .collect();
+        let effects = process_batch(&self.store, &self.settings.rules, &records);
+        let mut written = false;
+        match self.transact(&effects, &mut written) {
+            Ok(committed) => {
+                self.store.mark_committed();
+                self.balance_sum = self.balance_sum + committed.delta;
+                measure::balance_sum(self.balance_sum);
+                measure::committed(&records, &effects, committed.flush, started.elapsed());
+                debug!(
+                    message = "Batch committed.",
+                    records = records.len(),
+                    accepted = effects.counts.accepted,
+                    rejected = effects.counts.rejected,
+                    duplicate = effects.counts.duplicate,
+                    credits_applied = effects.counts.credits_applied,
+                    dead_letters = effects.counts.dead_letters,
+                    offsets = %recovery::show(self.store.offsets()),
+                );
+                Ok(())
+            }
+            Err(Interrupted::Store(error)) => {
+                report("store", "sled write", &error, "Writing the ledger failed.");
+                Err(Error::Store(error))
+            }
+            Err(Interrupted::Kafka(Failed {
+                step,
+                class: ErrorClass::Fatal,
+                error,
+            })) => {
+                report(
+                    "fatal",
+                    step,
+                    &error,
+                    "Fatal Kafka error: exiting; the next incarnation recovers.",
+                );
+                Err(Error::Kafka { step, error })
+            }
+            Err(Interrupted::Kafka(Failed { step, error, .. })) => {
+                report(
+                    "abortable",
+                    step,
+                    &error,
+                    "Transaction failed: aborting and redoing the batch.",
+                );
+                self.abort(written)
+            }
+            Err(Interrupted::Deliberate) => {
+                info!(message = "Aborting a transaction on purpose (TXLEDGER_ABORT_EVERY).");
+                self.abort(written)
+            }
+        }
+    }
+
+    /// One Kafka transaction around the batch. `written` tells the abort path
+    /// whether sled holds this batch (and must be undone).
+    fn transact(
+        &mut self,
+        effects: &BatchEffects,
+        written: &mut bool,
+    ) -> Result<Committed, Interrupted> {
+        let faults = self.settings.faults;
+        self.transactions += 1;
+        attempt("begin_transaction", || self.producer.begin_transaction())?;
+        self.produce(effects)?;
+        faults.check(Step::AfterProduce, self.batches);
+        // Old balances must be read before the write replaces them.
+        let delta: Money = effects
+            .balances
+            .iter()
+            .map(|(account, new)| *new - self.store.balance(account))
+            .sum();
+        let offsets = self.offsets_list(&effects.offsets)?;
+
+        if faults.mutant == Some(Mutant::CommitBeforeSledWrite) {
+            self.send_offsets(&offsets)?;
+            faults.check(Step::AfterSendOffsets, self.batches);
+            attempt("commit_transaction", || {
+                self.producer.commit_transaction(Timeout::Never)
+            })?;
+            faults.check(Step::AfterCommit, self.batches);
+            let report = self
+                .store
+                .write_batch(effects)
+                .map_err(Interrupted::Store)?;
+            faults.check(Step::AfterSledWrite, self.batches);
+            return Ok(Committed {
+                flush: report.flush,
+                delta,
+            });
+        }
+
+        let report = self
+            .store
+            .write_batch(effects)
+            .map_err(Interrupted::Store)?;
+        *written = true;
+        faults.check(Step::AfterSledWrite, self.batches);
+        self.send_offsets(&offsets)?;
+        faults.check(Step::AfterSendOffsets, self.batches);
+        if faults.abort_transaction(self.transactions) {
+            return Err(Interrupted::Deliberate);
+        }
+        // An infinite timeout, as librdkafka recommends: a finite one can
+        // fail with a flush timeout that carries no retriable/abortable/
+        // fatal flag, leaving the transaction's fate unknown.
+        attempt("commit_transaction", || {
+            self.producer.commit_transaction(Timeout::Never)
+        })?;
+        faults.check(Step::AfterCommit, self.batches);
+        Ok(Committed {
+            flush: report.flush,
+            delta,
+        })
+    }
+
+    fn produce(&self, effects: &BatchEffects) -> Result<(), Failed> {
+        let settings = &self.settings;
+        for output in &effects.outputs {
+            match output {
+                Output::Outcome(outcome) => {
+                    let key = match outcome.transfer_id {
+                        Some(id) => id.to_string(),
+                        None => format!("{}-{}", outcome.partition, outcome.offset),
+                    };
+                    let payload = wire::encode_outcome(outcome);
+                    self.send(
+                        BaseRecord::to(&settings.results_topic)
+                            .key(key.as_bytes())
+                            .payload(payload.as_slice()),
+                    )?;
+                }
+                Output::Credit(credit) => {
+                    // Keyed by the destination account and partitioned with
+                    // the transfer producer's partitioner, the credit lands
+                    // in the partition number that owns that account.
+                    let payload = wire::encode_credit(credit);
+                    self.send(
+                        BaseRecord::to(&settings.credits_topic)
+                            .key(credit.to.as_str().as_bytes())
+                            .payload(payload.as_slice()),
+                    )?;
+                }
+                Output::DeadLetter(letter) => {
+                    let source = format!(
+                        "{}/{}@{}",
+                        settings.topic(letter.at.source),
+                        letter.at.partition,
+                        letter.offset
+                    );
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: wire::DLQ_HEADER_REASON,
+                            value: Some(letter.reason.code()),
+                        })
+                        .insert(Header {
+                            key: wire::DLQ_HEADER_DETAIL,
+                            value: Some(letter.detail.as_str()),
+                        })
+                        .insert(Header {
+                            key: wire::DLQ_HEADER_SOURCE,
+                            value: Some(source.as_str()),
+                        });
+                    let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.dlq_topic)
+                        .payload(letter.payload.as_slice())
+                        .headers(headers);
+                    let record = match &letter.key {
+                        Some(key) => record.key(key.as_slice()),
+                        None => record,
+                    };
+                    self.send(record)?;
+                }
+            }
+        }
+        // Serve delivery reports so that the queue does not grow unbounded.
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Enqueues one record, waiting (bounded) for room in a full queue.
+    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), Failed>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        for _ in 0..QUEUE_FULL_RETRIES {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                }
+                Err((error, _)) => {
+                    return Err(Failed {
+                        step: "produce",
+                        class: kafka::classify(&error),
+                        error,
+                    })
+                }
+            }
+        }
+        Err(Failed {
+            step: "produce",
+            class: ErrorClass::Abortable,
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+        })
+    }
+
+    /// The batch's next offsets, for the transaction.
+    fn offsets_list(&self, offsets: &Offsets) -> Result<TopicPartitionList, Failed> {
+        let mut list = TopicPartitionList::new();
+        for (at, next) in offsets {
+            list.add_partition_offset(
+                self.settings.topic(at.source),
+                at.partition,
+                Offset::Offset(*next),
+            )
+            .map_err(|error| Failed {
+                step: "building the offsets",
+                class: ErrorClass::Fatal,
+                error,
+            })?;
+        }
+        Ok(list)
+    }
+
+    fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), Failed> {
+        attempt("send_offsets_to_transaction", || {
+            self.producer.send_offsets_to_transaction(
+                offsets,
+                &self.group,
+                self.settings.transaction_timeout,
+            )
+        })
+    }
+
+    /// Abort, undo in sled, seek back: the batch is redone from the same
+    /// state, and the state machine being deterministic, it produces the
+    /// same records. A failing abort leaves the producer in an unknown
+    /// state: fatal.
+    fn abort(&mut self, written: bool) -> Result<(), Error> {
+        // abort_transaction waits until every record of the transaction is
+        // accounted for, and with a BaseProducer their delivery reports are
+        // served only by polling it: serve them first (bounded by
+        // message.timeout.ms). Purging instead would break the idempotent
+        // producer's sequence numbers and fail the next transaction. A
+        // failure here is aborted along with the rest.
+        let _ = self.producer.flush(self.settings.transaction_timeout);
+        if let Err(Failed { step, error, .. }) = attempt("abort_transaction", || {
+            self.producer
+                .abort_transaction(self.settings.transaction_timeout)
+        }) {
+            report(
+                "fatal",
+                step,
+                &error,
+                "Aborting the transaction failed: exiting.",
+            );
+            return Err(Error::Kafka { step, error });
+        }
+        measure::aborted();
+        if written {
+            self.store.undo_pending()?;
+        }
+        if self.settings.faults.mutant == Some(Mutant::SkipSeekBack) {
+            warn!(message = "Mutant skip_seek_back: not seeking back after an abort.");
+            return Ok(());
+        }
+        self.seek_to_store()?;
+        info!(
+            message = "Transaction aborted and undone; redoing the batch.",
+            offsets = %recovery::show(self.store.offsets()),
+        );
+        Ok(())
+    }
+
+    /// (Re)assigns every owned partition of both input topics at sled's next
+    /// offsets, from the beginning where sled has none. Assigning anew also
+    /// discards whatever the consumer had fetched past those offsets.
+    fn seek_to_store(&self) -> Result<(), Error> {
+        let mut list = TopicPartitionList::new();
+        for source in [Source::Transfers, Source::Credits] {
+            for partition in &self.settings.owned {
+                let at = InputPartition {
+                    source,
+                    partition: *partition,
+                };
+                let offset = match self.store.offsets().get(&at) {
+                    Some(next) => Offset::Offset(*next),
+                    None => Offset::Beginning,
+                };
+                list.add_partition_offset(self.settings.topic(source), *partition, offset)
+                    .map_err(|error| Error::Kafka {
+                        step: "assign",
+                        error,
+                    })?;
+            }
+        }
+        self.consumer.assign(&list).map_err(|error| Error::Kafka {
+            step: "assign",
+            error,
+        })
+    }
+}
+
+/// Runs a transactional call, retrying retriable failures with capped
+/// backoff; a retriable failure that persists becomes abortable.
+fn attempt<T>(step: &'static str, mut call: impl FnMut() -> KafkaResult<T>) -> Result<T, Failed> {
+    let mut backoff = RETRY_BACKOFF_MIN;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match call() {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let class = kafka::classify(&error);
+        if class != ErrorClass::Retriable {
+            return Err(Failed { step, class, error });
+        }
+        if attempts >= RETRIES_MAX {
+            return Err(Failed {
+                step,
+                class: ErrorClass::Abortable,
+                error,
+            });
+        }
+        report("retriable", step, &error, "Kafka call failed; retrying.");
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+/// Start-up calls: the broker may not answer yet, so every non-fatal error
+/// is retried, longer than in the loop. `None`: the stop flag was set.
+fn startup_retry<T>(
+    shared: &Shared,
+    step: &'static str,
+    mut call: impl FnMut() -> KafkaResult<T>,
+) -> Result<Option<T>, Error> {
+    let mut backoff = RETRY_BACKOFF_MIN;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match call() {
+            Ok(value) => return Ok(Some(value)),
+            Err(error) => error,
+        };
+        let fatal = matches!(error, KafkaError::Transaction(ref inner) if inner.is_fatal());
+        if fatal || attempts >= STARTUP_ATTEMPTS_MAX {
+            report("fatal", step, &error, "Kafka refused to start the shard.");
+            return Err(Error::Kafka { step, error });
+        }
+        report("retriable", step, &error, "Start-up call failed; retrying.");
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+    }
+}
+
+/// The group's committed offsets of the owned partitions; a partition
+/// without one has no entry, as recovery expects.
+fn committed_offsets(
+    consumer: &BaseConsumer<KafkaContext>,
+    settings: &Settings,
+) -> KafkaResult<Offsets> {
+    let mut list = TopicPartitionList::new();
+    for source in [Source::Transfers, Source::Credits] {
+        for partition in &settings.owned {
+            list.add_partition(settings.topic(source), *partition);
+        }
+    }
+    let list = consumer.committed_offsets(list, STARTUP_CALL_TIMEOUT)?;
+    let mut offsets = Offsets::new();
+    for element in list.elements() {
+        element.error()?;
+        let source = if element.topic() == settings.transfers_topic {
+            Source::Transfers
+        } else {
+            Source::Credits
+        };
+        if let Offset::Offset(next) = element.offset() {
+            offsets.insert(
+                InputPartition {
+                    source,
+                    partition: element.partition(),
+                },
+                next,
+            );
+        }
+    }
+    Ok(offsets)
+}

@@ -1,0 +1,265 @@
+//! Crashes, restarts and zombies, with the real `consumer` binary as a child
+//! process against a real broker: the process dies at each named protocol
+//! step (failure injection aborts it, like SIGKILL), is restarted on the
+//! same sled directory, and the final state and outcome topic must be
+//! exactly those of a run without failure.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Instant;
+
+use common::*;
+use consumer::faults::{Step, ENV_FAIL_AFTER_BATCHES, ENV_FAIL_AT, ENV_MUTANT};
+use ledger::store::{Store, StoreOptions};
+use rustix::process::Signal;
+
+const SIGABRT: i32 = 6;
+
+fn shard_args(topics: &Topics, data: &Path) -> Vec<String> {
+    let mut args = topics.args(0, 1, data);
+    // Small batches: the scenario spans many transactions.
+    args.extend(["--batch-records".to_owned(), "20".to_owned()]);
+    args
+}
+
+/// The text the shard logged since its last start.
+fn last_incarnation(log: &str) -> &str {
+    log.rfind("Ledger opened.").map_or(log, |at| &log[at..])
+}
+
+/// Phase 1 (deposits) with a healthy shard stopped by SIGTERM, which must
+/// exit 0 and leave no pending record.
+fn deposits_then_sigterm(topics: &Topics, scenario: &Scenario, args: &[String], dir: &Path) {
+    let log = dir.join("shard.log");
+    let mut shard = ChildShard::spawn(args, &[], &log);
+    shard.wait_ready();
+    feed(topics, &scenario.deposits);
+    wait_for_balances(
+        std::slice::from_ref(&shard.url),
+        &scenario.model_after_deposits().balances,
+    );
+    let status = shard.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM must end the shard with 0, got {status}"
+    );
+    let data = dir.join("shard-0");
+    let store =
+        Store::open_existing(&data, StoreOptions::default()).expect("open the stopped ledger");
+    assert!(
+        store.pending().is_none(),
+        "a clean stop leaves no pending record"
+    );
+}
+
+/// Restarts the shard on its directory and checks the whole run.
+fn restart_and_verify(topics: &Topics, scenario: &Scenario, args: &[String], log: &Path) -> String {
+    let mut shard = ChildShard::spawn(args, &[], log);
+    shard.wait_ready();
+    let model = scenario.model();
+    wait_for_balances(std::slice::from_ref(&shard.url), &model.balances);
+    verify_served(&model, std::slice::from_ref(&shard.url));
+    let recovered = last_incarnation(&shard.log_text()).to_owned();
+    let status = shard.terminate();
+    assert!(status.success(), "{status}");
+    verify_topics(
+        topics,
+        scenario.deposits.len() + scenario.transfers.len(),
+        &model,
+    );
+    recovered
+}
+
+fn crash_at(step: Step, seed: u64) {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let log = dir.path().join("shard.log");
+    let args = shard_args(&topics, &data);
+    let scenario = Scenario::new(seed, 12, 150);
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
+
+    // Phase 2 with the shard dying at `step` of its second batch.
+    feed(&topics, &scenario.transfers);
+    let mut shard = ChildShard::spawn(
+        &args,
+        &[(ENV_FAIL_AT, step.name()), (ENV_FAIL_AFTER_BATCHES, "2")],
+        &log,
+    );
+    let status = shard.wait_exit();
+    assert_eq!(
+        status.signal(),
+        Some(SIGABRT),
+        "the shard must die at {}: {status}",
+        step.name()
+    );
+    assert!(last_incarnation(&shard.log_text()).contains("Failure injection"));
+    drop(shard);
+
+    let recovered = restart_and_verify(&topics, &scenario, &args, &log);
+    // What recovery found, per step (the batch before is committed but its
+    // pending record not yet replaced).
+    let expected: &[&str] = match step {
+        Step::AfterPoll | Step::AfterProduce => &["KeepPending", "Normal"],
+        Step::AfterSledWrite | Step::AfterSendOffsets => &["UndoPending"],
+        Step::AfterCommit | Step::BeforeClearPending => &["KeepPending"],
+    };
+    assert!(
+        expected
+            .iter()
+            .any(|d| recovered.contains(&format!("decision={d}"))),
+        "recovery after {} should be one of {expected:?}:\n{recovered}",
+        step.name()
+    );
+}
+
+#[test]
+fn crash_after_poll() {
+    crash_at(Step::AfterPoll, 11);
+}
+
+#[test]
+fn crash_after_produce() {
+    crash_at(Step::AfterProduce, 12);
+}
+
+#[test]
+fn crash_after_sled_write() {
+    crash_at(Step::AfterSledWrite, 13);
+}
+
+#[test]
+fn crash_after_send_offsets() {
+    crash_at(Step::AfterSendOffsets, 14);
+}
+
+#[test]
+fn crash_after_commit() {
+    crash_at(Step::AfterCommit, 15);
+}
+
+#[test]
+fn crash_before_clear_pending() {
+    crash_at(Step::BeforeClearPending, 16);
+}
+
+/// SIGKILL while batches flow, then a restart: prints the restart-to-ready
+/// time, and the result is exact.
+#[test]
+fn sigkill_mid_stream_then_restart() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let log = dir.path().join("shard.log");
+    let args = shard_args(&topics, &data);
+    let scenario = Scenario::new(21, 12, 150);
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
+
+    let mut shard = ChildShard::spawn(&args, &[], &log);
+    shard.wait_ready();
+    feed(&topics, &scenario.transfers);
+    wait_until("some transfers to be processed", || {
+        let stats: consumer::api::ShardStats = get_json(&format!("{}/v1/stats", shard.url));
+        // The feeder is not transactional: transfer offsets are dense.
+        stats
+            .offsets
+            .iter()
+            .filter(|o| o.source == ledger::machine::Source::Transfers)
+            .map(|o| o.next_offset)
+            .sum::<i64>()
+            > (scenario.deposits.len() + 20) as i64
+    });
+    shard.signal(Signal::KILL);
+    let status = shard.wait_exit();
+    assert_eq!(status.signal(), Some(9));
+    drop(shard);
+
+    let started = Instant::now();
+    let mut shard = ChildShard::spawn(&args, &[], &log);
+    shard.wait_ready();
+    eprintln!("restart-to-ready after SIGKILL: {:?}", started.elapsed());
+    assert!(shard.terminate().success());
+    restart_and_verify(&topics, &scenario, &args, &log);
+}
+
+/// A second instance with the same ordinal fences the first: the first
+/// exits non-zero at its next transaction, the second (on a directory that
+/// does not match Kafka's offsets) refuses to start with a clear error, and
+/// after a restart of the first nothing is applied twice.
+#[test]
+fn a_second_instance_fences_the_first() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let args = shard_args(&topics, &data);
+    let scenario = Scenario::new(31, 12, 150);
+    let log = dir.path().join("first.log");
+    let mut first = ChildShard::spawn(&args, &[], &log);
+    first.wait_ready();
+    feed(&topics, &scenario.deposits);
+    wait_for_balances(
+        std::slice::from_ref(&first.url),
+        &scenario.model_after_deposits().balances,
+    );
+
+    let zombie_args = shard_args(&topics, &dir.path().join("other-dir"));
+    let mut second = ChildShard::spawn(&zombie_args, &[], &dir.path().join("second.log"));
+    let status = second.wait_exit();
+    assert!(
+        !status.success(),
+        "the second instance must refuse: {status}"
+    );
+    let text = second.log_text();
+    assert!(
+        text.contains("recovery refused") && text.contains("sled and Kafka disagree"),
+        "{text}"
+    );
+    drop(second);
+
+    feed(&topics, &scenario.transfers);
+    let status = first.wait_exit();
+    assert!(
+        !status.success(),
+        "the fenced shard must exit non-zero: {status}"
+    );
+    assert!(
+        last_incarnation(&first.log_text()).contains("fatal Kafka error"),
+        "{}",
+        first.log_text()
+    );
+    drop(first);
+
+    restart_and_verify(&topics, &scenario, &args, &log);
+}
+
+/// With the `commit_before_sled_write` mutant, a crash between the commit
+/// and the sled write leaves Kafka ahead of sled: the restart refuses
+/// rather than serve balances that miss a committed batch.
+#[test]
+fn the_commit_before_sled_write_mutant_is_refused_at_restart() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let log = dir.path().join("shard.log");
+    let args = shard_args(&topics, &data);
+    let scenario = Scenario::new(41, 12, 150);
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
+    feed(&topics, &scenario.transfers);
+    let mut shard = ChildShard::spawn(
+        &args,
+        &[
+            (ENV_MUTANT, "commit_before_sled_write"),
+            (ENV_FAIL_AT, "after_commit"),
+            (ENV_FAIL_AFTER_BATCHES, "2"),
+        ],
+        &log,
+    );
+    assert_eq!(shard.wait_exit().signal(), Some(SIGABRT));
+    drop(shard);
+    let mut restarted = ChildShard::spawn(&args, &[], &log);
+    let status = restarted.wait_exit();
+    assert!(!status.success(), "{status}");
+    assert!(last_incarnation(&restarted.log_text()).contains("recovery refused"));
+}
