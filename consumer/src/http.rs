@@ -12,20 +12,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
 use ledger::domain::{AccountId, TransferId};
 use ledger::store::StoreReader;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
-use crate::api::{
-    AccountBalance, AccountEntry, ErrorBody, ShardStats, TopAccounts, TransferStatus,
-};
 use crate::measure;
 use crate::shard::Shared;
 
 /// Most accounts one `?top=N` query returns: it bounds the answer's size and
-/// the sort's work.
-pub const TOP_MAX: usize = 1000;
+/// the sort's work, yet lets `ledger audit --url` list every balance of a
+/// shard in one answer.
+pub const TOP_MAX: usize = 10_000_000;
 const TOP_DEFAULT: usize = 10;
 
 #[derive(Clone)]
@@ -52,7 +51,7 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+        (self.0, Json(ErrorView { error: self.1 })).into_response()
     }
 }
 
@@ -98,18 +97,14 @@ fn store_error(error: sled::Error) -> ApiError {
 async fn account(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<AccountBalance>, ApiError> {
+) -> Result<Json<AccountView>, ApiError> {
     let account = AccountId::parse(&id)
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
     let shard = state.shard;
     let shards = state.shards;
     read(&state, move |reader| {
         match reader.balance(&account).map_err(store_error)? {
-            Some(balance) => Ok(Json(AccountBalance {
-                account: account.to_string(),
-                balance: balance.to_decimal(),
-                shard,
-            })),
+            Some(balance) => Ok(Json(AccountView::new(account.as_str(), balance, shard))),
             None => Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -132,7 +127,7 @@ struct TopParams {
 async fn top_accounts(
     State(state): State<AppState>,
     Query(params): Query<TopParams>,
-) -> Result<Json<TopAccounts>, ApiError> {
+) -> Result<Json<TopView>, ApiError> {
     let top = match params.top.as_deref() {
         None => TOP_DEFAULT,
         Some(text) => text
@@ -152,12 +147,9 @@ async fn top_accounts(
             .top(top)
             .map_err(store_error)?
             .into_iter()
-            .map(|(account, balance)| AccountEntry {
-                account: account.to_string(),
-                balance: balance.to_decimal(),
-            })
+            .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
             .collect();
-        Ok(Json(TopAccounts { shard, accounts }))
+        Ok(Json(TopView { shard, accounts }))
     })
     .await
 }
@@ -165,7 +157,7 @@ async fn top_accounts(
 async fn transfer(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<TransferStatus>, ApiError> {
+) -> Result<Json<TransferView>, ApiError> {
     let transfer_id: TransferId = id.parse().map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -174,22 +166,20 @@ async fn transfer(
     })?;
     let shard = state.shard;
     read(&state, move |reader| {
-        let status = reader.transfer(transfer_id);
-        Ok(Json(TransferStatus {
-            transfer_id: transfer_id.to_string(),
+        Ok(Json(TransferView::new(
+            transfer_id.to_string(),
             shard,
-            decision: status.decision,
-            credited: status.credited,
-        }))
+            reader.transfer(transfer_id),
+        )))
     })
     .await
 }
 
-async fn stats(State(state): State<AppState>) -> Result<Json<ShardStats>, ApiError> {
-    let (shard, shards) = (state.shard, state.shards);
+async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
+    let shard = state.shard;
     read(&state, move |reader| {
         let stats = reader.stats().map_err(store_error)?;
-        Ok(Json(ShardStats::new(shard, shards, stats)))
+        Ok(Json(StatsView::new(shard, &stats)))
     })
     .await
 }

@@ -20,11 +20,10 @@
 //!   them (ordinal, owned partitions).
 //! - `shard`: the protocol loop and recovery, on a dedicated thread.
 //! - `http`: health, readiness, metrics and queries (axum, on tokio).
-//! - [`api`]: the JSON bodies of the HTTP API, shared with its clients.
+//!   Its JSON bodies are `ledger::api`'s views, shared with `ledger query`.
 //! - `measure`: the Prometheus metrics.
 //! - [`faults`]: test-only failure injection and protocol mutants.
 
-pub mod api;
 pub mod config;
 pub mod faults;
 mod http;

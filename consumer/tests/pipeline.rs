@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use consumer::api::{AccountBalance, ErrorBody, ShardStats, TopAccounts, TransferStatus};
 use consumer::faults::Mutant;
+use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
 use ledger::domain::{OutcomeKind, RejectReason};
 use ledger::machine::Source;
 use ledger::wire;
@@ -168,8 +168,8 @@ fn bad_input_is_rejected_dead_lettered_and_passed() {
         let response = http().get(format!("{url}/v1/accounts/acc-9")).send();
         response.is_ok_and(|r| r.status().is_success())
     });
-    let balance: AccountBalance = get_json(&format!("{url}/v1/accounts/acc-9"));
-    assert_eq!(balance.balance.to_string(), "123.45");
+    let balance: AccountView = get_json(&format!("{url}/v1/accounts/acc-9"));
+    assert_eq!(balance.balance, "123.45");
     running.stop_all();
 
     let mut results = TopicReader::new(&topics, &topics.results);
@@ -237,20 +237,20 @@ fn the_http_api_answers_queries_and_errors() {
             .status(),
         200
     );
-    let top: TopAccounts = get_json(&format!("{url}/v1/accounts?top=1"));
+    let top: TopView = get_json(&format!("{url}/v1/accounts?top=1"));
     assert_eq!(top.accounts.len(), 1);
     assert_eq!(top.accounts[0].account, "acc-api");
-    assert_eq!(top.accounts[0].balance.to_string(), "50.00");
-    let status: TransferStatus = get_json(&format!("{url}/v1/transfers/{}", deposit.id));
-    assert_eq!(status.decision, Some(ledger::domain::Decision::Accepted));
+    assert_eq!(top.accounts[0].balance, "50.00");
+    let status: TransferView = get_json(&format!("{url}/v1/transfers/{}", deposit.id));
+    assert_eq!(status.decision(), Some(ledger::domain::Decision::Accepted));
     assert!(status.credited);
-    let stats: ShardStats = get_json(&format!("{url}/v1/stats"));
-    assert_eq!((stats.shard, stats.shards, stats.accounts), (0, 1, 2));
-    assert_eq!(stats.sum.to_string(), "0.00");
+    let stats: StatsView = get_json(&format!("{url}/v1/stats"));
+    assert_eq!((stats.shard, stats.accounts), (0, 2));
+    assert_eq!(stats.sum, "0.00");
     assert!(stats
         .offsets
         .iter()
-        .any(|o| o.source == Source::Transfers && o.next_offset == 1));
+        .any(|o| o.source == Source::Transfers.name() && o.next_offset == 1));
 
     for (path, code) in [
         ("/v1/accounts/nobody", 404),
@@ -262,7 +262,7 @@ fn the_http_api_answers_queries_and_errors() {
     ] {
         let response = http().get(format!("{url}{path}")).send().unwrap();
         assert_eq!(response.status().as_u16(), code, "{path}");
-        let body: ErrorBody = response.json().expect("JSON error body");
+        let body: ErrorView = response.json().expect("JSON error body");
         assert!(!body.error.is_empty());
     }
     let metrics = http()
@@ -315,11 +315,11 @@ fn the_skip_seek_back_mutant_loses_records() {
     // batch is never redone).
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let stats: ShardStats = get_json(&format!("{url}/v1/stats"));
+        let stats: StatsView = get_json(&format!("{url}/v1/stats"));
         let next: i64 = stats
             .offsets
             .iter()
-            .filter(|o| o.source == Source::Transfers)
+            .filter(|o| o.source == Source::Transfers.name())
             .map(|o| o.next_offset)
             .sum();
         if next >= 200 {

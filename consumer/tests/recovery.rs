@@ -161,12 +161,12 @@ fn sigkill_mid_stream_then_restart() {
     shard.wait_ready();
     feed(&topics, &scenario.transfers);
     wait_until("some transfers to be processed", || {
-        let stats: consumer::api::ShardStats = get_json(&format!("{}/v1/stats", shard.url));
+        let stats: ledger::api::StatsView = get_json(&format!("{}/v1/stats", shard.url));
         // The feeder is not transactional: transfer offsets are dense.
         stats
             .offsets
             .iter()
-            .filter(|o| o.source == ledger::machine::Source::Transfers)
+            .filter(|o| o.source == ledger::machine::Source::Transfers.name())
             .map(|o| o.next_offset)
             .sum::<i64>()
             > (scenario.deposits.len() + 20) as i64

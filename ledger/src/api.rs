@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Decision, Money};
+use crate::domain::{Decision, Money, RejectReason};
 use crate::machine::Offsets;
 use crate::store::{Stats, TransferStatus};
 
@@ -38,6 +38,18 @@ pub struct TransferView {
 }
 
 impl TransferView {
+    /// The decision this view reports, read back from its status and reason.
+    pub fn decision(&self) -> Option<Decision> {
+        match (self.status.as_str(), self.reason.as_deref()) {
+            ("accepted", _) => Some(Decision::Accepted),
+            ("rejected", Some(code)) => RejectReason::ALL
+                .into_iter()
+                .find(|reason| reason.code() == code)
+                .map(Decision::Rejected),
+            _ => None,
+        }
+    }
+
     pub fn new(transfer_id: String, shard: u32, status: TransferStatus) -> Self {
         let (status_text, reason) = match status.decision {
             Some(Decision::Accepted) => ("accepted", None),

@@ -38,9 +38,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::api::{StatsView, TopView};
 use crate::domain::{
     AccountId, Amount, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer,
     TransferId, SCALE,
@@ -1600,25 +1601,6 @@ pub fn fetch_balances(
     })
 }
 
-/// The part of `GET /v1/stats` the audit needs.
-#[derive(Debug, Deserialize)]
-struct StatsCount {
-    accounts: u64,
-}
-
-/// The part of `GET /v1/accounts?top=N` the audit needs.
-#[derive(Debug, Deserialize)]
-struct Listing {
-    accounts: Vec<ListedAccount>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListedAccount {
-    account: String,
-    /// A decimal string such as `"-12.50"`.
-    balance: Decimal,
-}
-
 /// Lists all of a running shard's accounts: `?top=` with the count its
 /// stats give, then checks the listing is that long, so a shard that caps
 /// `top` below its account count is an error, never a partial audit.
@@ -1644,14 +1626,14 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, Au
         }
         Ok(response)
     };
-    let stats: StatsCount = get("/v1/stats")?
+    let stats: StatsView = get("/v1/stats")?
         .json()
         .map_err(|e| fail(format!("GET /v1/stats: {e}")))?;
     if stats.accounts == 0 {
         return Ok(Vec::new());
     }
     let path = format!("/v1/accounts?top={}", stats.accounts);
-    let listing: Listing = get(&path)?
+    let listing: TopView = get(&path)?
         .json()
         .map_err(|e| fail(format!("GET {path}: {e}")))?;
     if listing.accounts.len() as u64 != stats.accounts {
@@ -1667,7 +1649,11 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, Au
         .map(|entry| {
             let account = AccountId::parse(&entry.account)
                 .map_err(|e| fail(format!("account {:?}: {e}", entry.account)))?;
-            let balance = to_money(entry.balance).ok_or_else(|| {
+            let decimal: Decimal = entry
+                .balance
+                .parse()
+                .map_err(|e| fail(format!("balance {:?} of {account}: {e}", entry.balance)))?;
+            let balance = to_money(decimal).ok_or_else(|| {
                 fail(format!(
                     "balance {} of {account} has more than {SCALE} decimals",
                     entry.balance

@@ -107,9 +107,9 @@ fn serve(stats: Value, status: StatusCode, accounts: Value) -> SocketAddr {
     address
 }
 
-/// The shapes the consumer's API answers (extra fields included).
+/// The shapes the consumer's API answers: `ledger::api` views.
 fn stats(accounts: u64) -> Value {
-    json!({"shard": 0, "shards": 1, "accounts": accounts, "sum": "0.00",
+    json!({"shard": 0, "accounts": accounts, "sum": "0.00",
            "offsets": [], "pending": null, "remembered_ids": 2})
 }
 
@@ -119,8 +119,8 @@ fn a_running_shard_lists_its_balances() {
         stats(2),
         StatusCode::OK,
         json!({"shard": 0, "accounts": [
-            {"account": "alice", "balance": "12.5"},
-            {"account": "world", "balance": "-12.50"}]}),
+            {"account": "alice", "balance": "12.5", "shard": 0},
+            {"account": "world", "balance": "-12.50", "shard": 0}]}),
     );
     let url = format!("http://{address}/");
     let shard = fetch_balances(&BalanceSource::Url(url.clone()), TIMEOUT).unwrap();
@@ -139,7 +139,7 @@ fn a_partial_listing_is_an_error_not_a_partial_audit() {
     let address = serve(
         stats(3),
         StatusCode::OK,
-        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.00"}]}),
+        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.00", "shard": 0}]}),
     );
     let error = fetch_balances(&BalanceSource::Url(format!("http://{address}")), TIMEOUT)
         .unwrap_err()
@@ -171,7 +171,7 @@ fn sub_cent_balances_are_refused() {
     let address = serve(
         stats(1),
         StatusCode::OK,
-        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.005"}]}),
+        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.005", "shard": 0}]}),
     );
     let error = fetch_balances(&BalanceSource::Url(format!("http://{address}")), TIMEOUT)
         .unwrap_err()

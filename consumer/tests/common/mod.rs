@@ -21,8 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use consumer::api::{ShardStats, TopAccounts, TransferStatus};
 use consumer::Config;
+use ledger::api::{StatsView, TopView, TransferView};
 use ledger::domain::{
     AccountId, Amount, Currency, Decision, OutcomeKind, RejectReason, Transfer, TransferId,
 };
@@ -538,13 +538,14 @@ pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
 pub fn served_balances(urls: &[String]) -> BTreeMap<String, i128> {
     let mut all = BTreeMap::new();
     for url in urls {
-        let top: TopAccounts = get_json(&format!("{url}/v1/accounts?top=1000"));
+        let top: TopView = get_json(&format!("{url}/v1/accounts?top=1000"));
         assert!(
             top.accounts.len() < 1000,
             "more accounts than one query shows"
         );
         for entry in top.accounts {
-            let minor = (entry.balance * Decimal::from(100))
+            let balance: Decimal = entry.balance.parse().expect("a decimal balance");
+            let minor = (balance * Decimal::from(100))
                 .to_i128()
                 .expect("balance in minor units");
             assert!(
@@ -754,11 +755,11 @@ impl Drop for ChildShard {
 /// exactly one, balances equal to the model, sum exactly zero.
 pub fn verify_served(model: &Model, urls: &[String]) {
     for (id, decision) in &model.decisions {
-        let statuses: Vec<TransferStatus> = urls
+        let statuses: Vec<TransferView> = urls
             .iter()
             .map(|url| get_json(&format!("{url}/v1/transfers/{id}")))
             .collect();
-        let deciders: Vec<Decision> = statuses.iter().filter_map(|s| s.decision).collect();
+        let deciders: Vec<Decision> = statuses.iter().filter_map(TransferView::decision).collect();
         assert_eq!(deciders, vec![*decision], "decision of {id}");
         let applied = statuses.iter().filter(|s| s.credited).count();
         let expected = usize::from(*decision == Decision::Accepted);
@@ -769,7 +770,10 @@ pub fn verify_served(model: &Model, urls: &[String]) {
     assert_eq!(served.values().sum::<i128>(), 0, "conservation");
     let sum: Decimal = urls
         .iter()
-        .map(|url| get_json::<ShardStats>(&format!("{url}/v1/stats")).sum)
+        .map(|url| {
+            let sum = get_json::<StatsView>(&format!("{url}/v1/stats")).sum;
+            sum.parse::<Decimal>().expect("a decimal sum")
+        })
         .sum();
     assert_eq!(sum, Decimal::ZERO, "sum over the shards' stats");
 }
