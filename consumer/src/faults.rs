@@ -9,7 +9,7 @@
 //! - `TXLEDGER_ABORT_EVERY=N` (N >= 2): abort every N-th transaction on
 //!   purpose, after its sled write and offsets, through the ordinary abort
 //!   path (undo, seek back); the redo is the next transaction, so it commits.
-//! - `TXLEDGER_MUTANT=skip_seek_back|commit_before_sled_write`: break the
+//! - `TXLEDGER_MUTANT=skip_seek_back|skip_undo|commit_before_sled_write`: break the
 //!   protocol on purpose, so that the audit can prove it notices.
 
 use crate::config::ConfigError;
@@ -53,6 +53,10 @@ pub enum Mutant {
     /// After an abort, keep reading from where the consumer is instead of
     /// seeking back: the aborted batch's records are never processed.
     SkipSeekBack,
+    /// After an abort, keep the aborted batch's sled write instead of
+    /// undoing it: its effects stay in the balances although its outcomes
+    /// and credits were never committed.
+    SkipUndo,
     /// Commit the Kafka transaction before the sled write: a crash between
     /// them leaves Kafka ahead of sled with nothing to recover from.
     CommitBeforeSledWrite,
@@ -123,12 +127,13 @@ impl Faults {
         let mutant = match lookup(ENV_MUTANT).as_deref() {
             None => None,
             Some("skip_seek_back") => Some(Mutant::SkipSeekBack),
+            Some("skip_undo") => Some(Mutant::SkipUndo),
             Some("commit_before_sled_write") => Some(Mutant::CommitBeforeSledWrite),
             Some(other) => {
                 return Err(invalid(
                     ENV_MUTANT,
                     other.to_owned(),
-                    "use skip_seek_back or commit_before_sled_write",
+                    "use skip_seek_back, skip_undo or commit_before_sled_write",
                 ))
             }
         };

@@ -637,7 +637,10 @@ impl Shard {
             return Err(Error::Kafka { step, error });
         }
         measure::aborted();
-        if written {
+        if written && self.settings.faults.mutant == Some(Mutant::SkipUndo) {
+            warn!(message = "Mutant skip_undo: keeping the aborted batch in sled.");
+            self.store.mark_committed();
+        } else if written {
             self.store.undo_pending()?;
         }
         if self.settings.faults.mutant == Some(Mutant::SkipSeekBack) {

@@ -117,6 +117,8 @@ pub struct PipelineConfig {
     pub producer_transactional_id: String,
     /// Milliseconds per consumer transaction.
     pub batch_ms: u64,
+    /// Extra environment of every shard (failure injection in tests).
+    pub shard_env: Vec<(String, String)>,
 }
 
 /// One run of the producer.
@@ -312,6 +314,7 @@ impl Pipeline {
                 format!("127.0.0.1:{}", shard.http_port),
             )
             .env("TXLEDGER_BATCH_MS", config.batch_ms.to_string())
+            .envs(config.shard_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

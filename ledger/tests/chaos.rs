@@ -49,6 +49,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         transactional_id_prefix: format!("{prefix}ledger-consumer"),
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
+        shard_env: Vec::new(),
     };
     let mut pipeline = Pipeline::new(config, binaries).expect("pipeline");
     pipeline.create_topics().expect("topics");

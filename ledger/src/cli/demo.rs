@@ -95,6 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         transactional_id_prefix: format!("{prefix}ledger-consumer"),
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
+        shard_env: Vec::new(),
     };
     let mut pipeline = Pipeline::new(config, binaries)?;
     pipeline.create_topics()?;
