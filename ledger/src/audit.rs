@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -46,6 +46,7 @@ use crate::domain::{
     AccountId, Amount, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer,
     TransferId, SCALE,
 };
+use crate::kafka::{EofReader, EofReaderContext};
 use crate::machine::{self, InputPartition, InputRecord, LedgerView, Output, Rules, Source};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::wire;
@@ -1252,7 +1253,7 @@ pub struct Extent {
 
 /// A consumer that never joins a group and never commits: the audit only
 /// looks, and must not move any offset a shard depends on.
-fn reader(bootstrap: &str, isolation: Isolation) -> Result<BaseConsumer, AuditError> {
+fn reader(bootstrap: &str, isolation: Isolation) -> Result<EofReader, AuditError> {
     let group = format!("ledger-audit-{}", uuid::Uuid::new_v4().simple());
     let mut config: ClientConfig = crate::kafka::read_committed_consumer_config(bootstrap, &group);
     config
@@ -1266,10 +1267,12 @@ fn reader(bootstrap: &str, isolation: Isolation) -> Result<BaseConsumer, AuditEr
         .set("fetch.wait.max.ms", "50");
     // The shared config sets fetch.queue.backoff.ms: with librdkafka's
     // default the audit read 145k instead of 615k records/s.
-    config.create().map_err(|error| AuditError::Client {
-        bootstrap: bootstrap.to_owned(),
-        error,
-    })
+    config
+        .create_with_context(EofReaderContext)
+        .map_err(|error| AuditError::Client {
+            bootstrap: bootstrap.to_owned(),
+            error,
+        })
 }
 
 /// The snapshot of each topic's end. Taken with read_uncommitted, so the

@@ -243,3 +243,23 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// The client context of readers that ask for end-of-partition events
+/// (`enable.partition.eof`): librdkafka may also raise those as client-level
+/// errors, which the default context logs at ERROR. Here they are expected
+/// and handled where the reader polls; anything else is a warning.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EofReaderContext;
+
+impl rdkafka::client::ClientContext for EofReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(message = "Kafka client error.", error = %error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofReaderContext {}
+
+/// A `BaseConsumer` for readers that stop at the end of each partition.
+pub type EofReader = rdkafka::consumer::BaseConsumer<EofReaderContext>;

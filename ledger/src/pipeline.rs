@@ -503,7 +503,7 @@ impl Pipeline {
             &format!("{}-probe", self.config.group_id),
         );
         config.set("enable.partition.eof", "true");
-        let probe: BaseConsumer = config.create()?;
+        let probe: kafka::EofReader = config.create_with_context(kafka::EofReaderContext)?;
         let mut assignment = TopicPartitionList::new();
         for topic in [
             &self.config.topics.transactions,
