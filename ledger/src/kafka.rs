@@ -253,7 +253,11 @@ pub struct EofReaderContext;
 
 impl rdkafka::client::ClientContext for EofReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
             tracing::warn!(message = "Kafka client error.", error = %error, reason);
         }
     }

@@ -142,7 +142,7 @@ pub struct Config {
     pub progress_secs: u64,
 
     /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, env = "TXLEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
 
