@@ -261,7 +261,8 @@ impl StatusLine {
                 .iter()
                 .filter(|(labels, _)| labels.contains(&format!("status=\"{status}\"")))
                 .map(|(_, value)| value)
-                .sum()
+                // fold from +0.0: an empty f64 sum is -0.0, printed "-0".
+                .fold(0.0, |total, value| total + value)
         };
         let (accepted, rejected, duplicate) = (
             by_status("accepted"),
@@ -281,10 +282,13 @@ impl StatusLine {
             .flatten()
             .filter_map(|s| s.sum.parse::<rust_decimal::Decimal>().ok())
             .sum();
+        // The shards' sum is minus the credits emitted but not yet applied;
+        // it returns to exactly zero once they land.
+        let in_flight = -sum;
         let lag = pipeline.lag().map_or("?".to_owned(), |lag| lag.to_string());
         let d = pipeline.disruptions;
         let line = format!(
-            "{:>4}s | {:>7.0} outcomes/s | accepted {:.0} rejected {:.0} duplicate {:.0} | lag {lag} | shards up {up}/{} | sum of balances {sum} | kills: shards {} producer {}",
+            "{:>4}s | {:>7.0} outcomes/s | accepted {:.0} rejected {:.0} duplicate {:.0} | lag {lag} | shards up {up}/{} | sum of balances {sum} (credits in flight: {in_flight}) | kills: shards {} producer {}",
             started.elapsed().as_secs(),
             rate,
             accepted,
