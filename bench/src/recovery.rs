@@ -1,0 +1,277 @@
+//! Row 5: restart-to-ready of a shard after SIGKILL, with 10^4, 10^5 and
+//! 10^6 accounts in its sled ledger, against the same with an empty ledger.
+//!
+//! The ledger is written directly with `ledger::store::Store`, as the shard
+//! would have written it: one deposit from `world` per account, decided by
+//! the state machine and its credit applied, in batches, each durable; so
+//! the ledger holds N balances and 2N remembered ids (as many as the
+//! idempotency window keeps). Recovery only starts if Kafka's committed
+//! offsets for the shard's group equal sled's, so the input partitions get
+//! as many (filler) records as the ledger consumed and the group commits
+//! the same next offsets. The shard is then started, killed with SIGKILL
+//! once ready, and restarted: the figure is the median time from spawning
+//! the restarted process to its first `/readyz` 200. The median, over five
+//! restarts: librdkafka sometimes waits out a 500 ms timer before
+//! `init_transactions` reaches the coordinator, at any ledger size.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
+use ledger::kafka;
+use ledger::machine::{InputPartition, Offsets, Source};
+use ledger::routing;
+use ledger::store::{Store, StoreOptions};
+use ledger::wire;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use time::OffsetDateTime;
+
+use crate::core_rows::{drive, Encoded};
+use crate::passthrough::Deliveries;
+use crate::report::{median_by, Row, Target, Unit, Value};
+use crate::shards;
+use crate::{say, Bench, PARTITIONS};
+
+/// The bound on restart-to-ready.
+const READY_TARGET_SECONDS: f64 = 1.0;
+/// "Flat as the ledger grows", made a number: the largest ledger restarts
+/// within 25% of the time of the smallest.
+const FLAT_RATIO: f64 = 1.25;
+/// Deposits per sled batch while building: large batches build faster,
+/// and the shape of the ledger on disk does not depend on them.
+const BUILD_BATCH: usize = 50_000;
+/// Bound on writing the filler records.
+const FILL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One ledger size's restarts.
+#[derive(Debug)]
+struct Restarts {
+    accounts: u64,
+    /// Median spawn-to-ready after SIGKILL.
+    median: Duration,
+    rounds: Vec<Duration>,
+    /// The first start of the shard on the freshly built ledger.
+    first_start: Duration,
+    build: Duration,
+}
+
+impl Restarts {
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accounts": self.accounts,
+            "restart_seconds": self.rounds.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+            "first_start_seconds": self.first_start.as_secs_f64(),
+            "build_seconds": self.build.as_secs_f64(),
+        })
+    }
+}
+
+pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
+    let empty = measure(bench, 0)?;
+    let mut measured = Vec::new();
+    for accounts in bench.sizes.recovery_accounts.clone() {
+        measured.push(measure(bench, accounts)?);
+    }
+    let mut rows: Vec<Row> = measured
+        .iter()
+        .enumerate()
+        .map(|(index, restarts)| {
+            Row::new(
+                format!("5{}", char::from(b'a' + index as u8)),
+                format!(
+                    "recovery: restart -> ready after SIGKILL, {} accounts",
+                    restarts.accounts
+                ),
+                Value::new(restarts.median.as_secs_f64(), Unit::Seconds),
+                "empty ledger",
+                Value::new(empty.median.as_secs_f64(), Unit::Seconds),
+                Some(Target::AtMost {
+                    value: READY_TARGET_SECONDS,
+                }),
+            )
+            .with_details(serde_json::json!({
+                "measured": restarts.details(),
+                "baseline": empty.details(),
+            }))
+        })
+        .collect();
+    if let (Some(smallest), Some(largest)) = (measured.first(), measured.last()) {
+        rows.push(Row::new(
+            format!("5{}", char::from(b'a' + measured.len() as u8)),
+            format!(
+                "recovery flatness: {} vs {} accounts",
+                largest.accounts, smallest.accounts
+            ),
+            Value::new(largest.median.as_secs_f64(), Unit::Seconds),
+            format!("{} accounts", smallest.accounts),
+            Value::new(smallest.median.as_secs_f64(), Unit::Seconds),
+            Some(Target::RatioAtMost { ratio: FLAT_RATIO }),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Builds a ledger of `accounts` accounts (none: an empty ledger), then
+/// kills and restarts its shard `recovery_rounds` times.
+fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
+    let label = format!("recovery-{accounts}");
+    let topics = shards::topics(bench, &label, None);
+    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1)?;
+    say(format!(
+        "row 5: building a ledger of {accounts} accounts..."
+    ));
+    let built = Instant::now();
+    if accounts > 0 {
+        let consumed = build_ledger(bench, &pipeline.shard_data_dirs()[0], accounts)?;
+        let topic = |source| match source {
+            Source::Transfers => topics.transactions.as_str(),
+            Source::Credits => topics.credits.as_str(),
+        };
+        let next: Vec<(&str, i32, i64)> = consumed
+            .iter()
+            .map(|(at, next)| (topic(at.source), at.partition, *next))
+            .collect();
+        fill(bench, &next)?;
+        commit_offsets(bench, &pipeline.config().group_id, &next)?;
+    }
+    let build = built.elapsed();
+
+    let first_start = shards::start_ready(&mut pipeline)?;
+    let mut rounds = Vec::new();
+    for _ in 0..bench.sizes.recovery_rounds {
+        pipeline.kill_shard(0);
+        let restarted = Instant::now();
+        pipeline.start_shard(0)?;
+        shards::wait_ready(&mut pipeline, 0)?;
+        rounds.push(restarted.elapsed());
+    }
+    pipeline.stop();
+    let (median, _) = median_by(rounds.clone(), Duration::as_secs_f64).context("no restart")?;
+    say(format!(
+        "row 5: {accounts} accounts: restart -> ready {:.3} s (median of {}), built in {:.1} s",
+        median.as_secs_f64(),
+        rounds.len(),
+        build.as_secs_f64()
+    ));
+    Ok(Restarts {
+        accounts,
+        median,
+        rounds,
+        first_start,
+        build,
+    })
+}
+
+/// Writes one opening deposit per account into a fresh store at `dir`, as
+/// one shard owning every partition would: the deposits (keyed by `world`,
+/// so all in its partition) decided batch by batch, each batch's credits
+/// applied in the next, every batch durable and committed. Returns the next
+/// offset of every input partition consumed (offsets start at 0, dense).
+fn build_ledger(bench: &Bench, dir: &std::path::Path, accounts: u64) -> anyhow::Result<Offsets> {
+    let mut store = Store::open(dir, StoreOptions::default())?;
+    let amount = Amount::from_minor(10_000)?;
+    let now = OffsetDateTime::now_utc();
+    let world = AccountId::world();
+    let at = InputPartition {
+        source: Source::Transfers,
+        partition: routing::partition_for(world.as_str().as_bytes(), PARTITIONS),
+    };
+    let deposits = (0..accounts).step_by(BUILD_BATCH).map(|first| -> Encoded {
+        (first..(first + BUILD_BATCH as u64).min(accounts))
+            .map(|index| {
+                // Valid by construction: a short id, a positive amount,
+                // two distinct accounts.
+                let account = AccountId::parse(&format!("acc-{index:07}"))
+                    .unwrap_or_else(|error| panic!("account id: {error}"));
+                let transfer = Transfer::new(
+                    TransferId(uuid::Uuid::from_u64_pair(bench.seed, index)),
+                    world.clone(),
+                    account,
+                    amount,
+                    Currency::EUR,
+                    now,
+                )
+                .unwrap_or_else(|error| panic!("deposit: {error}"));
+                (at, index as i64, wire::encode_transfer(&transfer))
+            })
+            .collect()
+    });
+    // One empty batch more, to apply the last batch's credits.
+    let batches = deposits.chain(std::iter::once(Vec::new()));
+    let done = drive(batches, &mut store, true, |store, effects| {
+        store.write_batch(effects)?;
+        store.mark_committed();
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        (done.accepted, done.credits_applied) == (accounts, accounts),
+        "{} deposits accepted and {} credited, of {accounts}",
+        done.accepted,
+        done.credits_applied
+    );
+    // As a shard does once idle: the last batch is known committed.
+    store.clear_pending()?;
+    Ok(store.offsets().clone())
+}
+
+/// Writes `next` filler records into each `(topic, partition, next)`, so
+/// that the offsets the ledger consumed exist in Kafka. The shard starts
+/// past them and never reads them.
+fn fill(bench: &Bench, next: &[(&str, i32, i64)]) -> anyhow::Result<()> {
+    let mut config =
+        kafka::transactional_producer_config(&bench.bootstrap, "", Duration::from_secs(60));
+    config.remove("transactional.id");
+    let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default())?;
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    let mut sent = 0u64;
+    for (topic, partition, count) in next {
+        for _ in 0..*count {
+            let mut record = BaseRecord::<(), [u8]>::to(topic)
+                .partition(*partition)
+                .payload(b"filler".as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "writing the filler took more than {FILL_TIMEOUT:?}"
+                        );
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((error, _)) => return Err(error).context("writing the filler"),
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer
+        .flush(FILL_TIMEOUT)
+        .context("flushing the filler")?;
+    let delivered = producer.context().delivered.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        delivered == sent,
+        "{delivered} of {sent} filler records delivered"
+    );
+    Ok(())
+}
+
+/// Commits each `(topic, partition, next)` as `group`'s offset, as the
+/// shard's transactions would have.
+fn commit_offsets(bench: &Bench, group: &str, next: &[(&str, i32, i64)]) -> anyhow::Result<()> {
+    let consumer: BaseConsumer =
+        kafka::read_committed_consumer_config(&bench.bootstrap, group).create()?;
+    let mut offsets = TopicPartitionList::new();
+    for (topic, partition, next) in next {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .context("committing the group's offsets")?;
+    Ok(())
+}
