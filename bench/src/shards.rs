@@ -2,11 +2,11 @@
 //! `ledger::pipeline::Pipeline`) over a pre-produced input: rows 2 and 6.
 //!
 //! A run is timed from the moment every shard answers `/readyz` (start-up,
-//! a second or so of topic checks and `init_transactions`, is not
+//! under a second of topic checks and `init_transactions`, is not
 //! throughput) to the moment the shards' metrics show every input transfer
 //! decided and every accepted transfer's credit applied. The figure counts
 //! input transfers only, although a shard also writes each accepted
-//! transfer's credit and consumes it back from `ledger-credits`: about two
+//! transfer's credit and consumes it back from `ledger-credits`: up to two
 //! records in and two out per transfer, against the passthrough's one and
 //! one.
 
@@ -24,7 +24,7 @@ use crate::{say, Bench, PARTITIONS};
 /// The target for the exactly-once shard / passthrough.
 const PIPELINE_RATIO_TARGET: f64 = 0.85;
 /// Bound on start-up (topics, init_transactions, recovery).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on consuming the whole input.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often progress is sampled: the resolution of the timing.
@@ -43,7 +43,7 @@ pub type Median<T> = (T, Vec<f64>);
 pub struct ShardRun {
     pub shards: u32,
     pub transfers: u64,
-    /// Every shard ready to the last transfer committed.
+    /// Every shard ready to every transfer decided and credit applied.
     pub elapsed: Duration,
     /// Spawn to every shard ready.
     pub startup: Duration,

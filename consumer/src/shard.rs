@@ -51,6 +51,10 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
 const QUEUE_FULL_RETRIES: u32 = 100;
 /// The stop flag is looked at least this often while polling.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+/// A batch that has records ends when nothing more arrives for this long.
+const IDLE_END: Duration = Duration::from_millis(5);
+/// Pause between checks for undelivered records before a commit.
+const SETTLE_PAUSE: Duration = Duration::from_millis(1);
 
 /// State shared between the loop thread and the HTTP API.
 #[derive(Debug, Default)]
@@ -255,18 +259,7 @@ impl Shard {
             error: KafkaError::Subscription("no group metadata".to_owned()),
         })?;
         let reader = store.reader();
-        let balance_sum = reader
-            .balances()
-            .map_err(|error| {
-                Error::Store(StoreError::Sled {
-                    path: settings.data_dir.clone(),
-                    source: error,
-                })
-            })?
-            .into_iter()
-            .map(|(_, balance)| balance)
-            .sum();
-        let shard = Shard {
+        let mut shard = Shard {
             settings,
             shared,
             store,
@@ -275,12 +268,14 @@ impl Shard {
             group,
             batches: 0,
             transactions: 0,
-            balance_sum,
+            balance_sum: Money::ZERO,
         };
         shard.seek_to_store()?;
-        measure::balance_sum(balance_sum);
         // A reader set twice (impossible: one start per Shared) keeps the first.
-        let _ = shard.shared.reader.set(reader);
+        let _ = shard.shared.reader.set(reader.clone());
+        // Ready before the sum below: recovery is done and queries are
+        // answered; the sum only feeds a gauge, and scanning a million
+        // balances would double the restart time.
         shard.shared.ready.store(true, Ordering::Release);
         measure::ready(true);
         info!(
@@ -288,8 +283,19 @@ impl Shard {
             shard = shard.settings.shard,
             transactional_id = %shard.settings.transactional_id,
             offsets = %recovery::show(shard.store.offsets()),
-            balance_sum = %balance_sum,
         );
+        shard.balance_sum = reader
+            .balances()
+            .map_err(|error| {
+                Error::Store(StoreError::Sled {
+                    path: shard.settings.data_dir.clone(),
+                    source: error,
+                })
+            })?
+            .into_iter()
+            .map(|(_, balance)| balance)
+            .sum();
+        measure::balance_sum(shard.balance_sum);
         Ok(Some(shard))
     }
 
@@ -333,7 +339,11 @@ impl Shard {
             if now >= deadline {
                 break;
             }
-            match self.consumer.poll((deadline - now).min(POLL_SLICE)) {
+            // Once the batch has records, a fetch queue found empty for
+            // IDLE_END ends it: waiting out the window only adds latency.
+            let slice = if batch.is_empty() { POLL_SLICE } else { IDLE_END };
+            match self.consumer.poll((deadline - now).min(slice)) {
+                None if !batch.is_empty() => break,
                 None => {}
                 Some(Ok(message)) => {
                     let source = if message.topic() == self.settings.transfers_topic {
@@ -479,6 +489,7 @@ impl Shard {
         if faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
         }
+        self.settle();
         // An infinite timeout, as librdkafka recommends: a finite one can
         // fail with a flush timeout that carries no retriable/abortable/
         // fatal flag, leaving the transaction's fate unknown.
@@ -490,6 +501,23 @@ impl Shard {
             flush: report.flush,
             delta,
         })
+    }
+
+    /// Serves delivery reports until nothing is in flight, bounded by the
+    /// transaction timeout. rust-rdkafka's commit_transaction flushes first,
+    /// and its flush polls in whole 100 ms steps (BaseProducer::poll with a
+    /// timeout returns only at the timeout) whenever a record is still in
+    /// flight: this leaves it nothing to wait for. poll(ZERO) and a short
+    /// sleep, because poll with a timeout would wait out the timeout.
+    fn settle(&self) {
+        let give_up = Instant::now() + self.settings.transaction_timeout;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            if self.producer.in_flight_count() == 0 || Instant::now() >= give_up {
+                break;
+            }
+            thread::sleep(SETTLE_PAUSE);
+        }
     }
 
     fn produce(&self, effects: &BatchEffects) -> Result<(), Failed> {
