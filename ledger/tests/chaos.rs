@@ -7,6 +7,7 @@
 //! died, including shards that exit on their own after the broker outage
 //! (a fenced or broken producer is fatal to a shard by design).
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
@@ -143,7 +144,11 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         }
     };
     let disruptions = pipeline.disruptions;
-    eprintln!(
+    // Written to stderr directly, not with eprintln!, which the test harness
+    // captures: what the run survived belongs in every test log, passing or
+    // not.
+    let _ = writeln!(
+        std::io::stderr(),
         "chaos run: {TRANSFERS} transfers per producer run over {:?}; shard kills {}, \
          producer kills {} (mid-transaction), producer runs {}, broker restarts {}, \
          unplanned restarts {}\n{report}",
