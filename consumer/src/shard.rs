@@ -341,7 +341,11 @@ impl Shard {
             }
             // Once the batch has records, a fetch queue found empty for
             // IDLE_END ends it: waiting out the window only adds latency.
-            let slice = if batch.is_empty() { POLL_SLICE } else { IDLE_END };
+            let slice = if batch.is_empty() {
+                POLL_SLICE
+            } else {
+                IDLE_END
+            };
             match self.consumer.poll((deadline - now).min(slice)) {
                 None if !batch.is_empty() => break,
                 None => {}
