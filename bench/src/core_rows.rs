@@ -9,17 +9,16 @@
 //! shard owning every partition reads them back from `ledger-credits`.
 //! Without them no account is ever funded: all but the deposits are
 //! rejected for insufficient funds and a batch writes one balance
-//! (`world`'s). That is the shape the criterion bench
-//! (`cargo bench -p ledger --bench core`) measures today; row 4b measures
-//! it too, to relate the two figures.
+//! (`world`'s). Row 4b measures that shape, to show how far it is from a
+//! shard's real work.
 
 use std::borrow::Borrow;
 use std::time::{Duration, Instant};
 
 use ledger::machine::{
-    process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, MemoryLedger, Rules,
-    Source,
+    process_batch, BatchEffects, InputPartition, LedgerView, MemoryLedger, Rules, Source,
 };
+use ledger::replay::{inputs, CreditLoop, Encoded};
 use ledger::routing;
 use ledger::store::{Store, StoreOptions};
 use ledger::wire;
@@ -34,9 +33,6 @@ use crate::{say, Bench, PARTITIONS};
 pub const BATCH: usize = 8_190;
 /// The target, durable path.
 const TARGET_PER_SECOND: f64 = 300_000.0;
-
-/// Records encoded as the topics hold them.
-pub type Encoded = Vec<(InputPartition, i64, Vec<u8>)>;
 
 /// Time spent in the timed sections of `drive`, and what it did.
 #[derive(Debug, Default)]
@@ -66,7 +62,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         ),
         without_credits.row(
             "4b",
-            "ledger core as the criterion bench: credits never applied".to_owned(),
+            "ledger core, credits never applied (nothing funded)".to_owned(),
             None,
         ),
     ])
@@ -165,7 +161,7 @@ pub fn drive<L: LedgerView, B: Borrow<Encoded>>(
 ) -> anyhow::Result<Spent> {
     let mut spent = Spent::default();
     let mut credits: Encoded = Vec::new();
-    let mut credit_offsets = [0i64; PARTITIONS as usize];
+    let mut credit_loop = CreditLoop::new(PARTITIONS);
     for batch in batches {
         let mut records = inputs(&credits);
         records.extend(inputs(batch.borrow()));
@@ -176,22 +172,9 @@ pub fn drive<L: LedgerView, B: Borrow<Encoded>>(
         spent.total += started.elapsed();
         spent.accepted += effects.counts.accepted;
         spent.credits_applied += effects.counts.credits_applied;
-        if !feed_credits {
-            continue;
+        if feed_credits {
+            credits = credit_loop.credits(&effects);
         }
-        credits = effects
-            .credits_emitted()
-            .map(|credit| {
-                let partition = routing::partition_for(credit.to.as_str().as_bytes(), PARTITIONS);
-                let offset = &mut credit_offsets[partition as usize];
-                *offset += 1;
-                let at = InputPartition {
-                    source: Source::Credits,
-                    partition,
-                };
-                (at, *offset - 1, wire::encode_credit(credit))
-            })
-            .collect();
     }
     Ok(spent)
 }
@@ -225,18 +208,6 @@ fn generate(bench: &Bench) -> Vec<Encoded> {
                     (at, *offset - 1, wire::encode_transfer(&transfer))
                 })
                 .collect()
-        })
-        .collect()
-}
-
-pub fn inputs(batch: &Encoded) -> Vec<InputRecord<'_>> {
-    batch
-        .iter()
-        .map(|(at, offset, bytes)| InputRecord {
-            at: *at,
-            offset: *offset,
-            key: None,
-            payload: Some(bytes),
         })
         .collect()
 }

@@ -21,6 +21,7 @@ use anyhow::Context;
 use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
 use ledger::kafka;
 use ledger::machine::{InputPartition, Offsets, Source};
+use ledger::replay::Encoded;
 use ledger::routing;
 use ledger::store::{Store, StoreOptions};
 use ledger::wire;
@@ -30,7 +31,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
-use crate::core_rows::{drive, Encoded};
+use crate::core_rows::drive;
 use crate::passthrough::Deliveries;
 use crate::report::{median_by, Row, Target, Unit, Value};
 use crate::shards;

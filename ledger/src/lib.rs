@@ -12,6 +12,8 @@
 //! - [`store`]: the sled store of one shard, written once per batch.
 //! - [`recovery`]: the pure rule that decides, after a crash, whether the
 //!   last batch happened.
+//! - [`replay`]: encoded input and a shard's own credits fed back, for
+//!   running the core without Kafka (benchmarks).
 //! - [`kafka`]: Kafka client settings shared by every binary.
 //! - [`pipeline`]: the producer and the shards as child processes, for
 //!   `ledger demo`, the chaos test and the benchmarks.
@@ -26,6 +28,7 @@ pub mod kafka;
 pub mod machine;
 pub mod pipeline;
 pub mod recovery;
+pub mod replay;
 pub mod routing;
 pub mod store;
 pub mod telemetry;
