@@ -86,7 +86,7 @@ struct Args {
     shard_batch_ms: u64,
 
     /// The shards' records-per-transaction cap (TXLEDGER_BATCH_RECORDS)
-    /// [default: the shard's own, 5000].
+    /// [default: the shard's own, 20000].
     #[arg(long)]
     shard_batch_records: Option<u32>,
 

@@ -116,7 +116,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
 
     /// Most records in one batch (one Kafka transaction, one sled write).
-    #[arg(long, env = "TXLEDGER_BATCH_RECORDS", default_value_t = 5000,
+    #[arg(long, env = "TXLEDGER_BATCH_RECORDS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub batch_records: u32,
 

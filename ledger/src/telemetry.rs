@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines look.
@@ -35,11 +35,20 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
+            // Histograms are durations in seconds, except counts of records
+            // (named `..._records`), which need buckets of their own: in
+            // seconds' buckets every batch would fall past the last one.
+            let seconds = [
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ];
+            let records = [
+                1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0,
+            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&buckets)
+                .set_buckets(&seconds)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_records".to_owned()), &records)
+                })
                 .map(|builder| builder.build_recorder());
             match recorder {
                 Ok(recorder) => {
@@ -75,4 +84,55 @@ pub async fn serve_metrics(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_handle;
+
+    /// The `le` bucket line of `metric` in a rendering, as (bound, count).
+    fn buckets(rendered: &str, metric: &str) -> Vec<(String, u64)> {
+        let prefix = format!("{metric}_bucket{{le=\"");
+        rendered
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|rest| {
+                let (bound, count) = rest.split_once("\"} ").expect("a bucket line");
+                (bound.to_owned(), count.parse().expect("a count"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn record_counts_and_durations_get_buckets_of_their_own() {
+        let handle = metrics_handle();
+        metrics::histogram!("telemetry_test_batch_records").record(3_000.0);
+        metrics::histogram!("telemetry_test_batch_seconds").record(0.2);
+        let rendered = handle.render();
+
+        let records = buckets(&rendered, "telemetry_test_batch_records");
+        let count_at = |bound: &str| {
+            records
+                .iter()
+                .find(|(b, _)| b == bound)
+                .unwrap_or_else(|| panic!("no bucket {bound} in {records:?}"))
+                .1
+        };
+        assert_eq!(count_at("2500"), 0, "{rendered}");
+        assert_eq!(count_at("5000"), 1, "{rendered}");
+
+        let seconds = buckets(&rendered, "telemetry_test_batch_seconds");
+        assert!(
+            seconds
+                .iter()
+                .any(|(bound, count)| bound == "0.25" && *count == 1),
+            "{rendered}"
+        );
+        assert!(
+            seconds
+                .iter()
+                .any(|(bound, count)| bound == "0.1" && *count == 0),
+            "{rendered}"
+        );
+    }
 }
