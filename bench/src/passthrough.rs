@@ -89,7 +89,10 @@ pub fn run(bench: &Bench, input: &Produced, round: usize) -> anyhow::Result<Copi
     let producer: BaseProducer<Deliveries> =
         producer_config.create_with_context(Deliveries::default())?;
 
-    // Assigned, not subscribed, like the shards: no rebalance to wait for.
+    // Assigned, not subscribed, like the shards: no rebalance to wait for;
+    // and, like them, with the topic's metadata fetched first.
+    kafka::prefetch_metadata(&consumer, &[&input.topic], COPY_TIMEOUT)
+        .context("fetching the input's metadata")?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         assignment.add_partition_offset(&input.topic, partition, Offset::Beginning)?;

@@ -82,9 +82,9 @@ struct Contender {
 }
 
 /// The transactional contenders, as (records, milliseconds) per
-/// transaction: small count-capped transactions (the producer's former
-/// default), then transactions capped by time only, at 100 ms (the default
-/// now) and at 1 s (100,000 records is the flag's maximum).
+/// transaction: small transactions capped at 1,000 records, then
+/// transactions capped by time only, at 100 ms (the producer's default) and
+/// at 1 s (100,000 records is the flag's maximum).
 const CONTENDERS: [Contender; 3] = [
     Contender {
         label: "txn-1000",

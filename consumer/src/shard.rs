@@ -270,6 +270,20 @@ impl Shard {
             transactions: 0,
             balance_sum: Money::ZERO,
         };
+        // An optimisation only: without the metadata, assign finds the
+        // leaders itself, later. Here and not in seek_to_store, which an
+        // abort also calls, maybe with the broker gone.
+        let topics = [
+            shard.settings.transfers_topic.as_str(),
+            shard.settings.credits_topic.as_str(),
+        ];
+        if let Err(error) = kafka::prefetch_metadata(&shard.consumer, &topics, STARTUP_CALL_TIMEOUT)
+        {
+            warn!(
+                message = "Fetching the input topics' metadata failed; assigning anyway.",
+                error = %error,
+            );
+        }
         shard.seek_to_store()?;
         // A reader set twice (impossible: one start per Shared) keeps the first.
         let _ = shard.shared.reader.set(reader.clone());
