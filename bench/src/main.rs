@@ -99,6 +99,12 @@ struct Args {
     #[arg(long)]
     latency_rate: Option<u64>,
 
+    /// Row 3 also runs at this fixed rate, below what this machine
+    /// saturates at, to show the latency of an unhurried pipeline (rows
+    /// 3d-3f, no target); 0 leaves it out.
+    #[arg(long, default_value_t = 10_000)]
+    latency_fixed_rate: u64,
+
     /// Keep the work directory (shard logs and sled directories).
     #[arg(long)]
     keep: bool,
@@ -305,7 +311,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "row 3 runs at half of row 2's maximum rate: run row 2 too, or pass --latency-rate"
             ),
         };
-        rows.extend(latency::run(&bench, rate)?);
+        rows.extend(latency::run(&bench, rate, latency::AT_HALF_MAXIMUM)?);
+        if args.latency_fixed_rate > 0 {
+            rows.extend(latency::run(
+                &bench,
+                args.latency_fixed_rate,
+                latency::AT_FIXED_RATE,
+            )?);
+        }
     }
     if selected(5) {
         rows.extend(recovery::run(&bench)?);
