@@ -67,7 +67,8 @@ struct Args {
     rows: Vec<u8>,
 
     /// Transfers in the pipeline rows' input (2, 3's rate, 6)
-    /// [default: 200000, 20000 with --quick].
+    /// [default: 500000, 20000 with --quick]: a shard copes with 100000
+    /// or more a second, and shorter runs are mostly start-up and noise.
     #[arg(long)]
     records: Option<u64>,
 
@@ -149,7 +150,7 @@ impl Sizes {
             }
         } else {
             Sizes {
-                records: records.unwrap_or(200_000),
+                records: records.unwrap_or(500_000),
                 producer_records: producer_records.unwrap_or(500_000),
                 accounts: 10_000,
                 latency_secs: 10,
