@@ -210,7 +210,11 @@ impl Shard {
         // completes or aborts its open transaction, so that the committed
         // offsets read next can no longer move.
         let init = startup_retry(&shared, "init_transactions", || {
-            producer.init_transactions(settings.transaction_timeout.min(STARTUP_CALL_TIMEOUT))
+            kafka::init_transactions(
+                &producer,
+                &settings.results_topic,
+                settings.transaction_timeout.min(STARTUP_CALL_TIMEOUT),
+            )
         })?;
         if init.is_none() {
             return Ok(None);

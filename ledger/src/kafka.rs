@@ -8,6 +8,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{Producer, ProducerContext};
 
 /// The environment variable naming the brokers, read by every binary.
 pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
@@ -107,6 +108,20 @@ pub fn prefetch_metadata<C: ConsumerContext>(
         consumer.fetch_metadata(Some(topic), timeout)?;
     }
     Ok(())
+}
+
+/// `init_transactions` over a connection that is already up. librdkafka
+/// looks the transaction coordinator up only through a broker connection
+/// that is up, and otherwise waits out a fixed 500 ms timer: half of all
+/// starts did. A metadata request for `topic` (one the producer writes)
+/// first brings a connection up.
+pub fn init_transactions<C: ProducerContext>(
+    producer: &impl Producer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    producer.client().fetch_metadata(Some(topic), timeout)?;
+    producer.init_transactions(timeout)
 }
 
 /// The three ways a Kafka call can fail, as librdkafka defines them.

@@ -224,7 +224,7 @@ impl Sender {
         let mut backoff = BACKOFF_MIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match producer.init_transactions(left) {
+            match kafka::init_transactions(producer, &self.settings.topic, left) {
                 Ok(()) => {
                     info!(
                         transactional_id = self.settings.transactional_id.as_deref(),
