@@ -156,7 +156,7 @@ impl Sizes {
                 latency_secs: 10,
                 core_batches: 40,
                 recovery_accounts: vec![10_000, 100_000, 1_000_000],
-                recovery_rounds: 5,
+                recovery_rounds: 9,
                 scaling_shards: vec![2, 3],
                 repeat: 3,
             }

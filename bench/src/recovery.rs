@@ -10,9 +10,10 @@
 //! as many (filler) records as the ledger consumed and the group commits
 //! the same next offsets. The shard is then started, killed with SIGKILL
 //! once ready, and restarted: the figure is the median time from spawning
-//! the restarted process to its first `/readyz` 200. The median, over five
-//! restarts: librdkafka sometimes waits out a 500 ms timer before
-//! `init_transactions` reaches the coordinator, at any ledger size.
+//! the restarted process to its first `/readyz` 200. The median, over nine
+//! restarts: librdkafka sometimes (one restart in five or so) waits out a
+//! 500 ms timer before `init_transactions` reaches the coordinator, at any
+//! ledger size, and with fewer restarts that wait decided the median.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
