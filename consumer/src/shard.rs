@@ -570,11 +570,10 @@ impl Shard {
                     )?;
                 }
                 Output::DeadLetter(letter) => {
-                    let source = format!(
-                        "{}/{}@{}",
+                    let source = wire::record_location(
                         settings.topic(letter.at.source),
                         letter.at.partition,
-                        letter.offset
+                        letter.offset,
                     );
                     let headers = OwnedHeaders::new()
                         .insert(Header {

@@ -13,7 +13,7 @@
 //! | `negative` | no account but `world` is negative |
 //! | `decisions` | each outcome is one the ledger rules allow for its input |
 //! | `unreadable` | every record on `ledger-results` and `ledger-credits` decodes |
-//! | `dead_letters` | one dead letter per undecodable input or credit |
+//! | `dead_letters` | exactly one dead letter per undecodable input or credit, naming it in its `txledger-source` header; none for anything else |
 //!
 //! Two halves. The pure half: [`AuditInput`] folds the records of the topics
 //! into compact facts as they are read, using the same decoders and the same
@@ -27,7 +27,7 @@
 //! audit started; on a pipeline still moving, an input whose outcome comes
 //! later counts as lost and a credit not yet applied breaks the balances.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -295,10 +295,13 @@ pub struct AuditInput {
     outcomes: BTreeMap<i32, Vec<OutcomeFact>>,
     credits: BTreeMap<i32, Vec<CreditFact>>,
     unreadable: Vec<Unreadable>,
-    /// Dead letters the shards must have written: one per undecodable input
-    /// (as the model found) and per undecodable credit.
-    dead_letters_expected: u64,
-    dead_letters: u64,
+    /// Where the dead letters the shards must have written come from: every
+    /// undecodable input (as the model found) and undecodable credit.
+    dead_letters_expected: BTreeSet<String>,
+    /// Dead letters read, counted by their `txledger-source` header.
+    dead_letters: BTreeMap<String, u64>,
+    /// Dead letters read without a readable `txledger-source` header.
+    dead_letters_unattributed: u64,
     balances: Vec<ShardBalances>,
 }
 
@@ -316,8 +319,9 @@ impl AuditInput {
             outcomes: BTreeMap::new(),
             credits: BTreeMap::new(),
             unreadable: Vec::new(),
-            dead_letters_expected: 0,
-            dead_letters: 0,
+            dead_letters_expected: BTreeSet::new(),
+            dead_letters: BTreeMap::new(),
+            dead_letters_unattributed: 0,
             balances: Vec::new(),
         }
     }
@@ -343,7 +347,15 @@ impl AuditInput {
         };
         let effects = machine::process_batch(model, &self.rules, std::slice::from_ref(&record));
         model.decided.extend(effects.decided.iter().copied());
-        self.dead_letters_expected += effects.counts.dead_letters;
+        for output in &effects.outputs {
+            if let Output::DeadLetter(letter) = output {
+                self.dead_letters_expected.insert(wire::record_location(
+                    &self.topics.transactions,
+                    letter.at.partition,
+                    letter.offset,
+                ));
+            }
+        }
         let outcome = effects
             .outputs
             .into_iter()
@@ -421,7 +433,11 @@ impl AuditInput {
             }
             Err(detail) => {
                 // The destination shard dead-letters a credit it cannot read.
-                self.dead_letters_expected += 1;
+                self.dead_letters_expected.insert(wire::record_location(
+                    &self.topics.credits,
+                    at.partition,
+                    at.offset,
+                ));
                 self.unreadable.push(Unreadable {
                     topic: OutputTopic::Credits,
                     at,
@@ -431,9 +447,12 @@ impl AuditInput {
         }
     }
 
-    /// A `ledger-dlq` record.
-    pub fn push_dead_letter(&mut self) {
-        self.dead_letters += 1;
+    /// A `ledger-dlq` record, with its `txledger-source` header.
+    pub fn push_dead_letter(&mut self, source: Option<&[u8]>) {
+        match source.and_then(|bytes| std::str::from_utf8(bytes).ok()) {
+            Some(source) => *self.dead_letters.entry(source.to_owned()).or_default() += 1,
+            None => self.dead_letters_unattributed += 1,
+        }
     }
 
     /// One shard's balances.
@@ -456,7 +475,7 @@ impl AuditInput {
     }
 
     fn locate(&self, topic: &str, at: Position) -> String {
-        format!("{topic}/{at}")
+        wire::record_location(topic, at.partition, at.offset)
     }
 }
 
@@ -521,7 +540,7 @@ impl Check {
             Check::Negative => "no account but world is negative",
             Check::Decisions => "outcomes follow the ledger rules",
             Check::Unreadable => "every output record decodes",
-            Check::DeadLetters => "one dead letter per undecodable input or credit",
+            Check::DeadLetters => "one dead letter per undecodable input or credit, naming it",
         }
     }
 
@@ -1066,14 +1085,46 @@ impl<'a> Judge<'a> {
                 )
             });
         }
-        if input.dead_letters != input.dead_letters_expected {
+        let dlq = &input.topics.dead_letters;
+        for source in &input.dead_letters_expected {
+            match input.dead_letters.get(source).copied().unwrap_or(0) {
+                1 => {}
+                0 => self.tally.note(Check::DeadLetters, || {
+                    finding(
+                        Some(source.clone()),
+                        None,
+                        format!("undecodable, and no dead letter on {dlq} names it"),
+                    )
+                }),
+                n => self.tally.note(Check::DeadLetters, || {
+                    finding(
+                        Some(source.clone()),
+                        None,
+                        format!("{n} dead letters on {dlq} name it"),
+                    )
+                }),
+            }
+        }
+        for (source, n) in &input.dead_letters {
+            if !input.dead_letters_expected.contains(source) {
+                self.tally.note(Check::DeadLetters, || {
+                    finding(
+                        Some(source.clone()),
+                        None,
+                        format!("{n} dead letter(s) on {dlq} for a record that is not undecodable"),
+                    )
+                });
+            }
+        }
+        if input.dead_letters_unattributed > 0 {
             self.tally.note(Check::DeadLetters, || {
                 finding(
                     None,
                     None,
                     format!(
-                        "{} records on {}, expected {} (one per undecodable input or credit)",
-                        input.dead_letters, input.topics.dead_letters, input.dead_letters_expected
+                        "{} record(s) on {dlq} without a {} header",
+                        input.dead_letters_unattributed,
+                        wire::DLQ_HEADER_SOURCE
                     ),
                 )
             });
@@ -1113,7 +1164,8 @@ impl<'a> Judge<'a> {
             rejected: count(|kind| matches!(kind, OutcomeKind::Rejected(_))),
             duplicate: count(|kind| kind == OutcomeKind::Duplicate),
             credits: input.credits.values().map(|c| c.len() as u64).sum(),
-            dead_letters: input.dead_letters,
+            dead_letters: input.dead_letters.values().sum::<u64>()
+                + input.dead_letters_unattributed,
             balance_sources: input.balances.len() as u64,
             accounts: self.accounts_held,
             balance_sum: (!input.balances.is_empty()).then_some(Money(self.balance_sum)),
@@ -1213,21 +1265,31 @@ impl fmt::Display for Isolation {
     }
 }
 
-/// One record as read, borrowed from the consumer.
-#[derive(Debug, Clone, Copy)]
+/// One record as read, borrowed from the consumer (no `Debug`: rdkafka's
+/// headers have none).
+#[derive(Clone, Copy)]
 pub struct Record<'a> {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    pub headers: Option<&'a BorrowedHeaders>,
 }
 
-impl Record<'_> {
+impl<'a> Record<'a> {
     pub fn position(&self) -> Position {
         Position {
             partition: self.partition,
             offset: self.offset,
         }
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers?
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| header.value)
     }
 }
 
@@ -1439,6 +1501,7 @@ pub fn read_to_end(
                     offset,
                     key: message.key(),
                     payload: message.payload(),
+                    headers: message.headers(),
                 });
                 if offset + 1 >= end {
                     finish(&mut remaining, partition)?;
@@ -1545,8 +1608,8 @@ pub fn read_topics(
         committed,
         deadline,
         progress,
-        |_| {
-            input.push_dead_letter();
+        |r| {
+            input.push_dead_letter(r.header(wire::DLQ_HEADER_SOURCE));
         },
     )?;
     Ok(())

@@ -21,6 +21,13 @@ pub const DLQ_HEADER_REASON: &str = "txledger-reason";
 pub const DLQ_HEADER_DETAIL: &str = "txledger-detail";
 pub const DLQ_HEADER_SOURCE: &str = "txledger-source";
 
+/// A record's place as `topic/partition@offset`: the value of a dead
+/// letter's `txledger-source` header, and how the audit names records, so
+/// that the audit can match each dead letter to the record it stands for.
+pub fn record_location(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}/{partition}@{offset}")
+}
+
 /// A message that is not a valid transfer (or credit): the reason code, a
 /// human-readable detail, and the transfer id when one could be read, so the
 /// rejection can still be attributed.

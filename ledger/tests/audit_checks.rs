@@ -61,7 +61,8 @@ struct Pipeline {
     outcomes: Vec<Vec<u8>>,
     /// `ledger-credits`: (partition, bytes).
     credits: Vec<(i32, Vec<u8>)>,
-    dead_letters: u64,
+    /// `ledger-dlq`: each dead letter's source header.
+    dead_letters: Vec<String>,
     /// Anomaly switch: the next credit is neither written nor applied.
     lose_next_credit: bool,
 }
@@ -75,7 +76,7 @@ impl Pipeline {
             aborted: Vec::new(),
             outcomes: Vec::new(),
             credits: Vec::new(),
-            dead_letters: 0,
+            dead_letters: Vec::new(),
             lose_next_credit: false,
         }
     }
@@ -114,7 +115,11 @@ impl Pipeline {
         for output in effects.outputs {
             match output {
                 Output::Outcome(outcome) => self.outcomes.push(wire::encode_outcome(&outcome)),
-                Output::DeadLetter(_) => self.dead_letters += 1,
+                Output::DeadLetter(letter) => self.dead_letters.push(wire::record_location(
+                    "transactions",
+                    letter.at.partition,
+                    letter.offset,
+                )),
                 Output::Credit(credit) => {
                     if std::mem::take(&mut self.lose_next_credit) {
                         continue;
@@ -215,8 +220,8 @@ impl Pipeline {
                 Some(bytes),
             );
         }
-        for _ in 0..self.dead_letters {
-            input.push_dead_letter();
+        for source in &self.dead_letters {
+            input.push_dead_letter(Some(source.as_bytes()));
         }
         for shard in balances {
             input.push_balances(shard);
@@ -701,7 +706,10 @@ fn a_resubmission_decided_again_is_named() {
 fn unreadable_outputs_and_missing_dead_letters_are_named() {
     let mut pipeline = busy();
     pipeline.outcomes.push(b"{}".to_vec());
-    pipeline.dead_letters -= 1;
+    let lost = pipeline
+        .dead_letters
+        .pop()
+        .expect("busy() has dead letters");
     let report = audit(&pipeline.input());
     assert_eq!(
         failing(&report),
@@ -719,7 +727,33 @@ fn unreadable_outputs_and_missing_dead_letters_are_named() {
     );
     assert_eq!(
         findings(&report, Check::DeadLetters),
-        vec!["1 records on ledger-dlq, expected 2 (one per undecodable input or credit)"]
+        vec![format!(
+            "{lost} undecodable, and no dead letter on ledger-dlq names it"
+        )]
+    );
+}
+
+#[test]
+fn dead_letters_twice_for_nothing_or_from_nowhere_are_named() {
+    let mut pipeline = busy();
+    let twice = pipeline.dead_letters[0].clone();
+    pipeline.dead_letters.push(twice.clone());
+    // A record that decodes (the first deposit) has no business on the DLQ.
+    let decodable = pipeline.input_at(0);
+    pipeline.dead_letters.push(decodable.clone());
+    let mut input = pipeline.input();
+    input.push_dead_letter(None);
+    let report = audit(&input);
+    assert_eq!(failing(&report), vec![Check::DeadLetters]);
+    assert_eq!(
+        findings(&report, Check::DeadLetters),
+        vec![
+            format!("{twice} 2 dead letters on ledger-dlq name it"),
+            format!(
+                "{decodable} 1 dead letter(s) on ledger-dlq for a record that is not undecodable"
+            ),
+            "1 record(s) on ledger-dlq without a txledger-source header".to_owned(),
+        ]
     );
 }
 

@@ -20,6 +20,7 @@ use ledger::machine::{
 };
 use ledger::wire;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use time::macros::datetime;
 use uuid::Uuid;
@@ -67,7 +68,11 @@ fn transactional_producer(bootstrap: &str) -> Transactional {
 
 /// Sends, waiting for room in the local queue when it is full.
 fn send(producer: &Transactional, topic: &str, key: &[u8], payload: &[u8]) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    send_record(producer, BaseRecord::to(topic).key(key).payload(payload));
+}
+
+fn send_record(producer: &Transactional, mut record: BaseRecord<'_, [u8], [u8]>) {
+    let topic = record.topic.to_owned();
     loop {
         match producer.send(record) {
             Ok(()) => return,
@@ -206,12 +211,25 @@ impl TestShard {
                         &wire::encode_credit(credit),
                     ),
                     Output::Credit(_) => {}
-                    Output::DeadLetter(letter) => send(
-                        &self.producer,
-                        &self.topics.dead_letters,
-                        letter.key.as_deref().unwrap_or_default(),
-                        &letter.payload,
-                    ),
+                    // With the source header, as a shard writes it: the
+                    // audit matches dead letters to records by it.
+                    Output::DeadLetter(letter) => {
+                        let source = wire::record_location(
+                            &self.topics.transactions,
+                            letter.at.partition,
+                            letter.offset,
+                        );
+                        send_record(
+                            &self.producer,
+                            BaseRecord::to(&self.topics.dead_letters)
+                                .key(letter.key.as_deref().unwrap_or_default())
+                                .payload(letter.payload.as_slice())
+                                .headers(OwnedHeaders::new().insert(Header {
+                                    key: wire::DLQ_HEADER_SOURCE,
+                                    value: Some(source.as_str()),
+                                })),
+                        );
+                    }
                 }
             }
             self.producer.commit_transaction(WAIT).expect("commit");
