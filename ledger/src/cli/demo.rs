@@ -282,9 +282,7 @@ impl StatusLine {
             .flatten()
             .filter_map(|s| s.sum.parse::<rust_decimal::Decimal>().ok())
             .sum();
-        // The shards' sum is minus the credits emitted but not yet applied;
-        // it returns to exactly zero once they land.
-        let in_flight = -sum;
+        let in_flight = credits_in_flight(sum);
         let lag = pipeline.lag().map_or("?".to_owned(), |lag| lag.to_string());
         let d = pipeline.disruptions;
         let line = format!(
@@ -306,5 +304,31 @@ impl StatusLine {
         }
         let _ = stderr.flush();
         self.last_printed = Some(Instant::now());
+    }
+}
+
+/// The credits emitted but not yet applied, from the sum of the shards'
+/// balances: its opposite (it returns to exactly zero once they land).
+/// Negating a zero Decimal keeps a sign that prints as "-0.00".
+fn credits_in_flight(balance_sum: rust_decimal::Decimal) -> rust_decimal::Decimal {
+    let in_flight = -balance_sum;
+    if in_flight.is_zero() {
+        in_flight.abs()
+    } else {
+        in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credits_in_flight;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn credits_in_flight_are_the_opposite_of_the_sum_and_zero_is_unsigned() {
+        let parse = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(credits_in_flight(parse("0.00")).to_string(), "0.00");
+        assert_eq!(credits_in_flight(parse("-127.50")).to_string(), "127.50");
+        assert_eq!(credits_in_flight(parse("3.25")).to_string(), "-3.25");
     }
 }
