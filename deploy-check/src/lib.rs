@@ -19,10 +19,13 @@
 //!   (metric names) and serves (HTTP routes), read from its Rust source with
 //!   `syn`, so the checks follow the code as it changes.
 //! - [`compose`]: the compose file: known keys, services, environments.
+//! - [`dashboard`]: the Grafana dashboard's queries and the metric names
+//!   they use.
 //! - [`tools`]: external tools run when present (docker compose, kubectl,
 //!   shellcheck, actionlint), with a visible note when one is missing.
 
 pub mod compose;
+pub mod dashboard;
 pub mod kube;
 pub mod repo;
 pub mod source;

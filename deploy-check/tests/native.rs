@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use deploy_check::dashboard;
 use deploy_check::kube::{self, EnvSource};
 use deploy_check::source::Binary;
 use deploy_check::{assert_no_problems, note, repo};
 use serde_json::Value;
 
-const DASHBOARD: &str = "monitoring/grafana/dashboards/txledger.json";
 /// The hostname of the StatefulSet's second pod.
 const POD_HOSTNAME: &str = "ledger-consumer-1";
 const POD_ORDINAL: u32 = 1;
@@ -437,13 +437,10 @@ const NOT_LIVE: &[(&str, &str)] = &[(
 #[test]
 fn dashboard_metrics_are_exported_by_the_live_binaries() {
     // Every txledger_ name the dashboard's queries use.
-    let dashboard: Value =
-        serde_json::from_str(&repo::read(DASHBOARD)).expect("the dashboard is JSON");
-    let mut queries = Vec::new();
-    expressions(&dashboard, &mut queries);
+    let queries = dashboard::queries(&dashboard::load());
     let mut wanted: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for query in &queries {
-        for name in metric_names(query) {
+        for name in dashboard::metric_names(query) {
             let binary = if name.starts_with("txledger_consumer_") {
                 "consumer"
             } else if name.starts_with("txledger_producer_") {
@@ -594,45 +591,6 @@ fn dashboard_metrics_are_exported_by_the_live_binaries() {
     consumer.stop_cleanly();
 }
 
-/// Every string under a key named `expr` (PromQL and LogQL targets).
-fn expressions(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(object) => {
-            for (key, child) in object {
-                match (key.as_str(), child) {
-                    ("expr", Value::String(expr)) => out.push(expr.clone()),
-                    _ => expressions(child, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| expressions(item, out)),
-        _ => {}
-    }
-}
-
-/// The `txledger_[a-z0-9_]+` identifiers of a query, as whole words.
-/// Series names are compared as such: a histogram's `_bucket` series is in
-/// the scrape under that name, and a gauge named `..._sum` is not mistaken
-/// for a histogram's.
-fn metric_names(expr: &str) -> Vec<String> {
-    let bytes = expr.as_bytes();
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let mut names = Vec::new();
-    let mut at = 0;
-    while let Some(offset) = expr[at..].find("txledger_") {
-        let start = at + offset;
-        let mut end = start;
-        while end < bytes.len() && word(bytes[end]) {
-            end += 1;
-        }
-        if start == 0 || !word(bytes[start - 1]) {
-            names.push(expr[start..end].to_owned());
-        }
-        at = end.max(start + 1);
-    }
-    names
-}
-
 #[test]
 fn scrape_and_query_parsing() {
     let scrape = "# TYPE a counter\na_total{result=\"aborted\"} 1\nb_bucket{le=\"0.1\"} 2\nc 3\n";
@@ -642,9 +600,5 @@ fn scrape_and_query_parsing() {
         ["a_total", "b_bucket", "c"]
     );
     assert_eq!(parsed["a_total"], ["result=\"aborted\""]);
-    assert_eq!(
-        metric_names("sum(rate(txledger_a_total[1m])) - x_txledger_b + txledger_c_bucket"),
-        ["txledger_a_total", "txledger_c_bucket"]
-    );
     assert_eq!(numbers("[1, 3, 5]"), [1, 3, 5]);
 }
