@@ -3,7 +3,7 @@
 //! Settings that the exactly-once protocol depends on are set here
 //! explicitly, with the reason next to each, rather than left to defaults.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -110,18 +110,19 @@ pub fn prefetch_metadata<C: ConsumerContext>(
     Ok(())
 }
 
-/// `init_transactions` over a connection that is already up. librdkafka
-/// looks the transaction coordinator up only through a broker connection
-/// that is up, and otherwise waits out a fixed 500 ms timer: half of all
-/// starts did. A metadata request for `topic` (one the producer writes)
-/// first brings a connection up.
+/// `init_transactions` over a connection that is already up, both within
+/// `timeout`. librdkafka looks the transaction coordinator up only through
+/// a broker connection that is up, and otherwise waits out a fixed 500 ms
+/// timer: half of all starts did. A metadata request for `topic` (one the
+/// producer writes, created already) first brings a connection up.
 pub fn init_transactions<C: ProducerContext>(
     producer: &impl Producer<C>,
     topic: &str,
     timeout: Duration,
 ) -> KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
     producer.client().fetch_metadata(Some(topic), timeout)?;
-    producer.init_transactions(timeout)
+    producer.init_transactions(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// The three ways a Kafka call can fail, as librdkafka defines them.

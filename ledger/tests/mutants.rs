@@ -11,11 +11,38 @@
 use std::time::{Duration, Instant};
 
 use ledger::audit::{AuditReport, Check, Status};
+use ledger::kafka;
 use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// Runs 3,000 transfers through two shards that abort every third
-/// transaction on purpose (exercising the abort path), with `mutant` if any,
-/// and audits the result.
+/// Input no shard can decode, one per partition, written ahead of the
+/// transfers: each must get exactly one dead letter, also when the batch
+/// that holds it is aborted and redone, and the audit checks that with the
+/// shards' real dead-letter headers.
+const UNDECODABLE: [&[u8]; 4] = [b"not json", b"{}", b"[1, 2]", b"\xff\xfe"];
+
+fn write_undecodable(bootstrap: &str, topic: &str) {
+    let producer: BaseProducer = kafka::client_config(bootstrap)
+        .create()
+        .expect("a plain producer");
+    for (partition, payload) in UNDECODABLE.iter().enumerate() {
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition as i32)
+                    .payload(payload),
+            )
+            .map_err(|(error, _)| error)
+            .expect("queue an undecodable record");
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("the undecodable records are written");
+}
+
+/// Runs 3,000 transfers, after a few undecodable records, through two
+/// shards that abort every third transaction on purpose (exercising the
+/// abort path), with `mutant` if any, and audits the result.
 fn audited_run(mutant: Option<&str>) -> AuditReport {
     let binaries = Binaries::locate().expect("the producer and consumer binaries");
     let bootstrap = harness::shared_bootstrap();
@@ -37,8 +64,11 @@ fn audited_run(mutant: Option<&str>) -> AuditReport {
         batch_ms: 100,
         shard_env,
     };
+    let transfers_topic = config.topics.transactions.clone();
+    let bootstrap = config.bootstrap_servers.clone();
     let mut pipeline = Pipeline::new(config, binaries).expect("pipeline");
     pipeline.create_topics().expect("topics");
+    write_undecodable(&bootstrap, &transfers_topic);
     pipeline.start_shards().expect("shards");
     pipeline
         .wait_ready(Duration::from_secs(180))
@@ -88,6 +118,13 @@ fn status(report: &AuditReport, check: Check) -> Status {
 fn without_a_mutant_the_same_run_passes() {
     let report = audited_run(None);
     assert!(report.passed(), "{report}");
+    // The dead-letter check judged real dead letters, not none.
+    let undecodable = UNDECODABLE.len() as u64;
+    assert_eq!(
+        (report.totals.inputs_undecodable, report.totals.dead_letters),
+        (undecodable, undecodable),
+        "{report}"
+    );
 }
 
 #[test]
