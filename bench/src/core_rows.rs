@@ -166,7 +166,7 @@ pub fn drive<L: LedgerView, B: Borrow<Encoded>>(
         let mut records = inputs(&credits);
         records.extend(inputs(batch.borrow()));
         let started = Instant::now();
-        let effects = process_batch(ledger, &Rules::default(), &records);
+        let effects = process_batch(ledger, &Rules::new(PARTITIONS), &records)?;
         spent.machine += started.elapsed();
         commit(ledger, &effects)?;
         spent.total += started.elapsed();

@@ -230,6 +230,7 @@ impl Settings {
             transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),
             rules: Rules {
                 currency: config.currency,
+                partitions: config.partitions,
             },
             store: StoreOptions {
                 idempotency_window: usize::try_from(config.idempotency_window)

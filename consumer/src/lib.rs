@@ -58,6 +58,8 @@ pub enum Error {
     Topics(#[from] TopicError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("stopping before the batch is written: {0}")]
+    MisroutedCredit(#[from] ledger::machine::MisroutedCredit),
     #[error("recovery refused to start the shard: {0}")]
     RecoveryRefused(String),
     #[error("fatal Kafka error at {step}: {error}")]

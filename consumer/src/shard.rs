@@ -409,7 +409,18 @@ impl Shard {
                 payload: record.payload.as_deref(),
             })
             .collect();
-        let effects = process_batch(&self.store, &self.settings.rules, &records);
+        let effects = process_batch(&self.store, &self.settings.rules, &records).inspect_err(|error| {
+            error!(
+                message = "A credit sits on a partition that does not own its account; stopping.",
+                error = %error,
+            );
+        })?;
+        if effects.counts.misrouted > 0 {
+            warn!(
+                message = "Transfers in a partition that does not own their source account were rejected as misrouted; their producer must use the murmur2 partitioner.",
+                misrouted = effects.counts.misrouted,
+            );
+        }
         let mut written = false;
         match self.transact(&effects, &mut written) {
             Ok(committed) => {

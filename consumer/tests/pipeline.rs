@@ -123,6 +123,32 @@ fn bad_input_is_rejected_dead_lettered_and_passed() {
             RejectReason::InvalidAmount,
             true,
         ),
+        // Spellings a lenient decimal parser takes; the wire has one.
+        (
+            Some(valid("\"+1.00\"", "EUR", "acc-2")),
+            RejectReason::InvalidAmount,
+            true,
+        ),
+        (
+            Some(valid("\" 1.00\"", "EUR", "acc-2")),
+            RejectReason::InvalidAmount,
+            true,
+        ),
+        (
+            Some(valid("\"1.00 \"", "EUR", "acc-2")),
+            RejectReason::InvalidAmount,
+            true,
+        ),
+        (
+            Some(valid("\"1e2\"", "EUR", "acc-2")),
+            RejectReason::InvalidAmount,
+            true,
+        ),
+        (
+            Some(valid("\".50\"", "EUR", "acc-2")),
+            RejectReason::InvalidAmount,
+            true,
+        ),
         (
             Some(valid("\"99999999999999999999.00\"", "EUR", "acc-2")),
             RejectReason::InvalidAmount,

@@ -345,7 +345,8 @@ impl AuditInput {
             key,
             payload,
         };
-        let effects = machine::process_batch(model, &self.rules, std::slice::from_ref(&record));
+        let effects = machine::process_batch(model, &self.rules, std::slice::from_ref(&record))
+            .expect("only credits can refuse a batch, and this is a transfer");
         model.decided.extend(effects.decided.iter().copied());
         for output in &effects.outputs {
             if let Output::DeadLetter(letter) = output {
@@ -623,6 +624,9 @@ pub struct Totals {
     pub credits: u64,
     pub dead_letters: u64,
     pub balance_sources: u64,
+    /// Committed transfers in a partition that does not own their source
+    /// account, rejected as `misrouted` (see `AuditReport::misrouted`).
+    pub misrouted: u64,
     /// Accounts the shards hold.
     pub accounts: u64,
     /// Sum of every shard balance; absent without balances.
@@ -634,6 +638,11 @@ pub struct AuditReport {
     pub verdict: Status,
     pub checks: Vec<CheckResult>,
     pub totals: Totals,
+    /// The first [`FINDINGS_MAX`] misrouted transfers, named so that their
+    /// writer can be found. Not a violation: the shards refused them as they
+    /// must (the `decisions` check proves it); a sign of a producer with the
+    /// wrong partitioner.
+    pub misrouted: Vec<Finding>,
 }
 
 impl AuditReport {
@@ -859,7 +868,12 @@ impl<'a> Judge<'a> {
                 else {
                     continue;
                 };
-                if outcome.kind == OutcomeKind::Duplicate {
+                // Neither decides the id: a duplicate repeats a decision,
+                // and a misrouted transfer is refused without one.
+                if matches!(
+                    outcome.kind,
+                    OutcomeKind::Duplicate | OutcomeKind::Rejected(RejectReason::Misrouted)
+                ) {
                     continue;
                 }
                 let entry = self.decided.entry(transfer.id).or_insert(Decided {
@@ -906,6 +920,11 @@ impl<'a> Judge<'a> {
                 let plausible = match (fact.model, fact.transfer) {
                     // Undecodable input is rejected for its reason, always.
                     (model, None) => real == model,
+                    // Where a record sits decides this, and nothing else:
+                    // not even an earlier decision of its id elsewhere.
+                    (model @ OutcomeKind::Rejected(RejectReason::Misrouted), Some(_)) => {
+                        real == model
+                    }
                     (OutcomeKind::Duplicate, Some(_)) => real == OutcomeKind::Duplicate,
                     (OutcomeKind::Accepted, Some(transfer)) => {
                         real == OutcomeKind::Accepted
@@ -976,6 +995,18 @@ impl<'a> Judge<'a> {
             if let Some(difference) = transfer.difference(&credit.credit, &input.accounts) {
                 self.tally.note(Check::Credits, || {
                     finding(at(), Some(id), format!("credit carries {difference}"))
+                });
+            }
+            let owner = input
+                .rules
+                .partition_of(input.accounts.get(credit.credit.to));
+            if owner != credit.at.partition {
+                self.tally.note(Check::Credits, || {
+                    finding(
+                        at(),
+                        Some(id),
+                        format!("credit in a partition that does not own its account (owner: partition {owner})"),
+                    )
                 });
             }
         }
@@ -1150,6 +1181,7 @@ impl<'a> Judge<'a> {
             })
             .filter(|at| input.input(*at).is_none())
             .count() as u64;
+        let misrouted = misrouted_inputs(input);
         let totals = Totals {
             inputs_committed: input.inputs.values().map(|facts| facts.len() as u64).sum(),
             inputs_aborted: aborted,
@@ -1167,6 +1199,7 @@ impl<'a> Judge<'a> {
             dead_letters: input.dead_letters.values().sum::<u64>()
                 + input.dead_letters_unattributed,
             balance_sources: input.balances.len() as u64,
+            misrouted: misrouted.len() as u64,
             accounts: self.accounts_held,
             balance_sum: (!input.balances.is_empty()).then_some(Money(self.balance_sum)),
         };
@@ -1179,8 +1212,36 @@ impl<'a> Judge<'a> {
             verdict,
             checks: self.tally.results,
             totals,
+            misrouted: misrouted.into_iter().take(FINDINGS_MAX).collect(),
         }
     }
+}
+
+/// Every committed transfer that sits in a partition not owning its source
+/// account, in topic order.
+fn misrouted_inputs(input: &AuditInput) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for (partition, facts) in &input.inputs {
+        for fact in facts {
+            let (OutcomeKind::Rejected(RejectReason::Misrouted), Some(transfer)) =
+                (fact.model, fact.transfer)
+            else {
+                continue;
+            };
+            let from = input.accounts.get(transfer.from);
+            let at = Position {
+                partition: *partition,
+                offset: fact.offset,
+            };
+            found.push(Finding {
+                at: Some(input.locate(&input.topics.transactions, at)),
+                transfer_id: Some(transfer.id),
+                account: Some(from.to_string()),
+                detail: format!("belongs to partition {}", input.rules.partition_of(from)),
+            });
+        }
+    }
+    found
 }
 
 fn show_id(id: Option<TransferId>) -> String {
@@ -1200,6 +1261,15 @@ pub enum AuditError {
     Metadata { topic: String, error: KafkaError },
     #[error("topic {topic} does not exist on {bootstrap}")]
     MissingTopic { topic: String, bootstrap: String },
+    #[error(
+        "topic {topic} has {found} partitions, the audit expects {expected}: `transactions` and \
+         `ledger-credits` must have the same partition count, the one the shards run with"
+    )]
+    PartitionCount {
+        topic: String,
+        found: usize,
+        expected: i32,
+    },
     #[error(
         "{topic}/{partition} starts at offset {low}: its earlier records were deleted \
          (retention), so the audit cannot account for them; audit topics that keep \
@@ -1311,6 +1381,14 @@ pub struct Extent {
     pub topic: String,
     /// `(partition, high watermark)`.
     pub ends: Vec<(i32, i64)>,
+}
+
+/// The partition count of `topic`.
+pub fn partition_count(bootstrap: &str, topic: &str) -> Result<i32, AuditError> {
+    let [extent] = extents(bootstrap, &[topic])?
+        .try_into()
+        .expect("one extent per topic");
+    Ok(i32::try_from(extent.ends.len()).expect("Kafka counts partitions in an i32"))
 }
 
 /// A consumer that never joins a group and never commits: the audit only
@@ -1577,6 +1655,17 @@ pub fn read_topics(
     let [transactions, results, credits, dead_letters] = extents(bootstrap, &names)?
         .try_into()
         .expect("one extent per topic");
+    // Ownership (and so every `misrouted` decision) is computed over this
+    // count: with another one the model would judge a different ledger.
+    for extent in [&transactions, &credits] {
+        if usize::try_from(input.rules.partitions).ok() != Some(extent.ends.len()) {
+            return Err(AuditError::PartitionCount {
+                topic: extent.topic.clone(),
+                found: extent.ends.len(),
+                expected: input.rules.partitions,
+            });
+        }
+    }
     let committed = Isolation::ReadCommitted;
     read_to_end(
         bootstrap,
@@ -1771,10 +1860,29 @@ impl fmt::Display for AuditReport {
             }
         }
         let totals = &report.totals;
+        if totals.misrouted > 0 {
+            writeln!(
+                out,
+                "\nmisrouted ({}): transfers in a partition that does not own their source \
+                 account, rejected and not applied; their producer must use the murmur2 \
+                 partitioner",
+                totals.misrouted
+            )?;
+            for finding in &report.misrouted {
+                writeln!(out, "  {finding}")?;
+            }
+            let unnamed = totals.misrouted - report.misrouted.len() as u64;
+            if unnamed > 0 {
+                writeln!(out, "  ... and {unnamed} more")?;
+            }
+        }
         writeln!(
             out,
-            "\ninput: {} committed ({} undecodable), {} aborted",
-            totals.inputs_committed, totals.inputs_undecodable, totals.inputs_aborted
+            "\ninput: {} committed ({} undecodable, {} misrouted), {} aborted",
+            totals.inputs_committed,
+            totals.inputs_undecodable,
+            totals.misrouted,
+            totals.inputs_aborted
         )?;
         writeln!(
             out,

@@ -30,6 +30,9 @@ const MINOR_PER_MAJOR: i64 = 100;
 /// catches fat-fingered or hostile inputs.
 pub const AMOUNT_MAX_MINOR: i64 = 1_000_000_000 * MINOR_PER_MAJOR;
 
+/// Longest amount text the decimal parser is given.
+const AMOUNT_TEXT_LEN_MAX: usize = 32;
+
 /// Longest account id, in bytes; it bounds sled keys and message keys.
 pub const ACCOUNT_ID_LEN_MAX: usize = 64;
 
@@ -199,26 +202,43 @@ impl Amount {
         Ok(Amount(minor))
     }
 
-    /// Parses a decimal string such as `"142.50"`. Exponents, signs other than
-    /// a leading minus, and more than `SCALE` decimals are refused.
+    /// Parses a plain decimal string, `digits[.d[d]]` such as `"142.50"`.
+    /// Everything else a decimal parser would take (a sign, spaces,
+    /// exponents, `.5`, `5.`, separators) is refused: an amount on the wire
+    /// has one spelling, so two systems can never read the same record as
+    /// two different amounts.
     pub fn parse(text: &str) -> Result<Self, DomainError> {
+        const SHAPE: &str = "must be a decimal string like \"142.50\"";
+        const TOO_LARGE: &str = "exceeds the maximum of 1000000000.00";
         let refuse = |why| DomainError::Amount(text.to_owned(), why);
-        if text.is_empty() || text.len() > 32 {
-            return Err(refuse("must be a decimal string like \"142.50\""));
+        match plain_decimal_decimals(text) {
+            Some(decimals) if decimals > SCALE as usize => {
+                return Err(refuse("has more than 2 decimals"))
+            }
+            Some(_) => {}
+            // A minus in front of a plain decimal says more than "bad shape".
+            None if text
+                .strip_prefix('-')
+                .is_some_and(|rest| plain_decimal_decimals(rest).is_some()) =>
+            {
+                return Err(refuse("must be positive"))
+            }
+            None => return Err(refuse(SHAPE)),
         }
-        let decimal = Decimal::from_str_exact(text)
-            .map_err(|_| refuse("must be a decimal string like \"142.50\""))?;
-        if decimal.scale() > SCALE {
-            return Err(refuse("has more than 2 decimals"));
+        // Beyond this many digits no amount is below the maximum; it also
+        // bounds the decimal parser's work.
+        if text.len() > AMOUNT_TEXT_LEN_MAX {
+            return Err(refuse(TOO_LARGE));
         }
-        if decimal.is_sign_negative() || decimal.is_zero() {
+        let decimal = Decimal::from_str_exact(text).map_err(|_| refuse(TOO_LARGE))?;
+        if decimal.is_zero() {
             return Err(refuse("must be positive"));
         }
         let minor = decimal
             .checked_mul(Decimal::from(MINOR_PER_MAJOR))
             .and_then(|scaled| i64::try_from(scaled.normalize()).ok())
-            .ok_or_else(|| refuse("exceeds the maximum of 1000000000.00"))?;
-        Amount::from_minor(minor).map_err(|_| refuse("exceeds the maximum of 1000000000.00"))
+            .ok_or_else(|| refuse(TOO_LARGE))?;
+        Amount::from_minor(minor).map_err(|_| refuse(TOO_LARGE))
     }
 
     pub fn minor(self) -> i64 {
@@ -227,6 +247,18 @@ impl Amount {
 
     pub fn money(self) -> Money {
         Money(self.0.into())
+    }
+}
+
+/// The number of decimals of `digits[.digits]` (ASCII digits only, at
+/// least one on each side of the point); `None` for any other shape.
+fn plain_decimal_decimals(text: &str) -> Option<usize> {
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    match text.split_once('.') {
+        None => all_digits(text).then_some(0),
+        Some((whole, fraction)) => {
+            (all_digits(whole) && all_digits(fraction)).then_some(fraction.len())
+        }
     }
 }
 
@@ -363,10 +395,13 @@ pub enum RejectReason {
     /// A well-formed currency that is not the ledger's.
     CurrencyMismatch = 9,
     InsufficientFunds = 10,
+    /// The record sits in a partition that does not own its source account
+    /// (another partitioner than murmur2, a missing or wrong key).
+    Misrouted = 11,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::Malformed,
         RejectReason::UnknownSchema,
         RejectReason::InvalidId,
@@ -377,6 +412,7 @@ impl RejectReason {
         RejectReason::SameAccount,
         RejectReason::CurrencyMismatch,
         RejectReason::InsufficientFunds,
+        RejectReason::Misrouted,
     ];
 
     pub fn code(self) -> &'static str {
@@ -391,6 +427,7 @@ impl RejectReason {
             RejectReason::SameAccount => "same_account",
             RejectReason::CurrencyMismatch => "currency_mismatch",
             RejectReason::InsufficientFunds => "insufficient_funds",
+            RejectReason::Misrouted => "misrouted",
         }
     }
 
@@ -457,6 +494,8 @@ mod tests {
         assert_eq!(Amount::parse("142.50").unwrap().minor(), 14250);
         assert_eq!(Amount::parse("0.01").unwrap().minor(), 1);
         assert_eq!(Amount::parse("7").unwrap().minor(), 700);
+        assert_eq!(Amount::parse("7.5").unwrap().minor(), 750);
+        assert_eq!(Amount::parse("007.50").unwrap().minor(), 750);
         assert_eq!(
             Amount::parse("1000000000.00").unwrap().minor(),
             AMOUNT_MAX_MINOR
@@ -471,7 +510,23 @@ mod tests {
                 "99999999999999999999999999",
                 "exceeds the maximum of 1000000000.00",
             ),
+            ("-0.50", "must be positive"),
             ("1e3", "must be a decimal string like \"142.50\""),
+            ("1E3", "must be a decimal string like \"142.50\""),
+            ("+1.00", "must be a decimal string like \"142.50\""),
+            (" 1.00", "must be a decimal string like \"142.50\""),
+            ("1.00 ", "must be a decimal string like \"142.50\""),
+            (".50", "must be a decimal string like \"142.50\""),
+            ("5.", "must be a decimal string like \"142.50\""),
+            ("1_000.00", "must be a decimal string like \"142.50\""),
+            ("1,000.00", "must be a decimal string like \"142.50\""),
+            ("--1.00", "must be a decimal string like \"142.50\""),
+            ("1.2.3", "must be a decimal string like \"142.50\""),
+            ("\u{0661}.00", "must be a decimal string like \"142.50\""),
+            (
+                "1000000000000000000000000000000000.00",
+                "exceeds the maximum of 1000000000.00",
+            ),
             ("abc", "must be a decimal string like \"142.50\""),
             ("", "must be a decimal string like \"142.50\""),
         ] {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{
     AccountId, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
+use crate::routing;
 use crate::wire::{self, DecodeError, Outcome};
 
 /// The two input topics of a shard.
@@ -90,14 +91,45 @@ pub trait LedgerView {
 pub struct Rules {
     /// The one currency the ledger keeps; any other is `currency_mismatch`.
     pub currency: Currency,
+    /// Partitions of `transactions`, and of `ledger-credits`, which has as
+    /// many: an account belongs to partition `murmur2(account) mod
+    /// partitions` of both ([`routing::partition_for`]), and a record
+    /// anywhere else is not applied.
+    pub partitions: i32,
 }
 
-impl Default for Rules {
-    fn default() -> Self {
+impl Rules {
+    /// The ledger's currency (EUR) over `partitions` input partitions.
+    pub fn new(partitions: i32) -> Self {
         Rules {
             currency: Currency::EUR,
+            partitions,
         }
     }
+
+    /// The partition that owns `account` in both input topics.
+    pub fn partition_of(&self, account: &AccountId) -> i32 {
+        routing::partition_for(account.as_str().as_bytes(), self.partitions)
+    }
+}
+
+/// A credit found on a partition that does not own its destination account.
+/// Shards write credits with the murmur2 partitioner, so this is a bug in a
+/// shard (or a foreign writer on an internal topic), never user input:
+/// applying it would put the account's money on a shard that does not own
+/// it, so the batch is refused before anything of it is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "credit of transfer {transfer_id} at {at}@{offset} is for account {account}, which \
+     belongs to partition {owner}: a credit on the wrong partition is a bug in the shard that \
+     wrote it; nothing of this batch was applied"
+)]
+pub struct MisroutedCredit {
+    pub at: InputPartition,
+    pub offset: i64,
+    pub transfer_id: TransferId,
+    pub account: AccountId,
+    pub owner: i32,
 }
 
 /// A record that could not be decoded, for `ledger-dlq`: the original key and
@@ -132,6 +164,8 @@ pub struct BatchCounts {
     pub credits_applied: u64,
     pub credits_duplicate: u64,
     pub dead_letters: u64,
+    /// Transfers rejected as `misrouted` (also counted in `rejected`).
+    pub misrouted: u64,
 }
 
 /// Everything a batch changes and emits.
@@ -163,11 +197,16 @@ impl BatchEffects {
 }
 
 /// Runs the batch. Pure: reads `view`, never writes it.
+///
+/// # Errors
+///
+/// A credit that sits on a partition not owning its destination account
+/// refuses the whole batch (see [`MisroutedCredit`]).
 pub fn process_batch(
     view: &impl LedgerView,
     rules: &Rules,
     records: &[InputRecord<'_>],
-) -> BatchEffects {
+) -> Result<BatchEffects, MisroutedCredit> {
     let mut batch = Batch {
         view,
         rules,
@@ -179,7 +218,7 @@ pub fn process_batch(
     for record in records {
         match record.at.source {
             Source::Transfers => batch.transfer(record),
-            Source::Credits => batch.credit(record),
+            Source::Credits => batch.credit(record)?,
         }
         let next = batch.effects.offsets.entry(record.at).or_insert(0);
         *next = (*next).max(record.offset + 1);
@@ -194,7 +233,7 @@ pub fn process_batch(
             "invariant violated: account {account} would go negative ({balance})"
         );
     }
-    effects
+    Ok(effects)
 }
 
 struct Batch<'v, V> {
@@ -252,6 +291,27 @@ impl<V: LedgerView> Batch<'_, V> {
                 return;
             }
         };
+        let owner = self.rules.partition_of(&transfer.from);
+        if owner != record.at.partition {
+            // Checked before anything else: this shard may not own the
+            // source account, so its balance and decided ids say nothing
+            // about this transfer. No id is decided either: the id is not
+            // trusted, and the owning partition may still see it, correctly.
+            self.effects.counts.misrouted += 1;
+            let detail = format!(
+                "account {} belongs to partition {owner}, not {}: write transfers keyed by \
+                 their source account with the murmur2 partitioner",
+                transfer.from, record.at.partition
+            );
+            self.outcome(
+                record,
+                Some(transfer.id),
+                OutcomeKind::Rejected(RejectReason::Misrouted),
+                Some(detail),
+                Some(transfer),
+            );
+            return;
+        }
         if self.decision(transfer.id).is_some() {
             self.outcome(
                 record,
@@ -290,7 +350,7 @@ impl<V: LedgerView> Batch<'_, V> {
         Decision::Accepted
     }
 
-    fn credit(&mut self, record: &InputRecord<'_>) {
+    fn credit(&mut self, record: &InputRecord<'_>) -> Result<(), MisroutedCredit> {
         let decoded = match record.payload {
             Some(bytes) => wire::decode_credit(bytes),
             None => Err(DecodeError {
@@ -303,18 +363,29 @@ impl<V: LedgerView> Batch<'_, V> {
             Ok(credit) => credit,
             Err(error) => {
                 self.dead_letter(record, record.payload.unwrap_or_default(), &error);
-                return;
+                return Ok(());
             }
         };
+        let owner = self.rules.partition_of(&credit.to);
+        if owner != record.at.partition {
+            return Err(MisroutedCredit {
+                at: record.at,
+                offset: record.offset,
+                transfer_id: credit.transfer_id,
+                account: credit.to,
+                owner,
+            });
+        }
         let id = credit.transfer_id;
         if self.credited_here.contains_key(&id) || self.view.credited(id) {
             self.effects.counts.credits_duplicate += 1;
-            return;
+            return Ok(());
         }
         self.add(&credit.to, credit.amount.money());
         self.credited_here.insert(id, ());
         self.effects.credited.push(id);
         self.effects.counts.credits_applied += 1;
+        Ok(())
     }
 
     fn dead_letter(&mut self, record: &InputRecord<'_>, payload: &[u8], error: &DecodeError) {

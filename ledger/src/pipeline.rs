@@ -582,7 +582,10 @@ impl Pipeline {
     /// (served by the running shards from their committed state).
     pub fn audit(&self) -> Result<AuditReport, AuditError> {
         let timeout = Duration::from_secs(600);
-        let mut input = AuditInput::new(self.config.topics.clone(), Rules::default());
+        let mut input = AuditInput::new(
+            self.config.topics.clone(),
+            Rules::new(self.config.partitions),
+        );
         audit::read_topics(
             &self.config.bootstrap_servers,
             timeout,

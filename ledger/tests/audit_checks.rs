@@ -24,11 +24,14 @@ fn account(name: &str) -> AccountId {
     AccountId::parse(name).unwrap()
 }
 
+fn rules() -> Rules {
+    Rules::new(PARTITIONS)
+}
+
 /// The partition (of both `transactions` and `ledger-credits`) that owns an
-/// account; any stable function does for the audit.
+/// account, as the shards compute it.
 fn home(account: &AccountId) -> i32 {
-    let sum: u32 = account.as_str().bytes().map(u32::from).sum();
-    (sum % PARTITIONS as u32) as i32
+    rules().partition_of(account)
 }
 
 fn id(n: u128) -> TransferId {
@@ -110,7 +113,7 @@ impl Pipeline {
             key: None,
             payload: Some(bytes),
         };
-        let effects = process_batch(&self.ledgers[shard], &Rules::default(), &[record]);
+        let effects = process_batch(&self.ledgers[shard], &rules(), &[record]).unwrap();
         self.ledgers[shard].apply(&effects);
         for output in effects.outputs {
             match output {
@@ -144,7 +147,7 @@ impl Pipeline {
             key: None,
             payload: Some(bytes),
         };
-        let effects = process_batch(&self.ledgers[shard], &Rules::default(), &[record]);
+        let effects = process_batch(&self.ledgers[shard], &rules(), &[record]).unwrap();
         self.ledgers[shard].apply(&effects);
     }
 
@@ -178,7 +181,7 @@ impl Pipeline {
     }
 
     fn input_with(&self, balances: Vec<ShardBalances>) -> AuditInput {
-        let mut input = AuditInput::new(Topics::default(), Rules::default());
+        let mut input = AuditInput::new(Topics::default(), rules());
         for (partition, offset, bytes) in &self.transfers {
             input.push_transfer(
                 Position {
@@ -357,12 +360,13 @@ fn a_second_outcome_for_one_record_is_named() {
     );
 }
 
-/// Two accounts on different partitions.
+/// Two accounts on different partitions, the first on the lower one (the
+/// audit walks partitions in order).
 fn apart() -> (&'static str, &'static str) {
     let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
     for a in names {
         for b in names {
-            if home(&account(a)) != home(&account(b)) {
+            if home(&account(a)) < home(&account(b)) {
                 return (a, b);
             }
         }
@@ -794,4 +798,96 @@ fn checks_are_reported_in_the_order_of_check_all() {
     for check in Check::ALL {
         assert_eq!(report.check(check).check, check);
     }
+}
+
+/// `busy()` plus a deposit written to the partition that does not own
+/// `world`, as a producer with another partitioner would; returns the index
+/// of that record among the committed input.
+fn with_a_misrouted_deposit() -> (Pipeline, usize) {
+    let mut pipeline = busy();
+    let stray = transfer(20, "world", "erin", "9.00");
+    let elsewhere = (home(&stray.from) + 1) % PARTITIONS;
+    pipeline.submit_bytes(elsewhere, &wire::encode_transfer(&stray));
+    let index = pipeline.transfers.len() - 1;
+    (pipeline, index)
+}
+
+#[test]
+fn a_misrouted_transfer_refused_by_its_shard_passes_and_is_named_in_the_summary() {
+    let (pipeline, stray) = with_a_misrouted_deposit();
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![], "{report:#?}");
+    assert_eq!(report.totals.misrouted, 1);
+    assert_eq!(report.totals.rejected, 5);
+    let owner = home(&AccountId::world());
+    let named: Vec<String> = report.misrouted.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        named,
+        vec![format!(
+            "{} id={} account=world belongs to partition {owner}",
+            pipeline.input_at(stray),
+            id(20)
+        )]
+    );
+    let text = report.to_string();
+    assert!(text.contains("misrouted (1):"), "{text}");
+    assert!(text.contains("(2 undecodable, 1 misrouted)"), "{text}");
+}
+
+#[test]
+fn a_shard_that_applies_a_misrouted_transfer_fails_the_decisions_check() {
+    // The mutant: the shard took the stray deposit as its own.
+    let (mut pipeline, stray) = with_a_misrouted_deposit();
+    let outcome = outcome_of(&pipeline, stray);
+    edit_outcome(&mut pipeline.outcomes[outcome], |outcome| {
+        outcome.kind = OutcomeKind::Accepted;
+        outcome.detail = None;
+    });
+    let report = audit(&pipeline.input_with(Vec::new()));
+    assert!(failing(&report).contains(&Check::Decisions), "{report:#?}");
+    assert_eq!(
+        findings(&report, Check::Decisions),
+        vec![format!(
+            "{} id={} the shard answered accepted, the ledger rules give rejected(misrouted)",
+            pipeline.input_at(stray),
+            id(20)
+        )]
+    );
+}
+
+#[test]
+fn a_misrouted_transfer_does_not_decide_its_id() {
+    // The same id later written where it belongs is decided there, once:
+    // neither `duplicated` nor `decisions` may count the refusal.
+    let (mut pipeline, _) = with_a_misrouted_deposit();
+    pipeline.submit(&transfer(20, "world", "erin", "9.00"));
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![], "{report:#?}");
+    assert_eq!(report.totals.accepted, 4);
+}
+
+#[test]
+fn a_credit_in_a_partition_that_does_not_own_its_account_is_named() {
+    let mut pipeline = busy();
+    // The accepted deposit to alice, its credit moved to the other partition.
+    let (index, _) = pipeline
+        .credits
+        .iter()
+        .enumerate()
+        .find(|(_, (_, bytes))| wire::decode_credit(bytes).unwrap().transfer_id == id(1))
+        .unwrap();
+    let owner = home(&account("alice"));
+    pipeline.credits[index].0 = (owner + 1) % PARTITIONS;
+    let report = audit(&pipeline.input_with(Vec::new()));
+    assert_eq!(failing(&report), vec![Check::Credits], "{report:#?}");
+    let [finding] = &findings(&report, Check::Credits)[..] else {
+        panic!("{report:#?}")
+    };
+    assert!(
+        finding.ends_with(&format!(
+            "id={} credit in a partition that does not own its account (owner: partition {owner})",
+            id(1)
+        )),
+        "{finding}"
+    );
 }

@@ -161,6 +161,8 @@ struct TestShard {
     producer: Transactional,
     /// Records per transaction.
     batch_records: usize,
+    /// The shards' rules, over the topics' real partition count.
+    rules: Rules,
 }
 
 impl TestShard {
@@ -171,6 +173,7 @@ impl TestShard {
             ledger: MemoryLedger::default(),
             producer: transactional_producer(bootstrap),
             batch_records: 5000,
+            rules: rules_of(bootstrap, topics),
         }
     }
 
@@ -259,7 +262,8 @@ impl TestShard {
                 payload: record.payload.as_deref(),
             })
             .collect();
-        let effects = process_batch(&self.ledger, &Rules::default(), &inputs);
+        let effects = process_batch(&self.ledger, &self.rules, &inputs)
+            .expect("credits are written to their owner's partition");
         self.ledger.apply(&effects);
         effects
     }
@@ -279,8 +283,13 @@ impl TestShard {
     }
 }
 
+/// The ledger rules over the partition count the broker reports.
+fn rules_of(bootstrap: &str, topics: &Topics) -> Rules {
+    Rules::new(audit::partition_count(bootstrap, &topics.transactions).expect("partition count"))
+}
+
 fn run_audit(bootstrap: &str, topics: &Topics, shard: &TestShard) -> AuditReport {
-    let mut input = AuditInput::new(topics.clone(), Rules::default());
+    let mut input = AuditInput::new(topics.clone(), shard.rules);
     input.push_balances(shard.balances());
     audit::read_topics(bootstrap, WAIT, &mut input, &mut |_| {}).expect("read topics");
     audit::audit(&input)
@@ -528,7 +537,7 @@ fn audit_reads_a_million_records() {
     eprintln!("wrote the history in {:.1?}", started.elapsed());
 
     let started = Instant::now();
-    let mut input = AuditInput::new(topics.clone(), Rules::default());
+    let mut input = AuditInput::new(topics.clone(), shard.rules);
     input.push_balances(shard.balances());
     audit::read_topics(
         &bootstrap,

@@ -41,7 +41,8 @@ fn store_with_one_batch(dir: &std::path::Path, commit: bool) {
         key: None,
         payload: Some(&bytes),
     };
-    let effects = process_batch(&MemoryLedger::default(), &Rules::default(), &[record]);
+    // One partition: it owns every account.
+    let effects = process_batch(&MemoryLedger::default(), &Rules::new(1), &[record]).unwrap();
     let mut store = Store::open(dir, StoreOptions::default()).unwrap();
     store.write_batch(&effects).unwrap();
     if commit {

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use ledger::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
+use ledger::domain::{
+    AccountId, Amount, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
+};
 use ledger::machine::{
     process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, MemoryLedger, Offsets,
     Output, Rules, Source,
@@ -30,10 +32,13 @@ fn account(index: usize) -> AccountId {
     }
 }
 
-/// The test's own partitioner; any deterministic function of the key works,
-/// as long as transfers and credits use the same one.
+fn rules() -> Rules {
+    Rules::new(PARTITIONS)
+}
+
+/// The partition that owns `account`: the shards check records against it.
 fn partition_of(account: &AccountId) -> i32 {
-    (account.as_str().bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32
+    rules().partition_of(account)
 }
 
 /// One step of a random scenario.
@@ -45,11 +50,15 @@ enum Step {
         to: usize,
         cents: i64,
         foreign_currency: bool,
+        /// Written to this partition instead of its owner's, as a producer
+        /// with another partitioner (or a wrong key) would.
+        stray: Option<i32>,
     },
     /// Bytes that are not a valid transfer.
     Invalid(usize),
-    /// Resend the n-th transfer produced so far (same id, same content).
-    Resend(usize),
+    /// Resend the n-th transfer produced so far (same id, same content),
+    /// to its owner's partition or, with `Some`, to this one.
+    Resend(usize, Option<i32>),
     /// Let a shard process up to this many of its pending records.
     Process { shard: usize, records: usize },
 }
@@ -65,19 +74,25 @@ const INVALID_INPUTS: [&str; 5] = [
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         // Deposits from world are frequent so that transfers can succeed.
-        4 => (0..ACCOUNTS, 1i64..50_000).prop_map(|(to, cents)| Step::Transfer {
+        4 => (0..ACCOUNTS, 1i64..50_000, stray()).prop_map(|(to, cents, stray)| Step::Transfer {
             from: ACCOUNTS,
             to,
             cents,
             foreign_currency: false,
+            stray,
         }),
-        8 => (0..=ACCOUNTS, 0..=ACCOUNTS, 1i64..40_000, prop::bool::weighted(0.05)).prop_map(
-            |(from, to, cents, foreign_currency)| Step::Transfer { from, to, cents, foreign_currency }
+        8 => (0..=ACCOUNTS, 0..=ACCOUNTS, 1i64..40_000, prop::bool::weighted(0.05), stray()).prop_map(
+            |(from, to, cents, foreign_currency, stray)| Step::Transfer { from, to, cents, foreign_currency, stray }
         ),
         1 => (0..INVALID_INPUTS.len()).prop_map(Step::Invalid),
-        2 => any::<usize>().prop_map(Step::Resend),
+        2 => (any::<usize>(), stray()).prop_map(|(index, stray)| Step::Resend(index, stray)),
         6 => (0usize..3, 1usize..12).prop_map(|(shard, records)| Step::Process { shard, records }),
     ]
+}
+
+/// Mostly `None`; otherwise any partition, the owner's included.
+fn stray() -> impl Strategy<Value = Option<i32>> {
+    prop::option::weighted(0.15, 0..PARTITIONS)
 }
 
 /// A record on a simulated topic.
@@ -112,8 +127,9 @@ impl Cluster {
         }
     }
 
-    fn publish_transfer(&mut self, key: &AccountId, value: Vec<u8>) {
-        self.transfers[partition_of(key) as usize].push(Record {
+    fn publish_transfer(&mut self, key: &AccountId, value: Vec<u8>, stray: Option<i32>) {
+        let partition = stray.unwrap_or_else(|| partition_of(key));
+        self.transfers[partition as usize].push(Record {
             key: key.as_str().as_bytes().to_vec(),
             value,
         });
@@ -126,6 +142,7 @@ impl Cluster {
                 to,
                 cents,
                 foreign_currency,
+                stray,
             } => {
                 self.sequence += 1;
                 let currency = if foreign_currency {
@@ -147,16 +164,16 @@ impl Cluster {
                 };
                 let bytes = wire::encode_transfer(&transfer);
                 self.sent.push(bytes.clone());
-                self.publish_transfer(&transfer.from, bytes);
+                self.publish_transfer(&transfer.from, bytes, stray);
             }
             Step::Invalid(index) => {
-                self.publish_transfer(&account(1), INVALID_INPUTS[index].as_bytes().to_vec());
+                self.publish_transfer(&account(1), INVALID_INPUTS[index].as_bytes().to_vec(), None);
             }
-            Step::Resend(index) => {
+            Step::Resend(index, stray) => {
                 if !self.sent.is_empty() {
                     let bytes = self.sent[index % self.sent.len()].clone();
                     let transfer = wire::decode_transfer(&bytes).unwrap();
-                    self.publish_transfer(&transfer.from, bytes);
+                    self.publish_transfer(&transfer.from, bytes, stray);
                 }
             }
             Step::Process { shard, records } => {
@@ -203,7 +220,8 @@ impl Cluster {
                 payload: Some(&record.value),
             })
             .collect();
-        process_batch(&self.ledgers[shard], &Rules::default(), &inputs)
+        process_batch(&self.ledgers[shard], &rules(), &inputs)
+            .expect("credits are written to their owner's partition")
     }
 
     fn commit(&mut self, shard: usize, effects: &BatchEffects) {
@@ -246,6 +264,15 @@ impl Cluster {
     fn check_invariants(&self) -> Result<(), TestCaseError> {
         // 1. Conservation.
         prop_assert_eq!(self.sum() + self.in_flight(), Money::ZERO);
+        // Ownership: a shard holds only accounts of the partitions it owns,
+        // so no account's balance is ever on two shards, whatever partition
+        // the transfers were written to.
+        for (shard, ledger) in self.ledgers.iter().enumerate() {
+            for account in ledger.balances.keys() {
+                let owner = partition_of(account) as usize % self.shards;
+                prop_assert_eq!(owner, shard, "{} held by shard {}", account, shard);
+            }
+        }
         // 2. Only `world` may be negative.
         for ledger in &self.ledgers {
             for (account, balance) in &ledger.balances {
@@ -301,13 +328,20 @@ proptest! {
         // Every input record got exactly one outcome.
         let inputs: usize = cluster.transfers.iter().map(Vec::len).sum();
         prop_assert_eq!(cluster.outcomes.len(), inputs);
-        // A transfer id is decided at most once.
+        // A transfer id is decided at most once, and a misrouted record is
+        // refused, never decided.
         let mut decisions = BTreeMap::new();
+        let misrouted = OutcomeKind::Rejected(RejectReason::Misrouted);
         for outcome in &cluster.outcomes {
-            if let (Some(id), false) = (outcome.transfer_id, outcome.kind == ledger::domain::OutcomeKind::Duplicate) {
+            let decides = !matches!(outcome.kind, OutcomeKind::Duplicate) && outcome.kind != misrouted;
+            if let (Some(id), true) = (outcome.transfer_id, decides) {
                 if outcome.transfer.is_some() {
                     *decisions.entry(id).or_insert(0) += 1;
                 }
+            }
+            if let Some(transfer) = &outcome.transfer {
+                let owned = partition_of(&transfer.from) == outcome.partition;
+                prop_assert_eq!(outcome.kind == misrouted, !owned, "{:?}", outcome);
             }
         }
         prop_assert!(decisions.values().all(|count| *count == 1));
@@ -339,7 +373,7 @@ proptest! {
                     key: Some(&record.key),
                     payload: Some(&record.value),
                 };
-                let effects = process_batch(&cluster.ledgers[shard], &Rules::default(), &[input]);
+                let effects = process_batch(&cluster.ledgers[shard], &rules(), &[input]).unwrap();
                 prop_assert!(effects.balances.is_empty(), "balances changed: {:?}", effects.balances);
                 prop_assert!(effects.decided.is_empty());
                 prop_assert!(effects.credited.is_empty());
@@ -459,7 +493,7 @@ proptest! {
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let mut kafka = SimulatedKafka::default();
         let mut crash_plan = crashes.into_iter().cycle();
-        let rules = Rules::default();
+        let rules = rules();
         loop {
             // The batch comes from Kafka's committed offsets, as after a
             // restart the shard seeks there.
@@ -482,7 +516,7 @@ proptest! {
                 .iter()
                 .map(|(at, offset, record)| InputRecord { at: *at, offset: *offset, key: Some(&record.key), payload: Some(&record.value) })
                 .collect();
-            let effects = process_batch(&store, &rules, &inputs);
+            let effects = process_batch(&store, &rules, &inputs).unwrap();
             let crash = crash_plan.next().unwrap_or(Crash::None);
             if crash == Crash::BeforeSledWrite {
                 store = restart(dir.path(), store, &kafka)?;
@@ -555,7 +589,8 @@ fn a_reopened_store_remembers_decisions_and_serves_committed_reads_only() {
         payload: Some(&bytes),
     };
     let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let effects = process_batch(&store, &Rules::default(), &[input]);
+    // One partition: it owns every account.
+    let effects = process_batch(&store, &Rules::new(1), &[input]).unwrap();
     store.write_batch(&effects).unwrap();
     // Written to sled, not yet committed in Kafka: readers see nothing.
     let reader = store.reader();
@@ -606,7 +641,8 @@ fn the_idempotency_window_forgets_the_oldest_batches_alike_in_memory_and_on_disk
             key: None,
             payload: Some(&bytes),
         };
-        let effects = process_batch(&store, &Rules::default(), &[input]);
+        // One partition: it owns every account.
+        let effects = process_batch(&store, &Rules::new(1), &[input]).unwrap();
         store.write_batch(&effects).unwrap();
         store.mark_committed();
     }
@@ -617,4 +653,96 @@ fn the_idempotency_window_forgets_the_oldest_batches_alike_in_memory_and_on_disk
     let store = Store::open(dir.path(), options).unwrap();
     let reloaded: Vec<bool> = ids.iter().map(|id| store.decision(*id).is_some()).collect();
     assert_eq!(reloaded, remembered);
+}
+
+fn deposit_of(cents: i64, to: &AccountId) -> Transfer {
+    Transfer::new(
+        TransferId::new_random(),
+        AccountId::world(),
+        to.clone(),
+        Amount::from_minor(cents).unwrap(),
+        Currency::EUR,
+        OffsetDateTime::UNIX_EPOCH,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_transfer_outside_its_owners_partition_is_rejected_as_misrouted_and_decides_nothing() {
+    let deposit = deposit_of(500, &account(0));
+    let bytes = wire::encode_transfer(&deposit);
+    let owner = partition_of(&AccountId::world());
+    let elsewhere = (owner + 1) % PARTITIONS;
+    let record = |partition| InputRecord {
+        at: InputPartition {
+            source: Source::Transfers,
+            partition,
+        },
+        offset: 0,
+        // The key is not what counts: only where the record sits.
+        key: Some(b"world"),
+        payload: Some(&bytes),
+    };
+    let effects = process_batch(&MemoryLedger::default(), &rules(), &[record(elsewhere)]).unwrap();
+    assert!(effects.balances.is_empty(), "{:?}", effects.balances);
+    assert!(effects.decided.is_empty());
+    assert!(effects.credits_emitted().next().is_none());
+    assert_eq!(effects.counts.misrouted, 1);
+    assert_eq!(effects.counts.rejected, 1);
+    let [Output::Outcome(outcome)] = effects.outputs.as_slice() else {
+        panic!("one outcome and nothing else: {:?}", effects.outputs);
+    };
+    assert_eq!(outcome.kind, OutcomeKind::Rejected(RejectReason::Misrouted));
+    assert_eq!(outcome.transfer.as_ref(), Some(&deposit));
+    let detail = outcome.detail.as_deref().unwrap();
+    assert!(
+        detail.contains(&format!("belongs to partition {owner}, not {elsewhere}")),
+        "{detail}"
+    );
+
+    // The same record where it belongs is decided normally afterwards.
+    let mut ledger = MemoryLedger::default();
+    ledger.apply(&effects);
+    let effects = process_batch(&ledger, &rules(), &[record(owner)]).unwrap();
+    assert_eq!(effects.counts.accepted, 1);
+    assert_eq!(effects.decided, vec![(deposit.id, Decision::Accepted)]);
+}
+
+#[test]
+fn a_credit_outside_its_owners_partition_refuses_the_whole_batch() {
+    let deposit = deposit_of(700, &account(2));
+    let credit = wire::encode_credit(&ledger::domain::Credit::of(&deposit));
+    let owner = partition_of(&account(2));
+    let elsewhere = (owner + 1) % PARTITIONS;
+    let transfer = wire::encode_transfer(&deposit);
+    let records = [
+        InputRecord {
+            at: InputPartition {
+                source: Source::Transfers,
+                partition: partition_of(&AccountId::world()),
+            },
+            offset: 0,
+            key: None,
+            payload: Some(&transfer),
+        },
+        InputRecord {
+            at: InputPartition {
+                source: Source::Credits,
+                partition: elsewhere,
+            },
+            offset: 7,
+            key: None,
+            payload: Some(&credit),
+        },
+    ];
+    let error = process_batch(&MemoryLedger::default(), &rules(), &records).unwrap_err();
+    assert_eq!(error.owner, owner);
+    assert_eq!(error.account, account(2));
+    assert_eq!(error.transfer_id, deposit.id);
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("credits/{elsewhere}@7"))
+            && message.contains("belongs to partition"),
+        "{message}"
+    );
 }

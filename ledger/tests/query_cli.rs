@@ -109,7 +109,8 @@ impl Cluster {
             });
             *next += 1;
         }
-        let effects = process_batch(&self.stores[shard], &Rules::default(), &records);
+        let effects =
+            process_batch(&self.stores[shard], &Rules::new(PARTITIONS), &records).unwrap();
         self.stores[shard].write_batch(&effects).unwrap();
         if commit {
             self.stores[shard].mark_committed();

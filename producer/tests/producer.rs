@@ -106,6 +106,13 @@ fn generated_transfers_are_committed_exactly_once() {
             record.transfer.from.as_str().as_bytes(),
             "keyed by source"
         );
+        // The shards refuse a transfer anywhere else as misrouted.
+        assert_eq!(
+            record.partition,
+            ledger::routing::partition_for(record.key.as_slice(), PARTITIONS),
+            "in the partition that owns its source account: {}",
+            record.transfer.from
+        );
     }
     let repeats = repeated_ids(committed.into_iter().map(|record| record.transfer));
     assert!(repeats > 0, "the stream has resubmissions");

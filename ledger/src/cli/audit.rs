@@ -36,6 +36,10 @@ pub struct Args {
     /// A stopped shard's sled directory; once per shard.
     #[arg(long = "db", value_name = "DIR")]
     dbs: Vec<PathBuf>,
+    /// Partitions of `transactions` and `ledger-credits` (the shards'
+    /// --partitions); read from the transactions topic when not given.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: Option<i32>,
     /// The ledger's currency: must be the shards' own.
     #[arg(long, default_value = "EUR", value_parser = Currency::parse)]
     currency: Currency,
@@ -58,10 +62,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         credits: args.credits_topic,
         dead_letters: args.dlq_topic,
     };
+    let partitions = match args.partitions {
+        Some(partitions) => partitions,
+        None => audit::partition_count(&args.bootstrap_servers, &topics.transactions)
+            .context("reading the partition count of the transactions topic")?,
+    };
     let mut input = AuditInput::new(
         topics,
         Rules {
             currency: args.currency,
+            partitions,
         },
     );
     // Balances first: a shard that cannot be reached fails the audit in

@@ -28,6 +28,7 @@ pub const PARTITIONS: i32 = 3;
 #[derive(Debug, Clone)]
 pub struct Read {
     pub key: Vec<u8>,
+    pub partition: i32,
     pub transfer: Transfer,
 }
 
@@ -91,6 +92,7 @@ pub fn read(bootstrap: &str, topic: &str, isolation: &str, until: Until) -> Vec<
                     .unwrap_or_else(|error| panic!("undecodable record: {error}"));
                 records.push(Read {
                     key: message.key().expect("a key").to_vec(),
+                    partition: message.partition(),
                     transfer,
                 });
             }
