@@ -15,13 +15,13 @@
 use std::borrow::Borrow;
 use std::time::{Duration, Instant};
 
-use ledger::machine::{
+use ledger::store::{Store, StoreOptions};
+use ledger_core::machine::{
     process_batch, BatchEffects, InputPartition, LedgerView, MemoryLedger, Rules, Source,
 };
-use ledger::replay::{inputs, CreditLoop, Encoded};
-use ledger::routing;
-use ledger::store::{Store, StoreOptions};
-use ledger::wire;
+use ledger_core::replay::{inputs, CreditLoop, Encoded};
+use ledger_core::routing;
+use ledger_core::wire;
 use producer::generate::{Generator, GeneratorConfig};
 use time::OffsetDateTime;
 
@@ -187,7 +187,7 @@ fn generate(bench: &Bench) -> Vec<Encoded> {
         accounts: bench.sizes.accounts,
         fail_share: 0.02,
         duplicate_share: 0.01,
-        currency: ledger::domain::Currency::EUR,
+        currency: ledger_core::domain::Currency::EUR,
         seed: bench.seed,
     });
     let mut next_offsets = [0i64; PARTITIONS as usize];

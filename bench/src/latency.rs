@@ -17,10 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ledger::domain::{OutcomeKind, TransferId};
 use ledger::kafka;
 use ledger::pipeline::ProducerRun;
-use ledger::wire;
+use ledger_core::domain::{OutcomeKind, TransferId};
+use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};

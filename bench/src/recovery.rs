@@ -19,13 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
 use ledger::kafka;
-use ledger::machine::{InputPartition, Offsets, Source};
-use ledger::replay::Encoded;
-use ledger::routing;
 use ledger::store::{Store, StoreOptions};
-use ledger::wire;
+use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
+use ledger_core::machine::{InputPartition, Offsets, Source};
+use ledger_core::replay::Encoded;
+use ledger_core::routing;
+use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ledger::domain::Currency;
-use ledger::machine::{Rules, Source};
 use ledger::store::StoreOptions;
 use ledger::telemetry::LogFormat;
+use ledger_core::domain::Currency;
+use ledger_core::machine::{Rules, Source};
 
 use crate::faults::Faults;
 

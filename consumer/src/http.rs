@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
-use ledger::domain::{AccountId, TransferId};
 use ledger::store::StoreReader;
+use ledger_core::domain::{AccountId, TransferId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 

@@ -59,7 +59,7 @@ pub enum Error {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("stopping before the batch is written: {0}")]
-    MisroutedCredit(#[from] ledger::machine::MisroutedCredit),
+    MisroutedCredit(#[from] ledger_core::machine::MisroutedCredit),
     #[error("recovery refused to start the shard: {0}")]
     RecoveryRefused(String),
     #[error("fatal Kafka error at {step}: {error}")]

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use ledger::domain::{Money, OutcomeKind};
-use ledger::machine::{BatchEffects, InputRecord, Output, Source};
+use ledger_core::domain::{Money, OutcomeKind};
+use ledger_core::machine::{BatchEffects, InputRecord, Output, Source};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use time::OffsetDateTime;
 

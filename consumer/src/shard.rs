@@ -13,14 +13,14 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ledger::domain::Money;
 use ledger::kafka::{self, ErrorClass};
-use ledger::machine::{
+use ledger::store::{Store, StoreError, StoreReader};
+use ledger_core::domain::Money;
+use ledger_core::machine::{
     process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output, Source,
 };
-use ledger::recovery::{self, PendingOffsets, Recovery};
-use ledger::store::{Store, StoreError, StoreReader};
-use ledger::wire;
+use ledger_core::recovery::{self, PendingOffsets, Recovery};
+use ledger_core::wire;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};

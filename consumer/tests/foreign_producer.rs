@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use common::*;
 use ledger::audit::{self, AuditInput, BalanceSource};
-use ledger::domain::{OutcomeKind, RejectReason, Transfer, TransferId};
-use ledger::machine::Rules;
-use ledger::wire;
+use ledger_core::domain::{OutcomeKind, RejectReason, Transfer, TransferId};
+use ledger_core::machine::Rules;
+use ledger_core::wire;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
@@ -228,7 +228,10 @@ fn a_producer_with_another_partitioner_gets_misrouted_outcomes_and_the_ledger_st
     let report = audit::audit(&input);
     assert!(report.passed(), "{report}");
     assert_eq!(report.totals.misrouted, misrouted_expected);
-    assert_eq!(report.totals.balance_sum, Some(ledger::domain::Money::ZERO));
+    assert_eq!(
+        report.totals.balance_sum,
+        Some(ledger_core::domain::Money::ZERO)
+    );
     eprintln!(
         "{} records, {misrouted_expected} misrouted, {} decided",
         inputs.len(),

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use consumer::faults::Mutant;
 use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
-use ledger::domain::{OutcomeKind, RejectReason};
-use ledger::machine::Source;
-use ledger::wire;
+use ledger_core::domain::{OutcomeKind, RejectReason};
+use ledger_core::machine::Source;
+use ledger_core::wire;
 
 /// Deposits, then funded transfers with duplicates and bad records, through
 /// `shards` shards; every exactly-once property checked against the model.
@@ -268,7 +268,10 @@ fn the_http_api_answers_queries_and_errors() {
     assert_eq!(top.accounts[0].account, "acc-api");
     assert_eq!(top.accounts[0].balance, "50.00");
     let status: TransferView = get_json(&format!("{url}/v1/transfers/{}", deposit.id));
-    assert_eq!(status.decision(), Some(ledger::domain::Decision::Accepted));
+    assert_eq!(
+        status.decision(),
+        Some(ledger_core::domain::Decision::Accepted)
+    );
     assert!(status.credited);
     let stats: StatsView = get_json(&format!("{url}/v1/stats"));
     assert_eq!((stats.shard, stats.accounts), (0, 2));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ledger::api::StatsView;
-use ledger::machine::Source;
+use ledger_core::machine::Source;
 
 fn stats(url: &str) -> StatsView {
     get_json(&format!("{url}/v1/stats"))

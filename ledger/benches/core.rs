@@ -10,13 +10,13 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
-use ledger::machine::{
+use ledger::store::{Store, StoreOptions};
+use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
+use ledger_core::machine::{
     process_batch, BatchEffects, InputPartition, LedgerView, MemoryLedger, Rules, Source,
 };
-use ledger::replay::{inputs, CreditLoop, Encoded};
-use ledger::store::{Store, StoreOptions};
-use ledger::wire;
+use ledger_core::replay::{inputs, CreditLoop, Encoded};
+use ledger_core::wire;
 use time::OffsetDateTime;
 
 const BATCH: usize = 8_190;

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Decision, Money, RejectReason};
-use crate::machine::Offsets;
 use crate::store::{Stats, TransferStatus};
+use ledger_core::domain::{Decision, Money, RejectReason};
+use ledger_core::machine::Offsets;
 
 /// `GET /v1/accounts/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

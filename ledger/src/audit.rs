@@ -42,14 +42,14 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::api::{StatsView, TopView};
-use crate::domain::{
+use crate::kafka::{EofReader, EofReaderContext};
+use crate::store::{Store, StoreError, StoreOptions};
+use ledger_core::domain::{
     AccountId, Amount, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer,
     TransferId, SCALE,
 };
-use crate::kafka::{EofReader, EofReaderContext};
-use crate::machine::{self, InputPartition, InputRecord, LedgerView, Output, Rules, Source};
-use crate::store::{Store, StoreError, StoreOptions};
-use crate::wire;
+use ledger_core::machine::{self, InputPartition, InputRecord, LedgerView, Output, Rules, Source};
+use ledger_core::wire;
 
 /// Findings kept per check; the count covers all of them.
 pub const FINDINGS_MAX: usize = 10;
@@ -1080,7 +1080,7 @@ impl<'a> Judge<'a> {
                     )
                 });
             }
-            if have < 0 && name != crate::domain::WORLD {
+            if have < 0 && name != ledger_core::domain::WORLD {
                 self.tally.note(Check::Negative, || {
                     account_finding(name, format!("balance {}", Money(have)))
                 });

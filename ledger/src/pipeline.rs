@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::api::StatsView;
 use crate::audit::{self, AuditError, AuditInput, AuditReport, BalanceSource, Topics};
 use crate::kafka::{self, TopicSpec};
-use crate::machine::Rules;
+use ledger_core::machine::Rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {

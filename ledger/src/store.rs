@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use sled::IVec;
 
-use crate::domain::{AccountId, Decision, Money, RejectReason, TransferId};
-use crate::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
+use ledger_core::domain::{AccountId, Decision, Money, RejectReason, TransferId};
+use ledger_core::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
 
 const BALANCE_PREFIX: &[u8] = b"b:";
 const IDS_PREFIX: &[u8] = b"i:";

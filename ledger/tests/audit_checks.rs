@@ -8,13 +8,13 @@
 use ledger::audit::{
     audit, AuditInput, AuditReport, Check, Position, ShardBalances, Status, Topics,
 };
-use ledger::domain::{
+use ledger_core::domain::{
     AccountId, Amount, Currency, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
-use ledger::machine::{
+use ledger_core::machine::{
     process_batch, InputPartition, InputRecord, MemoryLedger, Output, Rules, Source,
 };
-use ledger::wire::{self, Outcome};
+use ledger_core::wire::{self, Outcome};
 use time::macros::datetime;
 use uuid::Uuid;
 
@@ -527,7 +527,7 @@ fn a_second_credit_is_named() {
 fn a_credit_without_an_accepted_transfer_is_named() {
     let mut pipeline = busy();
     // Transfer 4 was rejected for funds; a credit for it creates money.
-    let bytes = wire::encode_credit(&ledger::domain::Credit::of(&transfer(
+    let bytes = wire::encode_credit(&ledger_core::domain::Credit::of(&transfer(
         4, "bob", "carol", "500.00",
     )));
     let partition = home(&account("carol"));

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use ledger::audit::{
     self, AuditInput, AuditReport, Check, Extent, Isolation, ShardBalances, Status, Topics,
 };
-use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
-use ledger::machine::{
+use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
+use ledger_core::machine::{
     process_batch, InputPartition, InputRecord, MemoryLedger, Output, Rules, Source,
 };
-use ledger::wire;
+use ledger_core::wire;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -249,7 +249,7 @@ impl TestShard {
         }
     }
 
-    fn run(&mut self, source: Source, batch: &[Owned]) -> ledger::machine::BatchEffects {
+    fn run(&mut self, source: Source, batch: &[Owned]) -> ledger_core::machine::BatchEffects {
         let inputs: Vec<InputRecord<'_>> = batch
             .iter()
             .map(|record| InputRecord {
@@ -453,7 +453,7 @@ fn an_outcome_of_aborted_input_is_caught_on_a_real_broker() {
     // record is the first of the partition.
     let ghost = wire::Outcome {
         transfer_id: Some(TransferId(Uuid::from_u128(1))),
-        kind: ledger::domain::OutcomeKind::Accepted,
+        kind: ledger_core::domain::OutcomeKind::Accepted,
         detail: None,
         transfer: Some(transfer(1, "world", "alice", 100)),
         partition: 0,

@@ -9,10 +9,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use ledger::audit::{fetch_balances, AuditError, BalanceSource};
-use ledger::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
-use ledger::machine::{process_batch, InputPartition, InputRecord, MemoryLedger, Rules, Source};
 use ledger::store::{Store, StoreOptions};
-use ledger::wire;
+use ledger_core::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
+use ledger_core::machine::{
+    process_batch, InputPartition, InputRecord, MemoryLedger, Rules, Source,
+};
+use ledger_core::wire;
 use serde_json::{json, Value};
 use time::macros::datetime;
 use uuid::Uuid;

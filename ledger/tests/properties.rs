@@ -8,16 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use ledger::domain::{
+use ledger::store::{Store, StoreOptions};
+use ledger_core::domain::{
     AccountId, Amount, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
-use ledger::machine::{
+use ledger_core::machine::{
     process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, MemoryLedger, Offsets,
     Output, Rules, Source,
 };
-use ledger::recovery::{self, PendingOffsets, Recovery};
-use ledger::store::{Store, StoreOptions};
-use ledger::wire;
+use ledger_core::recovery::{self, PendingOffsets, Recovery};
+use ledger_core::wire;
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -711,7 +711,7 @@ fn a_transfer_outside_its_owners_partition_is_rejected_as_misrouted_and_decides_
 #[test]
 fn a_credit_outside_its_owners_partition_refuses_the_whole_batch() {
     let deposit = deposit_of(700, &account(2));
-    let credit = wire::encode_credit(&ledger::domain::Credit::of(&deposit));
+    let credit = wire::encode_credit(&ledger_core::domain::Credit::of(&deposit));
     let owner = partition_of(&account(2));
     let elsewhere = (owner + 1) % PARTITIONS;
     let transfer = wire::encode_transfer(&deposit);

@@ -5,7 +5,7 @@
 //! The fixture runs two rounds of the pipeline by hand, each transfer on its
 //! source account's shard and each credit on its destination's, with
 //! 6 partitions. With two shards, `world` and `bob` live on shard 0 and
-//! `alice` and `frank` on shard 1 (murmur2, see `ledger::routing`):
+//! `alice` and `frank` on shard 1 (murmur2, see `ledger_core::routing`):
 //!
 //! | id | transfer               | outcome                      |
 //! |----|------------------------|------------------------------|
@@ -31,11 +31,13 @@ use time::macros::datetime;
 use uuid::Uuid;
 
 use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
-use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId};
-use ledger::machine::{process_batch, BatchEffects, InputPartition, InputRecord, Rules, Source};
-use ledger::routing::{partition_for, shard_for};
 use ledger::store::{Store, StoreOptions, StoreReader};
-use ledger::wire;
+use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
+use ledger_core::machine::{
+    process_batch, BatchEffects, InputPartition, InputRecord, Rules, Source,
+};
+use ledger_core::routing::{partition_for, shard_for};
+use ledger_core::wire;
 
 const PARTITIONS: i32 = 6;
 

@@ -1,4 +1,4 @@
-//! `ledger::routing::partition_for` against the real thing: keyed records
+//! `ledger_core::routing::partition_for` against the real thing: keyed records
 //! produced through librdkafka with the pipeline's partitioner
 //! (`ledger::kafka::PARTITIONER`) to a real broker must land exactly in the
 //! partitions it computes, or `ledger query balance` would ask the wrong
@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use ledger::kafka::{client_config, PARTITIONER};
-use ledger::routing::partition_for;
+use ledger_core::routing::partition_for;
 
 /// Account-like keys and arbitrary bytes (non-UTF-8, bytes >= 0x80, every
 /// tail length of murmur2's 4-byte blocks, up to the 64-byte account limit).

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ledger::domain::Currency;
 use ledger::telemetry::LogFormat;
+use ledger_core::domain::Currency;
 
 /// Largest `--batch-records`: a transaction's records are kept in memory to
 /// be resent after an abort, and librdkafka's queue

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use ledger::domain::{AccountId, Amount, Currency, Transfer, TransferId, AMOUNT_MAX_MINOR};
+use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId, AMOUNT_MAX_MINOR};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use time::OffsetDateTime;

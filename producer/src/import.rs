@@ -1,6 +1,6 @@
 //! Import mode: transfers read from a JSON-lines or CSV file.
 //!
-//! Each line goes through `ledger::wire::decode_transfer`, the decoder the
+//! Each line goes through `ledger_core::wire::decode_transfer`, the decoder the
 //! shards use, so a line is valid here exactly when a shard would accept its
 //! shape, and an invalid line gets the reason a shard would give. A CSV row
 //! is turned into the same JSON object first, for the same reason.
@@ -10,8 +10,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use ledger::domain::Transfer;
-use ledger::wire::{decode_transfer, MESSAGE_LEN_MAX};
+use ledger_core::domain::Transfer;
+use ledger_core::wire::{decode_transfer, MESSAGE_LEN_MAX};
 
 use crate::config::FileFormat;
 

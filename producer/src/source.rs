@@ -3,7 +3,7 @@
 
 use std::fs::File;
 
-use ledger::domain::Transfer;
+use ledger_core::domain::Transfer;
 use time::OffsetDateTime;
 use tracing::warn;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use common::{read, Until};
-use ledger::domain::{Currency, TransferId};
+use ledger_core::domain::{Currency, TransferId};
 use producer::generate::{Generator, GeneratorConfig};
 use producer::progress::{Progress, StopSignal};
 use producer::send::{Sender, Settings};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use common::{read, run_binary, spawn, stderr, Until, DEADLINE, PARTITIONS};
-use ledger::domain::{Currency, Transfer, TransferId};
+use ledger_core::domain::{Currency, Transfer, TransferId};
 use producer::generate::{Generator, GeneratorConfig};
 use producer::{Config, ProducerError};
 use rustix::process::Signal;
@@ -109,7 +109,7 @@ fn generated_transfers_are_committed_exactly_once() {
         // The shards refuse a transfer anywhere else as misrouted.
         assert_eq!(
             record.partition,
-            ledger::routing::partition_for(record.key.as_slice(), PARTITIONS),
+            ledger_core::routing::partition_for(record.key.as_slice(), PARTITIONS),
             "in the partition that owns its source account: {}",
             record.transfer.from
         );
@@ -190,7 +190,7 @@ fn an_import_sends_the_valid_lines_and_reports_the_invalid_ones() {
         } else {
             let transfer = generator.next(OffsetDateTime::now_utc()).transfer;
             valid_ids.insert(transfer.id);
-            String::from_utf8(ledger::wire::encode_transfer(&transfer)).expect("UTF-8")
+            String::from_utf8(ledger_core::wire::encode_transfer(&transfer)).expect("UTF-8")
         };
         writeln!(file, "{text}").expect("write the file");
     }

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use consumer::Config;
 use ledger::api::{StatsView, TopView, TransferView};
-use ledger::domain::{
+use ledger_core::domain::{
     AccountId, Amount, Currency, Decision, OutcomeKind, RejectReason, Transfer, TransferId,
 };
-use ledger::wire::{self, Outcome};
+use ledger_core::wire::{self, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -468,7 +468,7 @@ impl Scenario {
         transfers.push(Input::Transfer(transfer(
             &names[0],
             &names[1],
-            ledger::domain::AMOUNT_MAX_MINOR,
+            ledger_core::domain::AMOUNT_MAX_MINOR,
             "EUR",
         )));
         transfers.push(Input::Transfer(transfer(&names[1], &names[2], 100, "USD")));

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ledger::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
-use ledger::domain::Currency;
-use ledger::machine::Rules;
+use ledger_core::domain::Currency;
+use ledger_core::machine::Rules;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

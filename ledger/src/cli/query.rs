@@ -25,9 +25,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
-use ledger::domain::{AccountId, TransferId};
-use ledger::routing::{partition_for, shard_for};
 use ledger::store::{Store, StoreError, StoreOptions};
+use ledger_core::domain::{AccountId, TransferId};
+use ledger_core::routing::{partition_for, shard_for};
 
 /// The shards' API URLs, comma-separated, used when neither `--db` nor
 /// `--url` is given (so a deployment sets it once for its operators).

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ledger::domain::Transfer;
+use ledger_core::domain::Transfer;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -88,7 +88,7 @@ pub fn read(bootstrap: &str, topic: &str, isolation: &str, until: Until) -> Vec<
             Some(Ok(message)) => {
                 at_end.remove(&message.partition());
                 let payload = message.payload().expect("a payload");
-                let transfer = ledger::wire::decode_transfer(payload)
+                let transfer = ledger_core::wire::decode_transfer(payload)
                     .unwrap_or_else(|error| panic!("undecodable record: {error}"));
                 records.push(Read {
                     key: message.key().expect("a key").to_vec(),

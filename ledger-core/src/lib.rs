@@ -1,0 +1,21 @@
+//! txledger's pure core: the rules of the ledger, with no I/O and no clock.
+//!
+//! # Layout
+//!
+//! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
+//!   transfers, credits, outcomes).
+//! - [`wire`]: the JSON messages on the topics, decoded strictly.
+//! - [`machine`]: the pure ledger state machine (batch in, effects out).
+//! - [`recovery`]: the pure rule that decides, after a crash, whether the
+//!   last batch happened.
+//! - [`replay`]: encoded input and a shard's own credits fed back, for
+//!   running the core without Kafka (benchmarks).
+//! - [`routing`]: which partition and shard own an account (Kafka's murmur2
+//!   partitioner, exactly).
+
+pub mod domain;
+pub mod machine;
+pub mod recovery;
+pub mod replay;
+pub mod routing;
+pub mod wire;
