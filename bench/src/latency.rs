@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::kafka;
-use ledger::pipeline::ProducerRun;
+use ledger_cli::pipeline::ProducerRun;
 use ledger_core::domain::{OutcomeKind, TransferId};
 use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The shards and the live producer run as the real release binaries, found
-//! next to this one (`ledger::pipeline::Binaries::locate`); the broker is a
+//! next to this one (`ledger_cli::pipeline::Binaries::locate`); the broker is a
 //! local one started by the harness, or `KAFKA_BOOTSTRAP_SERVERS`. Every run
 //! uses its own topics, groups and transactional ids, so it can share a
 //! broker. Not part of `cargo test`: it takes minutes and wants a quiet
@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use ledger::pipeline::Binaries;
+use ledger_cli::pipeline::Binaries;
 
 use crate::report::{median_by, Report, Row};
 

@@ -1,5 +1,5 @@
 //! Shards as child processes (the release `consumer` binary, through
-//! `ledger::pipeline::Pipeline`) over a pre-produced input: rows 2 and 6.
+//! `ledger_cli::pipeline::Pipeline`) over a pre-produced input: rows 2 and 6.
 //!
 //! A run is timed from the moment every shard answers `/readyz` (start-up,
 //! under a second of topic checks and `init_transactions`, is not
@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ledger::audit::Topics;
-use ledger::pipeline::{self, Pipeline, PipelineConfig};
+use ledger_cli::audit::Topics;
+use ledger_cli::pipeline::{self, Pipeline, PipelineConfig};
 
 use crate::passthrough::Copied;
 use crate::producer_rows::Produced;

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::*;
-use ledger::audit::{self, AuditInput, BalanceSource};
+use ledger_cli::audit::{self, AuditInput, BalanceSource};
 use ledger_core::domain::{OutcomeKind, RejectReason, Transfer, TransferId};
 use ledger_core::machine::Rules;
 use ledger_core::wire;

@@ -5,7 +5,7 @@
 //! own state machine (so outcomes, credits and balances are what real shards
 //! would write); each test then breaks one thing.
 
-use ledger::audit::{
+use ledger_cli::audit::{
     audit, AuditInput, AuditReport, Check, Position, ShardBalances, Status, Topics,
 };
 use ledger_core::domain::{
@@ -771,7 +771,7 @@ fn findings_are_capped_but_counted() {
     let report = audit(&pipeline.input_with(Vec::new()));
     let lost = report.check(Check::Lost);
     assert_eq!(lost.count, 25);
-    assert_eq!(lost.findings.len(), ledger::audit::FINDINGS_MAX);
+    assert_eq!(lost.findings.len(), ledger_cli::audit::FINDINGS_MAX);
 }
 
 #[test]

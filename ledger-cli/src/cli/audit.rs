@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ledger::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
+use ledger_cli::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
 use ledger_core::domain::Currency;
 use ledger_core::machine::Rules;
 

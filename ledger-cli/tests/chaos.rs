@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
 
 /// Transfers per producer run; every incarnation resends the same seeded
 /// stream from the start, so the last one alone delivers all of them.

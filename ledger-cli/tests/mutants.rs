@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use ledger::audit::{AuditReport, Check, Status};
 use ledger::kafka;
-use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use ledger_cli::audit::{AuditReport, Check, Status};
+use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// Input no shard can decode, one per partition, written ahead of the

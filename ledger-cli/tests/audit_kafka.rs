@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use ledger::audit::{
+use ledger_cli::audit::{
     self, AuditInput, AuditReport, Check, Extent, Isolation, ShardBalances, Status, Topics,
 };
 use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
@@ -480,7 +480,7 @@ fn an_outcome_of_aborted_input_is_caught_on_a_real_broker() {
 /// `ledger audit` command line for the same topics:
 ///
 /// ```text
-/// KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo test -p ledger --release \
+/// KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo test -p ledger-cli --release \
 ///   --test audit_kafka -- --ignored --nocapture audit_reads_a_million_records
 /// ```
 #[test]

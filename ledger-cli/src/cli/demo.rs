@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::kafka::ENV_BOOTSTRAP;
-use ledger::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

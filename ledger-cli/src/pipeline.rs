@@ -18,9 +18,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::api::StatsView;
 use crate::audit::{self, AuditError, AuditInput, AuditReport, BalanceSource, Topics};
-use crate::kafka::{self, TopicSpec};
+use ledger::api::StatsView;
+use ledger::kafka::{self, TopicSpec};
 use ledger_core::machine::Rules;
 
 #[derive(Debug, thiserror::Error)]

@@ -41,9 +41,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::api::{StatsView, TopView};
-use crate::kafka::{EofReader, EofReaderContext};
-use crate::store::{Store, StoreError, StoreOptions};
+use ledger::api::{StatsView, TopView};
+use ledger::kafka::{EofReader, EofReaderContext};
+use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_core::domain::{
     AccountId, Amount, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer,
     TransferId, SCALE,
@@ -1395,7 +1395,7 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> Result<i32, AuditError> 
 /// looks, and must not move any offset a shard depends on.
 fn reader(bootstrap: &str, isolation: Isolation) -> Result<EofReader, AuditError> {
     let group = format!("ledger-audit-{}", uuid::Uuid::new_v4().simple());
-    let mut config: ClientConfig = crate::kafka::read_committed_consumer_config(bootstrap, &group);
+    let mut config: ClientConfig = ledger::kafka::read_committed_consumer_config(bootstrap, &group);
     config
         .set("isolation.level", isolation.config_value())
         // Partition EOF tells a read_committed reader it reached the last

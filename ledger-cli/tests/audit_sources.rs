@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use ledger::audit::{fetch_balances, AuditError, BalanceSource};
 use ledger::store::{Store, StoreOptions};
+use ledger_cli::audit::{fetch_balances, AuditError, BalanceSource};
 use ledger_core::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
 use ledger_core::machine::{
     process_batch, InputPartition, InputRecord, MemoryLedger, Rules, Source,

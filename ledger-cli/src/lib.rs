@@ -1,0 +1,12 @@
+//! The `ledger` tool's library: what the CLI, the chaos test and the
+//! benchmarks share, and the only production code that links `harness`.
+//!
+//! # Layout
+//!
+//! - [`audit`]: the Jepsen-style checker behind `ledger audit`: topics and
+//!   balances in, a verdict naming every violation out.
+//! - [`pipeline`]: the producer and the shards as child processes, for
+//!   `ledger demo`, the chaos test and the benchmarks.
+
+pub mod audit;
+pub mod pipeline;
