@@ -81,27 +81,23 @@ impl Binary {
     }
 
     /// The source files compiled into the binary: its crate, and the
-    /// libraries it links from the workspace (`ledger`'s library, which links
-    /// `harness`), without the other binaries' `main.rs` and CLI modules.
+    /// libraries it links from the workspace (`ledger-core` and `ledger` for
+    /// all three; `ledger`'s CLI crate also links `harness`, without the
+    /// `txledger-kafka` binary's `main.rs`).
     pub fn files(self) -> Vec<PathBuf> {
-        let ledger_main = repo::path("ledger/src/main.rs");
-        let ledger_cli = repo::path("ledger/src/cli");
-        let harness_main = repo::path("harness/src/main.rs");
-        let mut files: Vec<PathBuf> = rs_files("ledger/src")
-            .into_iter()
-            .filter(|file| *file != ledger_main && !file.starts_with(&ledger_cli))
-            .chain(
-                rs_files("harness/src")
-                    .into_iter()
-                    .filter(|file| *file != harness_main),
-            )
-            .collect();
+        let mut files: Vec<PathBuf> = rs_files("ledger-core/src");
+        files.extend(rs_files("ledger/src"));
         match self {
             Binary::Producer => files.extend(rs_files("producer/src")),
             Binary::Consumer => files.extend(rs_files("consumer/src")),
             Binary::Ledger => {
-                files.push(ledger_main);
-                files.extend(rs_files("ledger/src/cli"));
+                let harness_main = repo::path("harness/src/main.rs");
+                files.extend(rs_files("ledger-cli/src"));
+                files.extend(
+                    rs_files("harness/src")
+                        .into_iter()
+                        .filter(|file| *file != harness_main),
+                );
             }
         }
         files.sort();

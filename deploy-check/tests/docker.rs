@@ -160,7 +160,7 @@ fn the_build_is_a_locked_release_of_the_three_binaries_with_cached_dependencies(
         .filter(|i| i.keyword == "RUN")
         .map(|i| i.text.clone())
         .collect();
-    let packages = "-p producer -p consumer -p ledger";
+    let packages = "-p producer -p consumer -p ledger-cli";
     assert!(
         runs.iter()
             .any(|run| run.contains(&format!("cargo build --release --locked {packages}"))),
