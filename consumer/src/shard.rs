@@ -10,11 +10,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use ledger::kafka::{self, ErrorClass};
+use ledger::kafka;
 use ledger::store::{Store, StoreError, StoreReader};
+use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::Money;
 use ledger_core::machine::{
     process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output, Source,
@@ -24,7 +24,7 @@ use ledger_core::wire;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::util::Timeout;
@@ -35,26 +35,16 @@ use crate::config::Settings;
 use crate::faults::{Mutant, Step};
 use crate::{measure, Error};
 
-/// Attempts of a retriable transactional call before the transaction is
-/// given up (aborted and redone).
-const RETRIES_MAX: u32 = 5;
-const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Start-up waits longer: the broker may still be starting. Each attempt
-/// is bounded by `STARTUP_CALL_TIMEOUT`, so a start gives up within minutes
-/// and the supervisor restarts it.
-const STARTUP_ATTEMPTS_MAX: u32 = 10;
-const STARTUP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Start-up waits longer than a call in a transaction: the broker may
+/// still be starting. A start gives up after `STARTUP_TIMEOUT` and the
+/// supervisor restarts it; one call of it waits at most
+/// `STARTUP_CALL_TIMEOUT`, so that a stop is seen in between.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a `send` waits for room in a full producer queue, in slices.
-const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
-const QUEUE_FULL_RETRIES: u32 = 100;
 /// The stop flag is looked at least this often while polling.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 /// A batch that has records ends when nothing more arrives for this long.
 const IDLE_END: Duration = Duration::from_millis(5);
-/// Pause between checks for undelivered records before a commit.
-const SETTLE_PAUSE: Duration = Duration::from_millis(1);
 
 /// State shared between the loop thread and the HTTP API.
 #[derive(Debug, Default)]
@@ -113,13 +103,6 @@ fn report(class: &'static str, step: &'static str, error: &dyn std::fmt::Display
         "fatal" | "store" => error!(message = what, class, step, error = %error),
         _ => warn!(message = what, class, step, error = %error),
     }
-}
-
-/// A Kafka call that failed, after the retries of retriable errors.
-struct Failed {
-    step: &'static str,
-    class: ErrorClass,
-    error: KafkaError,
 }
 
 /// Why a transaction did not commit.
@@ -209,11 +192,11 @@ impl Shard {
         // Fences any older incarnation with the same transactional.id and
         // completes or aborts its open transaction, so that the committed
         // offsets read next can no longer move.
-        let init = startup_retry(&shared, "init_transactions", || {
-            kafka::init_transactions(
+        let init = startup_retry(&shared, "init_transactions", |left| {
+            txn::init_transactions(
                 &producer,
                 &settings.results_topic,
-                settings.transaction_timeout.min(STARTUP_CALL_TIMEOUT),
+                settings.transaction_timeout.min(left),
             )
         })?;
         if init.is_none() {
@@ -227,8 +210,8 @@ impl Shard {
                     step: "creating the consumer",
                     error,
                 })?;
-        let Some(committed) = startup_retry(&shared, "fetching committed offsets", || {
-            committed_offsets(&consumer, &settings)
+        let Some(committed) = startup_retry(&shared, "fetching committed offsets", |left| {
+            committed_offsets(&consumer, &settings, left)
         })?
         else {
             return Ok(None);
@@ -536,21 +519,10 @@ impl Shard {
         })
     }
 
-    /// Serves delivery reports until nothing is in flight, bounded by the
-    /// transaction timeout. rust-rdkafka's commit_transaction flushes first,
-    /// and its flush polls in whole 100 ms steps (BaseProducer::poll with a
-    /// timeout returns only at the timeout) whenever a record is still in
-    /// flight: this leaves it nothing to wait for. poll(ZERO) and a short
-    /// sleep, because poll with a timeout would wait out the timeout.
+    /// Serves delivery reports until nothing is in flight (`txn::settle`
+    /// says why), bounded by the transaction timeout.
     fn settle(&self) {
-        let give_up = Instant::now() + self.settings.transaction_timeout;
-        loop {
-            self.producer.poll(Duration::ZERO);
-            if self.producer.in_flight_count() == 0 || Instant::now() >= give_up {
-                break;
-            }
-            thread::sleep(SETTLE_PAUSE);
-        }
+        txn::settle(&self.producer, self.settings.transaction_timeout);
     }
 
     fn produce(&self, effects: &BatchEffects) -> Result<(), Failed> {
@@ -616,31 +588,17 @@ impl Shard {
     }
 
     /// Enqueues one record, waiting (bounded) for room in a full queue.
-    fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> Result<(), Failed>
+    fn send<K, P>(&self, record: BaseRecord<'_, K, P>) -> Result<(), Failed>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        for _ in 0..QUEUE_FULL_RETRIES {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(QUEUE_FULL_WAIT);
-                }
-                Err((error, _)) => {
-                    return Err(Failed {
-                        step: "produce",
-                        class: kafka::classify(&error),
-                        error,
-                    })
-                }
+        txn::send(&self.producer, record, self.settings.transaction_timeout).map_err(|error| {
+            Failed {
+                step: "produce",
+                class: txn::classify(&error),
+                error,
             }
-        }
-        Err(Failed {
-            step: "produce",
-            class: ErrorClass::Abortable,
-            error: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
         })
     }
 
@@ -744,61 +702,33 @@ impl Shard {
     }
 }
 
-/// Runs a transactional call, retrying retriable failures with capped
-/// backoff; a retriable failure that persists becomes abortable.
-fn attempt<T>(step: &'static str, mut call: impl FnMut() -> KafkaResult<T>) -> Result<T, Failed> {
-    let mut backoff = RETRY_BACKOFF_MIN;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let error = match call() {
-            Ok(value) => return Ok(value),
-            Err(error) => error,
-        };
-        let class = kafka::classify(&error);
-        if class != ErrorClass::Retriable {
-            return Err(Failed { step, class, error });
-        }
-        if attempts >= RETRIES_MAX {
-            return Err(Failed {
-                step,
-                class: ErrorClass::Abortable,
-                error,
-            });
-        }
-        report("retriable", step, &error, "Kafka call failed; retrying.");
-        thread::sleep(backoff);
-        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-    }
+/// Runs a transactional call, retrying retriable failures (`txn::retrying`);
+/// a retriable failure that persists aborts the transaction like an
+/// abortable one.
+fn attempt<T>(step: &'static str, call: impl FnMut() -> KafkaResult<T>) -> Result<T, Failed> {
+    txn::retrying(step, call, |error, _| {
+        report("retriable", step, error, "Kafka call failed; retrying.");
+    })
 }
 
-/// Start-up calls: the broker may not answer yet, so every non-fatal error
-/// is retried, longer than in the loop. `None`: the stop flag was set.
+/// Start-up calls (`txn::starting`), each given the time left, at most
+/// `STARTUP_CALL_TIMEOUT`. `None`: the stop flag was set.
 fn startup_retry<T>(
     shared: &Shared,
     step: &'static str,
-    mut call: impl FnMut() -> KafkaResult<T>,
+    mut call: impl FnMut(Duration) -> KafkaResult<T>,
 ) -> Result<Option<T>, Error> {
-    let mut backoff = RETRY_BACKOFF_MIN;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let error = match call() {
-            Ok(value) => return Ok(Some(value)),
-            Err(error) => error,
-        };
-        let fatal = matches!(error, KafkaError::Transaction(ref inner) if inner.is_fatal());
-        if fatal || attempts >= STARTUP_ATTEMPTS_MAX {
-            report("fatal", step, &error, "Kafka refused to start the shard.");
-            return Err(Error::Kafka { step, error });
-        }
-        report("retriable", step, &error, "Start-up call failed; retrying.");
-        thread::sleep(backoff);
-        backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
-        if shared.stop.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-    }
+    txn::starting(
+        step,
+        STARTUP_TIMEOUT,
+        || shared.stop.load(Ordering::Acquire),
+        |left| call(left.min(STARTUP_CALL_TIMEOUT)),
+        |error, _| report("retriable", step, error, "Start-up call failed; retrying."),
+    )
+    .map_err(|Failed { step, error, .. }| {
+        report("fatal", step, &error, "Kafka refused to start the shard.");
+        Error::Kafka { step, error }
+    })
 }
 
 /// The group's committed offsets of the owned partitions; a partition
@@ -806,6 +736,7 @@ fn startup_retry<T>(
 fn committed_offsets(
     consumer: &BaseConsumer<KafkaContext>,
     settings: &Settings,
+    timeout: Duration,
 ) -> KafkaResult<Offsets> {
     let mut list = TopicPartitionList::new();
     for source in [Source::Transfers, Source::Credits] {
@@ -813,7 +744,7 @@ fn committed_offsets(
             list.add_partition(settings.topic(source), *partition);
         }
     }
-    let list = consumer.committed_offsets(list, STARTUP_CALL_TIMEOUT)?;
+    let list = consumer.committed_offsets(list, timeout)?;
     let mut offsets = Offsets::new();
     for element in list.elements() {
         element.error()?;

@@ -1,14 +1,13 @@
-//! Kafka client settings shared by every binary, and the error taxonomy.
+//! Kafka client settings shared by every binary, and topic creation.
 //!
 //! Settings that the exactly-once protocol depends on are set here
 //! explicitly, with the reason next to each, rather than left to defaults.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{Producer, ProducerContext};
 
 /// The environment variable naming the brokers, read by every binary.
 pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
@@ -108,79 +107,6 @@ pub fn prefetch_metadata<C: ConsumerContext>(
         consumer.fetch_metadata(Some(topic), timeout)?;
     }
     Ok(())
-}
-
-/// `init_transactions` over a connection that is already up, both within
-/// `timeout`. librdkafka looks the transaction coordinator up only through
-/// a broker connection that is up, and otherwise waits out a fixed 500 ms
-/// timer: half of all starts did. A metadata request for `topic` (one the
-/// producer writes, created already) first brings a connection up.
-pub fn init_transactions<C: ProducerContext>(
-    producer: &impl Producer<C>,
-    topic: &str,
-    timeout: Duration,
-) -> KafkaResult<()> {
-    let deadline = Instant::now() + timeout;
-    producer.client().fetch_metadata(Some(topic), timeout)?;
-    producer.init_transactions(deadline.saturating_duration_since(Instant::now()))
-}
-
-/// The three ways a Kafka call can fail, as librdkafka defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Try the same call again after a pause.
-    Retriable,
-    /// The transaction is lost: abort it and redo the batch.
-    Abortable,
-    /// The producer is unusable (fenced, or in an unknown state): exit and
-    /// let the supervisor start a fresh incarnation.
-    Fatal,
-}
-
-impl ErrorClass {
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorClass::Retriable => "retriable",
-            ErrorClass::Abortable => "abortable",
-            ErrorClass::Fatal => "fatal",
-        }
-    }
-}
-
-/// Classifies an error of a transactional call. Anything not classified by
-/// librdkafka is fatal: continuing with a producer in an unknown state could
-/// apply a batch twice.
-pub fn classify(error: &KafkaError) -> ErrorClass {
-    match error {
-        KafkaError::Transaction(inner) => {
-            if inner.is_fatal() {
-                ErrorClass::Fatal
-            } else if inner.txn_requires_abort() {
-                ErrorClass::Abortable
-            } else if inner.is_retriable() {
-                ErrorClass::Retriable
-            } else {
-                ErrorClass::Fatal
-            }
-        }
-        // A record of the transaction was not delivered: the transaction
-        // cannot commit, but the producer itself is fine.
-        KafkaError::MessageProduction(code) if !is_fatal_code(*code) => ErrorClass::Abortable,
-        _ => ErrorClass::Fatal,
-    }
-}
-
-/// Codes that mean the producer itself is done for: fenced by a newer
-/// incarnation, or in librdkafka's fatal state.
-fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-    )
 }
 
 /// Why topics could not be made ready.

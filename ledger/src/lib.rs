@@ -7,8 +7,11 @@
 //! - [`store`]: the sled store of one shard, written once per batch.
 //! - [`kafka`]: Kafka client settings shared by every binary.
 //! - [`telemetry`]: logging setup shared by every binary.
+//! - [`txn`]: the error path of transactional calls (classify, retry,
+//!   wait for room, settle, start up), for the shard and the producer.
 
 pub mod api;
 pub mod kafka;
 pub mod store;
 pub mod telemetry;
+pub mod txn;

@@ -82,6 +82,17 @@ pub enum ProducerError {
         #[source]
         source: KafkaError,
     },
+    #[error(
+        "{operation} failed with an abortable error (transactional.id {}): {source}; the \
+         producer stopped, since nothing here redoes this call",
+        transactional_id.as_deref().unwrap_or("none")
+    )]
+    Abortable {
+        operation: &'static str,
+        transactional_id: Option<String>,
+        #[source]
+        source: KafkaError,
+    },
     #[error("{operation} still failed after {attempts} attempts: {source}")]
     GaveUp {
         operation: &'static str,

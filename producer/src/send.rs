@@ -11,14 +11,15 @@
 //! a crash can leave part of a batch visible.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ledger::kafka::{self, classify, ErrorClass};
+use ledger::kafka;
+use ledger::txn::{self, classify, ErrorClass, Failed};
 use ledger_core::wire::encode_transfer;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use tracing::{error, info, warn};
@@ -27,18 +28,8 @@ use crate::progress::{Progress, StopSignal};
 use crate::source::{Record, Source};
 use crate::ProducerError;
 
-/// Attempts of one call that fails with a retriable error.
-const RETRIES_MAX: u32 = 10;
 /// Attempts of one batch whose transaction keeps aborting.
 pub const BATCH_ATTEMPTS_MAX: u32 = 10;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Pause when librdkafka's queue is full; the polling thread frees room as
-/// the broker acknowledges.
-const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(2);
-/// How often `settle` re-checks the in-flight count between delivery
-/// notifications (a record leaves the count just after its callback).
-const SETTLE_RECHECK: Duration = Duration::from_millis(1);
 /// A producer that fell behind its rate (a slow commit) sends at most this
 /// much of the backlog in a burst, and forgets the rest.
 const CATCH_UP_MAX: Duration = Duration::from_secs(1);
@@ -66,9 +57,6 @@ struct Deliveries {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
-    /// Notified on every delivery report, for `Sender::settle`.
-    reported: Condvar,
-    reported_lock: Mutex<()>,
 }
 
 impl ClientContext for Deliveries {
@@ -96,7 +84,6 @@ impl ProducerContext for Deliveries {
                 first.get_or_insert_with(|| error.to_string());
             }
         }
-        self.reported.notify_all();
     }
 }
 
@@ -220,36 +207,27 @@ impl Sender {
     /// Retried until the connect timeout: a broker that is still starting
     /// answers with retriable errors.
     fn init_transactions(&self, producer: &KafkaProducer) -> Result<(), ProducerError> {
-        let deadline = Instant::now() + self.settings.connect_timeout;
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match kafka::init_transactions(producer, &self.settings.topic, left) {
-                Ok(()) => {
-                    info!(
-                        transactional_id = self.settings.transactional_id.as_deref(),
-                        "Transactions initialized; any earlier instance with this id is fenced."
-                    );
-                    return Ok(());
-                }
-                Err(error)
-                    if classify(&error) == ErrorClass::Retriable
-                        && Instant::now() + backoff < deadline
-                        && !self.stop.is_set() =>
-                {
-                    warn!(error = %error, "Initializing transactions failed; retrying.");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-                Err(source) => {
-                    return Err(ProducerError::Connect {
-                        bootstrap: self.settings.bootstrap_servers.clone(),
-                        timeout: self.settings.connect_timeout,
-                        source,
-                    })
-                }
-            }
+        let started = txn::starting(
+            "init_transactions",
+            self.settings.connect_timeout,
+            || self.stop.is_set(),
+            |left| txn::init_transactions(producer, &self.settings.topic, left),
+            |error, attempt| {
+                warn!(error = %error, attempt, "Initializing transactions failed; retrying.");
+            },
+        )
+        .map_err(|Failed { error, .. }| ProducerError::Connect {
+            bootstrap: self.settings.bootstrap_servers.clone(),
+            timeout: self.settings.connect_timeout,
+            source: error,
+        })?;
+        if started.is_some() {
+            info!(
+                transactional_id = self.settings.transactional_id.as_deref(),
+                "Transactions initialized; any earlier instance with this id is fenced."
+            );
         }
+        Ok(())
     }
 
     /// Fills and ends batches until the source is exhausted or a stop is
@@ -335,44 +313,16 @@ impl Sender {
     /// Hands one record to librdkafka, keyed by the source account.
     fn produce(&self, producer: &KafkaProducer, record: &Record) -> Result<(), KafkaError> {
         let payload = encode_transfer(&record.transfer);
-        let mut pending = BaseRecord::to(&self.settings.topic)
+        let pending = BaseRecord::to(&self.settings.topic)
             .key(record.transfer.from.as_str())
             .payload(&payload);
-        let give_up = Instant::now() + self.settings.transaction_timeout;
-        loop {
-            match producer.send(pending) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < give_up =>
-                {
-                    pending = back;
-                    std::thread::sleep(QUEUE_FULL_PAUSE);
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
+        txn::send(producer, pending, self.settings.transaction_timeout)
     }
 
-    /// Waits until librdkafka holds no undelivered record, at most the
-    /// transaction timeout (records fail after message.timeout.ms, which is
-    /// shorter). Why: rust-rdkafka's flush, which commit_transaction calls
-    /// first, polls in steps of 100 ms even when the last acknowledgement
-    /// comes a millisecond later; that alone capped the producer at about
-    /// ten transactions a second. Waiting on the delivery reports here
-    /// leaves that flush nothing to wait for.
+    /// Waits until librdkafka holds no undelivered record (`txn::settle`
+    /// says why), at most the transaction timeout.
     fn settle(&self, producer: &KafkaProducer) {
-        let deliveries = producer.context();
-        let give_up = Instant::now() + self.settings.transaction_timeout;
-        let mut guard = deliveries
-            .reported_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while producer.in_flight_count() > 0 && Instant::now() < give_up {
-            guard = match deliveries.reported.wait_timeout(guard, SETTLE_RECHECK) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
+        txn::settle(producer, self.settings.transaction_timeout);
     }
 
     fn begin(&self, producer: &KafkaProducer) -> Result<(), ProducerError> {
@@ -404,7 +354,10 @@ impl Sender {
                 // message.timeout.ms, which fails the commit (abortable).
                 None => {
                     self.settle(producer);
-                    self.retrying(|| producer.commit_transaction(Timeout::Never))
+                    self.retrying("commit_transaction", || {
+                        producer.commit_transaction(Timeout::Never)
+                    })
+                    .map_err(|failed| failed.error)
                 }
             };
             let error = match outcome {
@@ -429,7 +382,7 @@ impl Sender {
                     source: error,
                 });
             }
-            std::thread::sleep(backoff(attempt));
+            std::thread::sleep(txn::backoff(attempt));
             info!(
                 records,
                 attempt, "Resending the aborted batch with the same transfer ids."
@@ -446,8 +399,10 @@ impl Sender {
     fn abort(&self, producer: &KafkaProducer) -> Result<(), ProducerError> {
         // Bounded: aborting waits for outstanding records, which are
         // delivered or failed within message.timeout.ms.
-        self.retrying(|| producer.abort_transaction(self.settings.transaction_timeout))
-            .map_err(|error| self.failed("abort_transaction", error))?;
+        self.retrying("abort_transaction", || {
+            producer.abort_transaction(self.settings.transaction_timeout)
+        })
+        .map_err(|failed| self.failed(failed.step, failed.error))?;
         self.progress.aborted();
         Ok(())
     }
@@ -476,22 +431,16 @@ impl Sender {
         Ok(())
     }
 
-    /// Calls `call` again while it fails with a retriable error, with capped
-    /// exponential backoff, at most `RETRIES_MAX` times.
-    fn retrying(&self, mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
-        let mut attempt = 1;
-        loop {
-            match call() {
-                Err(error)
-                    if classify(&error) == ErrorClass::Retriable && attempt < RETRIES_MAX =>
-                {
-                    warn!(error = %error, attempt, "Retriable Kafka error; retrying.");
-                    std::thread::sleep(backoff(attempt));
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+    /// Calls `call` again while it fails with a retriable error
+    /// (`txn::retrying`).
+    fn retrying(
+        &self,
+        step: &'static str,
+        call: impl FnMut() -> KafkaResult<()>,
+    ) -> Result<(), Failed> {
+        txn::retrying(step, call, |error, attempt| {
+            warn!(error = %error, attempt, "Retriable Kafka error; retrying.");
+        })
     }
 
     /// The error that ends the run after `operation` failed for good; logged
@@ -508,23 +457,21 @@ impl Sender {
         match class {
             ErrorClass::Retriable => ProducerError::GaveUp {
                 operation,
-                attempts: RETRIES_MAX,
+                attempts: txn::RETRIES_MAX,
                 source,
             },
-            ErrorClass::Abortable | ErrorClass::Fatal => ProducerError::Fatal {
+            ErrorClass::Abortable => ProducerError::Abortable {
+                operation,
+                transactional_id: self.settings.transactional_id.clone(),
+                source,
+            },
+            ErrorClass::Fatal => ProducerError::Fatal {
                 operation,
                 transactional_id: self.settings.transactional_id.clone(),
                 source,
             },
         }
     }
-}
-
-/// Capped exponential backoff for the `attempt`-th retry (1-based).
-fn backoff(attempt: u32) -> Duration {
-    BACKOFF_MIN
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX)
 }
 
 #[cfg(test)]
@@ -544,12 +491,5 @@ mod tests {
         let mut unlimited = Pacer::new(0, start);
         unlimited.advance();
         assert_eq!(unlimited.next_slot(late), late);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        assert_eq!(backoff(1), BACKOFF_MIN);
-        assert_eq!(backoff(2), BACKOFF_MIN * 2);
-        assert_eq!(backoff(40), BACKOFF_MAX);
     }
 }
