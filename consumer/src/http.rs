@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
 use ledger::store::StoreReader;
 use ledger_core::domain::{AccountId, TransferId};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -26,6 +26,9 @@ use crate::shard::Shared;
 /// shard in one answer.
 pub const TOP_MAX: usize = 10_000_000;
 const TOP_DEFAULT: usize = 10;
+/// Most balances in one page of `/v1/balances`: bounds the answer's size;
+/// an export asks page after page.
+pub const BALANCES_PAGE_MAX: usize = 10_000;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -42,6 +45,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/v1/accounts", get(top_accounts))
         .route("/v1/accounts/{id}", get(account))
+        .route("/v1/balances", get(balances_page))
         .route("/v1/transfers/{id}", get(transfer))
         .route("/v1/stats", get(stats))
         .with_state(state)
@@ -150,6 +154,49 @@ async fn top_accounts(
             .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
             .collect();
         Ok(Json(TopView { shard, accounts }))
+    })
+    .await
+}
+
+/// Read as text, like `TopParams`.
+#[derive(Deserialize)]
+struct PageParams {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+async fn balances_page(
+    State(state): State<AppState>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<BalancesPageView>, ApiError> {
+    let after = params
+        .after
+        .as_deref()
+        .map(AccountId::parse)
+        .transpose()
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let limit = match params.limit.as_deref() {
+        None => BALANCES_PAGE_MAX,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=BALANCES_PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be a number from 1 to {BALANCES_PAGE_MAX}, got {text:?}"),
+                )
+            })?,
+    };
+    let shard = state.shard;
+    read(&state, move |reader| {
+        let accounts = reader
+            .balances_page(after.as_ref(), limit)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
+            .collect();
+        Ok(Json(BalancesPageView { shard, accounts }))
     })
     .await
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use consumer::faults::Mutant;
-use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
 use ledger_core::domain::{OutcomeKind, RejectReason};
 use ledger_core::machine::Source;
 use ledger_core::wire;
@@ -267,6 +267,17 @@ fn the_http_api_answers_queries_and_errors() {
     assert_eq!(top.accounts.len(), 1);
     assert_eq!(top.accounts[0].account, "acc-api");
     assert_eq!(top.accounts[0].balance, "50.00");
+    // Pages in account order: acc-api, then world.
+    let page: BalancesPageView = get_json(&format!("{url}/v1/balances?limit=1"));
+    assert_eq!(page.accounts.len(), 1);
+    assert_eq!(page.accounts[0].account, "acc-api");
+    let page: BalancesPageView = get_json(&format!("{url}/v1/balances?after=acc-api"));
+    let rest: Vec<(&str, &str)> = page
+        .accounts
+        .iter()
+        .map(|view| (view.account.as_str(), view.balance.as_str()))
+        .collect();
+    assert_eq!(rest, [("world", "-50.00")]);
     let status: TransferView = get_json(&format!("{url}/v1/transfers/{}", deposit.id));
     assert_eq!(
         status.decision(),
@@ -287,6 +298,9 @@ fn the_http_api_answers_queries_and_errors() {
         ("/v1/accounts?top=0", 400),
         ("/v1/accounts?top=10000001", 400),
         ("/v1/accounts?top=many", 400),
+        ("/v1/balances?limit=0", 400),
+        ("/v1/balances?limit=10001", 400),
+        ("/v1/balances?after=bad%20id", 400),
         ("/v1/transfers/not-a-uuid", 400),
     ] {
         let response = http().get(format!("{url}{path}")).send().unwrap();

@@ -30,7 +30,7 @@ use serde_json::Value;
 use time::macros::datetime;
 use uuid::Uuid;
 
-use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
 use ledger::store::{Store, StoreOptions, StoreReader};
 use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
 use ledger_core::machine::{
@@ -488,6 +488,37 @@ fn offline_shards_are_merged_and_routed() {
     );
 }
 
+#[test]
+fn balances_exports_every_committed_balance_as_json_lines_or_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbs = [dir.path().join("shard-0"), dir.path().join("shard-1")];
+    Cluster::with_scenario(&dbs).stop();
+    let (db0, db1) = (path(&dbs[0]), path(&dbs[1]));
+
+    // Shard after shard, each in account order.
+    let lines: Vec<AccountView> = ok(&["query", "balances", "--db", db0, "--db", db1])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let rows: Vec<(&str, &str, u32)> = lines
+        .iter()
+        .map(|view| (view.account.as_str(), view.balance.as_str(), view.shard))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("bob", "80.00", 0),
+            ("world", "-150.00", 0),
+            ("alice", "70.00", 1)
+        ]
+    );
+
+    assert_eq!(
+        ok(&["query", "balances", "--format", "csv", "--db", db0, "--db", db1]),
+        "account,balance,shard\nbob,80.00,0\nworld,-150.00,0\nalice,70.00,1\n"
+    );
+}
+
 /// One shard's HTTP API as the consumer serves it, from a live store.
 #[derive(Clone)]
 struct ShardApi {
@@ -525,6 +556,30 @@ async fn top(State(api): State<ShardApi>, Query(params): Query<TopParams>) -> Js
     })
 }
 
+#[derive(Deserialize)]
+struct PageParams {
+    after: Option<String>,
+    limit: usize,
+}
+
+async fn balances_page(
+    State(api): State<ShardApi>,
+    Query(params): Query<PageParams>,
+) -> Json<BalancesPageView> {
+    let after = params.after.map(|text| AccountId::parse(&text).unwrap());
+    let page = api
+        .reader
+        .balances_page(after.as_ref(), params.limit)
+        .unwrap();
+    Json(BalancesPageView {
+        shard: api.ordinal,
+        accounts: page
+            .iter()
+            .map(|(account, balance)| AccountView::new(account.as_str(), *balance, api.ordinal))
+            .collect(),
+    })
+}
+
 async fn transfer_status(
     State(api): State<ShardApi>,
     UrlPath(id): UrlPath<String>,
@@ -550,6 +605,7 @@ fn serve(api: ShardApi) -> String {
     let app = Router::new()
         .route("/v1/accounts", get(top))
         .route("/v1/accounts/{id}", get(account))
+        .route("/v1/balances", get(balances_page))
         .route("/v1/transfers/{id}", get(transfer_status))
         .route("/v1/stats", get(stats))
         .with_state(api);
@@ -625,6 +681,12 @@ fn running_shards_are_asked_over_http() {
         .map(|v| (v.account.as_str(), v.balance.as_str(), v.shard))
         .collect();
     assert_eq!(ranked, [("bob", "80.00", 0), ("alice", "70.00", 1)]);
+
+    // `balances` pages through each shard's `/v1/balances`.
+    assert_eq!(
+        run(&["query", "balances", "--format", "csv"]).stdout,
+        "account,balance,shard\nbob,80.00,0\nworld,-150.00,0\nalice,70.00,1\n"
+    );
 
     // `transfer` combines the source shard's decision and the destination's credit.
     let text = run(&["query", "transfer", &id(3)]).stdout;

@@ -23,6 +23,15 @@ pub struct TopView {
     pub accounts: Vec<AccountView>,
 }
 
+/// `GET /v1/balances?after=ACCOUNT&limit=N`: a page of every committed
+/// balance, in account order. A page shorter than the limit is the last;
+/// otherwise the next one starts after its last account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancesPageView {
+    pub shard: u32,
+    pub accounts: Vec<AccountView>,
+}
+
 /// `GET /v1/transfers/{id}`: what this shard knows about a transfer id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {

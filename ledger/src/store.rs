@@ -624,11 +624,31 @@ impl StoreReader {
 
     /// Every committed balance, in account order.
     pub fn balances(&self) -> Result<Vec<(AccountId, Money)>, sled::Error> {
+        self.balances_page(None, usize::MAX)
+    }
+
+    /// Up to `limit` committed balances in account order, of the accounts
+    /// after `after` (from the first one without it): a page of an export,
+    /// which thus never holds more than a page in memory. Each page is
+    /// committed state; two pages may come from different batches.
+    pub fn balances_page(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<(AccountId, Money)>, sled::Error> {
         let in_doubt = read(&self.shared.in_doubt);
         let prior = in_doubt.as_ref().map(|d| &d.prior);
-        let mut all = Vec::new();
-        for item in self.db.scan_prefix(BALANCE_PREFIX) {
+        let start = match after {
+            // The smallest key after the account's own.
+            Some(account) => [balance_key(account).as_slice(), &[0]].concat(),
+            None => BALANCE_PREFIX.to_vec(),
+        };
+        let mut page = Vec::new();
+        for item in self.db.range(start..) {
             let (key, value) = item?;
+            if !key.starts_with(BALANCE_PREFIX) || page.len() >= limit {
+                break;
+            }
             let value = match prior.and_then(|p| p.get(key.as_ref())) {
                 Some(None) => continue,
                 Some(Some(old)) => decode_money(old),
@@ -638,10 +658,10 @@ impl StoreReader {
                 .ok()
                 .and_then(|text| AccountId::parse(text).ok());
             if let (Some(account), Some(balance)) = (account, value) {
-                all.push((account, balance));
+                page.push((account, balance));
             }
         }
-        Ok(all)
+        Ok(page)
     }
 
     /// The `limit` largest committed balances, largest first.

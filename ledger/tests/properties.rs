@@ -558,6 +558,17 @@ proptest! {
         let reader = store.reader();
         let actual: BTreeMap<AccountId, Money> = reader.balances().unwrap().into_iter().collect();
         prop_assert_eq!(&actual, &expected.balances);
+        // An export pages through the same balances (pages of 3 here).
+        let mut paged: Vec<(AccountId, Money)> = Vec::new();
+        loop {
+            let page = reader.balances_page(paged.last().map(|(account, _)| account), 3).unwrap();
+            let last_page = page.len() < 3;
+            paged.extend(page);
+            if last_page {
+                break;
+            }
+        }
+        prop_assert_eq!(paged, reader.balances().unwrap());
         prop_assert_eq!(store.offsets(), &expected.offsets);
         for id in expected.decided.keys() {
             prop_assert_eq!(store.decision(*id), expected.decided.get(id).copied());

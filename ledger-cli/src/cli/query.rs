@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use ledger::api::{AccountView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
 use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_core::domain::{AccountId, TransferId};
 use ledger_core::routing::{partition_for, shard_for};
@@ -36,8 +36,12 @@ const URLS_ENV: &str = "TXLEDGER_SHARD_URLS";
 /// Bounds what one question may cost: shards asked, accounts listed, time
 /// and bytes per HTTP answer.
 const SHARDS_MAX: usize = 1024;
-/// The shards' API answers `?top=N` up to this N (`consumer` `TOP_MAX`).
+/// `top` is a table for a person: at most this many rows. Every balance,
+/// for reconciling, is `balances`, streamed page by page.
 const TOP_LIMIT_MAX: u64 = 1000;
+/// Balances per page of `balances`: what one answer holds in memory (the
+/// shards' API serves pages up to `consumer`'s `BALANCES_PAGE_MAX`, 10,000).
+const BALANCES_PAGE: usize = 10_000;
 const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A shard answers `stats` by scanning its balances: allow for a large one.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,11 +60,13 @@ Examples:
   ledger query balance acc-000042 --url http://localhost:8080 --url http://localhost:8081
   ledger query top --limit 5 --json
   ledger query transfer 6f1c1f3e-4a2b-4c55-9d1e-2b8f0c7d9a10
+  ledger query balances --format csv --db shard-0 --db shard-1 > balances.csv
 
 --json prints, whatever the number of shards: for balance an AccountView; for
 top an array of AccountView, largest first; for transfer {status, reason,
 decided_by, credited_by, shards: [TransferView]}; for stats {shards:
-[StatsView], total}; for an unknown account an ErrorView.
+[StatsView], total}; for an unknown account an ErrorView. balances prints JSON
+lines (or CSV) whatever --json says.
 
 Exit status: 0 answered; 1 not found (an unknown account, or a transfer no
 shard asked knows); 2 error.";
@@ -137,6 +143,25 @@ enum Question {
     /// Per shard: accounts, sum of balances, input offsets, pending batch;
     /// and the totals.
     Stats,
+    /// Every committed balance of the shards given, streamed shard after
+    /// shard in account order: one JSON object (an AccountView) a line, or
+    /// CSV with a header. From a stopped shard (--db) the export is one
+    /// consistent state; from a running one (--url) each page of 10,000
+    /// accounts is committed state, but two pages may straddle a batch.
+    Balances {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
+}
+
+/// The formats of `balances`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// One JSON object a line: {"account", "balance", "shard"}.
+    Jsonl,
+    /// `account,balance,shard` with a header line (account ids hold no
+    /// comma or quote, so nothing needs quoting).
+    Csv,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -146,6 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Question::Top { limit } => top(&shards, *limit, args.json),
         Question::Transfer { id } => transfer(&shards, *id, args.json),
         Question::Stats => stats(&shards, args.json),
+        Question::Balances { format } => balances(&shards, *format),
     }
 }
 
@@ -269,7 +295,7 @@ impl Shard {
                     .with_context(|| format!("reading {}", dir.display()))?;
                 balance.map(|balance| AccountView::new(account.as_str(), balance, self.ordinal))
             }
-            Source::Http(api) => match api.get(&["v1", "accounts", account.as_str()], None)? {
+            Source::Http(api) => match api.get(&["v1", "accounts", account.as_str()], &[])? {
                 Reply::Found(view) => Some(view),
                 Reply::NotFound(_) => None,
             },
@@ -299,7 +325,7 @@ impl Shard {
                 }
             }
             Source::Http(api) => {
-                api.get_required(&["v1", "accounts"], Some(("top", &limit.to_string())))?
+                api.get_required(&["v1", "accounts"], &[("top", &limit.to_string())])?
             }
         };
         self.check_ordinal(view.shard)?;
@@ -315,7 +341,7 @@ impl Shard {
                 let store = open_offline(dir)?;
                 TransferView::new(id.to_string(), self.ordinal, store.reader().transfer(id))
             }
-            Source::Http(api) => api.get_required(&["v1", "transfers", &id.to_string()], None)?,
+            Source::Http(api) => api.get_required(&["v1", "transfers", &id.to_string()], &[])?,
         };
         self.check_ordinal(view.shard)?;
         Ok(view)
@@ -331,10 +357,72 @@ impl Shard {
                     .with_context(|| format!("reading {}", dir.display()))?;
                 StatsView::new(self.ordinal, &stats)
             }
-            Source::Http(api) => api.get_required(&["v1", "stats"], None)?,
+            Source::Http(api) => api.get_required(&["v1", "stats"], &[])?,
         };
         self.check_ordinal(view.shard)?;
         Ok(view)
+    }
+
+    /// Every committed balance of this shard, one page at a time, each
+    /// handed to `each` in account order.
+    fn each_balance_page(
+        &self,
+        each: impl FnMut(Vec<AccountView>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        match &self.source {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                let reader = store.reader();
+                self.page_through(
+                    |after| {
+                        let after = after.map(AccountId::parse).transpose()?;
+                        let page = reader
+                            .balances_page(after.as_ref(), BALANCES_PAGE)
+                            .with_context(|| format!("reading {}", dir.display()))?;
+                        Ok(page
+                            .into_iter()
+                            .map(|(account, balance)| {
+                                AccountView::new(account.as_str(), balance, self.ordinal)
+                            })
+                            .collect())
+                    },
+                    each,
+                )
+            }
+            Source::Http(api) => self.page_through(
+                |after| {
+                    let limit = BALANCES_PAGE.to_string();
+                    let mut query = vec![("limit", limit.as_str())];
+                    query.extend(after.map(|account| ("after", account)));
+                    let page: BalancesPageView = api.get_required(&["v1", "balances"], &query)?;
+                    self.check_ordinal(page.shard)?;
+                    Ok(page.accounts)
+                },
+                each,
+            ),
+        }
+    }
+
+    /// Asks `fetch` for the page after the last account seen until a page
+    /// comes back short.
+    fn page_through(
+        &self,
+        mut fetch: impl FnMut(Option<&str>) -> anyhow::Result<Vec<AccountView>>,
+        mut each: impl FnMut(Vec<AccountView>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = fetch(after.as_deref())?;
+            for view in &page {
+                self.check_ordinal(view.shard)?;
+            }
+            let last_page = page.len() < BALANCES_PAGE;
+            after = page.last().map(|view| view.account.clone());
+            each(page)?;
+            if last_page {
+                return Ok(());
+            }
+        }
     }
 
     /// Routing and merging trust the command-line order of the shards: a
@@ -376,15 +464,15 @@ impl Api {
     fn get<T: DeserializeOwned>(
         &self,
         segments: &[&str],
-        query: Option<(&str, &str)>,
+        query: &[(&str, &str)],
     ) -> anyhow::Result<Reply<T>> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| anyhow!("{} cannot take a path", self.base))?
             .pop_if_empty()
             .extend(segments);
-        if let Some((key, value)) = query {
-            url.query_pairs_mut().append_pair(key, value);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
         let response = self
             .client
@@ -418,7 +506,7 @@ impl Api {
     fn get_required<T: DeserializeOwned>(
         &self,
         segments: &[&str],
-        query: Option<(&str, &str)>,
+        query: &[(&str, &str)],
     ) -> anyhow::Result<T> {
         match self.get(segments, query)? {
             Reply::Found(view) => Ok(view),
@@ -775,6 +863,48 @@ fn not_found(json: bool, message: String) -> anyhow::Result<ExitCode> {
         eprintln!("{message}");
     }
     Ok(ExitCode::from(EXIT_NOT_FOUND))
+}
+
+/// `balances`: streamed through one buffered writer, so that memory holds
+/// one page whatever the number of accounts.
+fn balances(shards: &[Shard], format: ExportFormat) -> anyhow::Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let result = export(shards, format, &mut out).and_then(|()| Ok(out.flush()?));
+    match result {
+        // A closed pipe (`| head`) is the reader's choice, as in `print_text`.
+        Err(error)
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|error| error.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => Err(error.context("exporting the balances")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn export(shards: &[Shard], format: ExportFormat, out: &mut impl Write) -> anyhow::Result<()> {
+    if format == ExportFormat::Csv {
+        writeln!(out, "account,balance,shard")?;
+    }
+    for shard in shards {
+        shard.each_balance_page(|page| {
+            for view in page {
+                match format {
+                    ExportFormat::Jsonl => {
+                        serde_json::to_writer(&mut *out, &view).map_err(io::Error::from)?;
+                        writeln!(out)?;
+                    }
+                    ExportFormat::Csv => {
+                        writeln!(out, "{},{},{}", view.account, view.balance, view.shard)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
