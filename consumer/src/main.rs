@@ -3,9 +3,11 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use consumer::faults::Faults;
 use consumer::Config;
+use ledger::signal::shutdown_signal;
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -26,23 +28,10 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|error| anyhow::anyhow!("starting the async runtime failed: {error}"))?;
-    runtime.block_on(consumer::run(config, shutdown_signal()))?;
-    Ok(())
-}
-
-/// SIGTERM (Kubernetes, compose) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            tracing::warn!(message = "No SIGTERM handler; only Ctrl-C stops the shard cleanly.", error = %error);
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    runtime.block_on(async {
+        // Before anything else runs: a SIGTERM during recovery is not lost.
+        let shutdown = shutdown_signal().context("installing the signal handlers")?;
+        consumer::run(config, shutdown).await?;
+        anyhow::Ok(())
+    })
 }

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ledger::signal::shutdown_signal;
 use producer::Config;
 
 #[tokio::main]
@@ -24,19 +25,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Resolves on the first SIGTERM (what Kubernetes and Docker send) or
-/// Ctrl-C. The handlers are installed before the run starts, so a signal
-/// that arrives while the broker is being reached is not lost.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }

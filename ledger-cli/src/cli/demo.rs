@@ -209,23 +209,16 @@ fn watch_ctrl_c(stop: Arc<AtomicBool>) {
         else {
             return;
         };
-        runtime.block_on(async {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match terminate.as_mut() {
-                    Some(signal) => {
-                        signal.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminated => {}
-            }
+        let signalled = runtime.block_on(async {
+            let shutdown = ledger::signal::shutdown_signal()?;
+            shutdown.await;
+            std::io::Result::Ok(())
         });
-        stop.store(true, Ordering::SeqCst);
+        // Handlers that could not be installed leave the signals their
+        // default action, which ends the demo without its clean-up.
+        if signalled.is_ok() {
+            stop.store(true, Ordering::SeqCst);
+        }
     });
 }
 
