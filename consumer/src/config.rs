@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ledger::kafka;
+use ledger::names;
 use ledger::store::StoreOptions;
 use ledger::telemetry::LogFormat;
 use ledger_core::domain::Currency;
@@ -56,72 +58,72 @@ pub struct Config {
     /// Kafka brokers, host:port[,host:port...].
     #[arg(
         long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
+        env = kafka::ENV_BOOTSTRAP,
         default_value = "localhost:9092"
     )]
     pub bootstrap_servers: String,
 
     /// Input topic of transfers, keyed by source account.
-    #[arg(long, env = "TXLEDGER_TRANSFERS_TOPIC", default_value = "transactions")]
+    #[arg(long, env = names::TXLEDGER_TRANSFERS_TOPIC, default_value = names::TOPIC_TRANSFERS)]
     pub transfers_topic: String,
 
     /// Topic of credits between shards, keyed by destination account; read
     /// and written by the shards.
-    #[arg(long, env = "TXLEDGER_CREDITS_TOPIC", default_value = "ledger-credits")]
+    #[arg(long, env = names::TXLEDGER_CREDITS_TOPIC, default_value = names::TOPIC_CREDITS)]
     pub credits_topic: String,
 
     /// Output topic of outcomes, one per input transfer record.
-    #[arg(long, env = "TXLEDGER_RESULTS_TOPIC", default_value = "ledger-results")]
+    #[arg(long, env = names::TXLEDGER_RESULTS_TOPIC, default_value = names::TOPIC_RESULTS)]
     pub results_topic: String,
 
     /// Dead-letter topic for undecodable input.
-    #[arg(long, env = "TXLEDGER_DLQ_TOPIC", default_value = "ledger-dlq")]
+    #[arg(long, env = names::TXLEDGER_DLQ_TOPIC, default_value = names::TOPIC_DEAD_LETTERS)]
     pub dlq_topic: String,
 
     /// Partitions of the topics, used to create missing ones and to check
     /// that transfers and credits have the same count.
-    #[arg(long, env = "TXLEDGER_PARTITIONS", default_value_t = 6,
+    #[arg(long, env = names::TXLEDGER_PARTITIONS, default_value_t = 6,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
 
     /// The sled directory of this shard [default: ./data/shard-<ordinal>].
-    #[arg(long, env = "TXLEDGER_DATA_DIR")]
+    #[arg(long, env = names::TXLEDGER_DATA_DIR)]
     pub data_dir: Option<PathBuf>,
 
     /// This shard's ordinal, 0 to shards-1 [default: the number at the end of
     /// the hostname, e.g. ledger-consumer-2].
-    #[arg(long, env = "TXLEDGER_SHARD")]
+    #[arg(long, env = names::TXLEDGER_SHARD)]
     pub shard: Option<u32>,
 
     /// How many shards share the partitions.
-    #[arg(long, env = "TXLEDGER_SHARDS", default_value_t = 1,
+    #[arg(long, env = names::TXLEDGER_SHARDS, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub shards: u32,
 
     /// Consumer group whose committed offsets the transactions carry.
-    #[arg(long, env = "TXLEDGER_GROUP_ID", default_value = "txledger-ledger")]
+    #[arg(long, env = names::TXLEDGER_GROUP_ID, default_value = "txledger-ledger")]
     pub group_id: String,
 
     /// The shard's transactional.id is `<prefix>-<ordinal>`: stable across
     /// restarts so that a new incarnation fences the old one.
     #[arg(
         long,
-        env = "TXLEDGER_TRANSACTIONAL_ID_PREFIX",
+        env = names::TXLEDGER_TRANSACTIONAL_ID_PREFIX,
         default_value = "ledger-consumer"
     )]
     pub transactional_id_prefix: String,
 
     /// Address of the HTTP API (health, readiness, metrics, queries).
-    #[arg(long, env = "TXLEDGER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = names::TXLEDGER_HTTP_ADDR, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
     /// Most records in one batch (one Kafka transaction, one sled write).
-    #[arg(long, env = "TXLEDGER_BATCH_RECORDS", default_value_t = 20_000,
+    #[arg(long, env = names::TXLEDGER_BATCH_RECORDS, default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..=50_000))]
     pub batch_records: u32,
 
     /// Longest time spent polling one batch, in milliseconds.
-    #[arg(long, env = "TXLEDGER_BATCH_MS", default_value_t = 100,
+    #[arg(long, env = names::TXLEDGER_BATCH_MS, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub batch_ms: u64,
 
@@ -129,23 +131,23 @@ pub struct Config {
     /// broker's transaction.max.timeout.ms.
     #[arg(
         long,
-        env = "TXLEDGER_TRANSACTION_TIMEOUT_MS",
+        env = names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
         default_value_t = 60_000
     )]
     pub transaction_timeout_ms: u64,
 
     /// The ledger's one currency; transfers in any other are rejected.
-    #[arg(long, env = "TXLEDGER_CURRENCY", default_value = "EUR")]
+    #[arg(long, env = names::TXLEDGER_CURRENCY, default_value = "EUR")]
     pub currency: Currency,
 
     /// How many recent transfer ids are remembered for idempotency; a
     /// resubmission older than that is decided again.
-    #[arg(long, env = "TXLEDGER_IDEMPOTENCY_WINDOW", default_value_t = 1_000_000,
+    #[arg(long, env = names::TXLEDGER_IDEMPOTENCY_WINDOW, default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub idempotency_window: u64,
 
     /// Log line format.
-    #[arg(long, env = "TXLEDGER_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(long, env = names::TXLEDGER_LOG_FORMAT, value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
     /// Test-only failure injection, from TXLEDGER_FAIL_AT and friends (see

@@ -83,10 +83,10 @@ pub struct Topics {
 impl Default for Topics {
     fn default() -> Self {
         Topics {
-            transactions: "transactions".to_owned(),
-            results: "ledger-results".to_owned(),
-            credits: "ledger-credits".to_owned(),
-            dead_letters: "ledger-dlq".to_owned(),
+            transactions: ledger::names::TOPIC_TRANSFERS.to_owned(),
+            results: ledger::names::TOPIC_RESULTS.to_owned(),
+            credits: ledger::names::TOPIC_CREDITS.to_owned(),
+            dead_letters: ledger::names::TOPIC_DEAD_LETTERS.to_owned(),
         }
     }
 }

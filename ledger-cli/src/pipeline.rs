@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::audit::{self, AuditError, AuditInput, AuditReport, BalanceSource, Topics};
 use ledger::api::StatsView;
 use ledger::kafka::{self, TopicSpec};
+use ledger::names;
 use ledger_core::machine::Rules;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +94,10 @@ impl Binaries {
 /// broker with other runs.
 pub fn prefixed_topics(prefix: &str) -> Topics {
     Topics {
-        transactions: format!("{prefix}transactions"),
-        credits: format!("{prefix}ledger-credits"),
-        results: format!("{prefix}ledger-results"),
-        dead_letters: format!("{prefix}ledger-dlq"),
+        transactions: format!("{prefix}{}", names::TOPIC_TRANSFERS),
+        credits: format!("{prefix}{}", names::TOPIC_CREDITS),
+        results: format!("{prefix}{}", names::TOPIC_RESULTS),
+        dead_letters: format!("{prefix}{}", names::TOPIC_DEAD_LETTERS),
     }
 }
 
@@ -295,25 +296,25 @@ impl Pipeline {
         }
         let (stdout, stderr) = log_file(&shard.log)?;
         let child = Command::new(&self.binaries.consumer)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &config.bootstrap_servers)
-            .env("TXLEDGER_TRANSFERS_TOPIC", &config.topics.transactions)
-            .env("TXLEDGER_CREDITS_TOPIC", &config.topics.credits)
-            .env("TXLEDGER_RESULTS_TOPIC", &config.topics.results)
-            .env("TXLEDGER_DLQ_TOPIC", &config.topics.dead_letters)
-            .env("TXLEDGER_PARTITIONS", config.partitions.to_string())
-            .env("TXLEDGER_SHARD", index.to_string())
-            .env("TXLEDGER_SHARDS", config.shards.to_string())
-            .env("TXLEDGER_DATA_DIR", &shard.data_dir)
-            .env("TXLEDGER_GROUP_ID", &config.group_id)
+            .env(kafka::ENV_BOOTSTRAP, &config.bootstrap_servers)
+            .env(names::TXLEDGER_TRANSFERS_TOPIC, &config.topics.transactions)
+            .env(names::TXLEDGER_CREDITS_TOPIC, &config.topics.credits)
+            .env(names::TXLEDGER_RESULTS_TOPIC, &config.topics.results)
+            .env(names::TXLEDGER_DLQ_TOPIC, &config.topics.dead_letters)
+            .env(names::TXLEDGER_PARTITIONS, config.partitions.to_string())
+            .env(names::TXLEDGER_SHARD, index.to_string())
+            .env(names::TXLEDGER_SHARDS, config.shards.to_string())
+            .env(names::TXLEDGER_DATA_DIR, &shard.data_dir)
+            .env(names::TXLEDGER_GROUP_ID, &config.group_id)
             .env(
-                "TXLEDGER_TRANSACTIONAL_ID_PREFIX",
+                names::TXLEDGER_TRANSACTIONAL_ID_PREFIX,
                 &config.transactional_id_prefix,
             )
             .env(
-                "TXLEDGER_HTTP_ADDR",
+                names::TXLEDGER_HTTP_ADDR,
                 format!("127.0.0.1:{}", shard.http_port),
             )
-            .env("TXLEDGER_BATCH_MS", config.batch_ms.to_string())
+            .env(names::TXLEDGER_BATCH_MS, config.batch_ms.to_string())
             .envs(config.shard_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -398,19 +399,19 @@ impl Pipeline {
         let (stdout, stderr) = log_file(&self.producer_log)?;
         let config = &self.config;
         let child = Command::new(&self.binaries.producer)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &config.bootstrap_servers)
-            .env("KAFKA_TOPIC", &config.topics.transactions)
-            .env("PRODUCER_PARTITIONS", config.partitions.to_string())
+            .env(kafka::ENV_BOOTSTRAP, &config.bootstrap_servers)
+            .env(names::KAFKA_TOPIC, &config.topics.transactions)
+            .env(names::PRODUCER_PARTITIONS, config.partitions.to_string())
             .env(
-                "PRODUCER_TRANSACTIONAL_ID",
+                names::PRODUCER_TRANSACTIONAL_ID,
                 &config.producer_transactional_id,
             )
-            .env("PRODUCER_COUNT", run.count.to_string())
-            .env("PRODUCER_RATE", run.rate.to_string())
-            .env("PRODUCER_SEED", run.seed.to_string())
-            .env("PRODUCER_ACCOUNTS", run.accounts.to_string())
-            .env("PRODUCER_BATCH_MS", run.batch_ms.to_string())
-            .env("PRODUCER_PROGRESS_SECS", "5")
+            .env(names::PRODUCER_COUNT, run.count.to_string())
+            .env(names::PRODUCER_RATE, run.rate.to_string())
+            .env(names::PRODUCER_SEED, run.seed.to_string())
+            .env(names::PRODUCER_ACCOUNTS, run.accounts.to_string())
+            .env(names::PRODUCER_BATCH_MS, run.batch_ms.to_string())
+            .env(names::PRODUCER_PROGRESS_SECS, "5")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`api`]: the JSON views of a shard's state (HTTP API and `ledger query`).
+//! - [`names`]: topic names and environment variables, defined once.
 //! - [`signal`]: the shutdown signal of every long-running binary.
 //! - [`store`]: the sled store of one shard, written once per batch.
 //! - [`kafka`]: Kafka client settings shared by every binary.
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod kafka;
+pub mod names;
 pub mod signal;
 pub mod store;
 pub mod telemetry;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ledger::kafka;
+use ledger::names;
 use ledger::telemetry::LogFormat;
 use ledger_core::domain::Currency;
 
@@ -28,16 +30,16 @@ pub const TRANSACTIONAL_ID_PREFIX: &str = "txledger-producer-";
 #[command(name = "producer", version)]
 pub struct Config {
     /// Kafka brokers, comma-separated host:port.
-    #[arg(long, env = ledger::kafka::ENV_BOOTSTRAP, default_value = "localhost:9092")]
+    #[arg(long, env = kafka::ENV_BOOTSTRAP, default_value = "localhost:9092")]
     pub bootstrap_servers: String,
 
     /// Topic the transfers are written to; created at start if missing.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "transactions")]
+    #[arg(long, env = names::KAFKA_TOPIC, default_value = names::TOPIC_TRANSFERS)]
     pub topic: String,
 
     /// Partition count used when the topic is created. An existing topic with
     /// another count is refused: shards map accounts to partitions.
-    #[arg(long, env = "PRODUCER_PARTITIONS", default_value_t = 6,
+    #[arg(long, env = names::PRODUCER_PARTITIONS, default_value_t = 6,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
 
@@ -46,105 +48,105 @@ pub struct Config {
     /// transaction. Default: txledger-producer-<hostname>.
     #[arg(
         long,
-        env = "PRODUCER_TRANSACTIONAL_ID",
+        env = names::PRODUCER_TRANSACTIONAL_ID,
         conflicts_with = "no_transactions"
     )]
     pub transactional_id: Option<String>,
 
     /// Idempotent writes without transactions (no transactional.id): for
     /// benchmarks only, since a crash can leave part of a batch visible.
-    #[arg(long, env = "PRODUCER_NO_TRANSACTIONS")]
+    #[arg(long, env = names::PRODUCER_NO_TRANSACTIONS)]
     pub no_transactions: bool,
 
     /// Most records in one transaction. High by default so that the time
     /// cap (--batch-ms) ends transactions: each commit costs a fixed ~15 ms,
     /// which 1,000-record transactions pay every 2 ms of sending.
-    #[arg(long, env = "PRODUCER_BATCH_RECORDS", default_value_t = 100_000,
+    #[arg(long, env = names::PRODUCER_BATCH_RECORDS, default_value_t = 100_000,
           value_parser = parse_batch_records)]
     pub batch_records: usize,
 
     /// Longest time a transaction stays open, in milliseconds, counted from
     /// its first record.
-    #[arg(long, env = "PRODUCER_BATCH_MS", default_value_t = 100,
+    #[arg(long, env = names::PRODUCER_BATCH_MS, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub batch_ms: u64,
 
     /// Kafka's transaction.timeout.ms, in seconds: the broker aborts a
     /// transaction left open longer (a crashed producer's). Must exceed
     /// --batch-ms by at least 5 s.
-    #[arg(long, env = "PRODUCER_TRANSACTION_TIMEOUT_SECS", default_value_t = 60,
+    #[arg(long, env = names::PRODUCER_TRANSACTION_TIMEOUT_SECS, default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=900))]
     pub transaction_timeout_secs: u64,
 
     /// Bound on reaching the broker at start (topic creation, transactional
     /// initialization); an unreachable broker is an error after this long.
-    #[arg(long, env = "PRODUCER_CONNECT_TIMEOUT_SECS", default_value_t = 30,
+    #[arg(long, env = names::PRODUCER_CONNECT_TIMEOUT_SECS, default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub connect_timeout_secs: u64,
 
     /// Records per second; 0 means as fast as possible.
-    #[arg(long, env = "PRODUCER_RATE", default_value_t = 0)]
+    #[arg(long, env = names::PRODUCER_RATE, default_value_t = 0)]
     pub rate: u64,
 
     /// Records to send before exiting; 0 means endless (or, with
     /// --from-file, the whole file).
-    #[arg(long, env = "PRODUCER_COUNT", default_value_t = 0)]
+    #[arg(long, env = names::PRODUCER_COUNT, default_value_t = 0)]
     pub count: u64,
 
     /// Generation: number of customer accounts (acc-000000, acc-000001, ...),
     /// at most one million (the generator keeps each in memory). Each gets an opening deposit from `world` before any other transfer.
-    #[arg(long, env = "PRODUCER_ACCOUNTS", default_value_t = 1000,
+    #[arg(long, env = names::PRODUCER_ACCOUNTS, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     pub accounts: u32,
 
     /// Generation: share of transfers (0 to 1) that exceed the sender's
     /// balance, so that the ledger rejects them with insufficient_funds.
-    #[arg(long, env = "PRODUCER_FAIL_SHARE", default_value_t = 0.02, value_parser = parse_share)]
+    #[arg(long, env = names::PRODUCER_FAIL_SHARE, default_value_t = 0.02, value_parser = parse_share)]
     pub fail_share: f64,
 
     /// Generation: share of records (0 to 1) that resubmit an earlier
     /// transfer with the same id and content, to exercise idempotency.
-    #[arg(long, env = "PRODUCER_DUPLICATE_SHARE", default_value_t = 0.01, value_parser = parse_share)]
+    #[arg(long, env = names::PRODUCER_DUPLICATE_SHARE, default_value_t = 0.01, value_parser = parse_share)]
     pub duplicate_share: f64,
 
     /// Generation: seed of the random stream; the same seed gives the same
     /// transfers (ids, accounts, amounts). Default: random, logged at start.
-    #[arg(long, env = "PRODUCER_SEED")]
+    #[arg(long, env = names::PRODUCER_SEED)]
     pub seed: Option<u64>,
 
     /// Generation: currency of every transfer (the ledger's currency).
-    #[arg(long, env = "PRODUCER_CURRENCY", default_value = "EUR", value_parser = parse_currency)]
+    #[arg(long, env = names::PRODUCER_CURRENCY, default_value = "EUR", value_parser = parse_currency)]
     pub currency: Currency,
 
     /// Import mode: read transfers from this file (JSON lines, or CSV with a
     /// header row id,from,to,amount,currency,created_at) instead of
     /// generating them.
-    #[arg(long, env = "PRODUCER_FROM_FILE")]
+    #[arg(long, env = names::PRODUCER_FROM_FILE)]
     pub from_file: Option<PathBuf>,
 
     /// Import mode: file format; `auto` picks CSV for a .csv file, JSON lines
     /// otherwise.
-    #[arg(long, env = "PRODUCER_FORMAT", value_enum, default_value_t = FileFormat::Auto)]
+    #[arg(long, env = names::PRODUCER_FORMAT, value_enum, default_value_t = FileFormat::Auto)]
     pub format: FileFormat,
 
     /// Import mode: what an invalid line does. `abort` checks the whole file
     /// first and sends nothing if any line is invalid; `skip` sends the valid
     /// lines. Either way every invalid line is reported with its number.
-    #[arg(long, env = "PRODUCER_ON_INVALID", value_enum, default_value_t = OnInvalid::Abort)]
+    #[arg(long, env = names::PRODUCER_ON_INVALID, value_enum, default_value_t = OnInvalid::Abort)]
     pub on_invalid: OnInvalid,
 
     /// Serve Prometheus metrics on http://ADDRESS/metrics (e.g.
     /// 0.0.0.0:9100). Off when not given.
-    #[arg(long, env = "PRODUCER_METRICS_ADDR")]
+    #[arg(long, env = names::PRODUCER_METRICS_ADDR)]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Seconds between progress log lines.
-    #[arg(long, env = "PRODUCER_PROGRESS_SECS", default_value_t = 10,
+    #[arg(long, env = names::PRODUCER_PROGRESS_SECS, default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub progress_secs: u64,
 
     /// Log line format.
-    #[arg(long, env = "TXLEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, env = names::TXLEDGER_LOG_FORMAT, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
 

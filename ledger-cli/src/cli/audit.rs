@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ledger::names;
 use ledger_cli::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
 use ledger_core::domain::Currency;
 use ledger_core::machine::Rules;
@@ -18,16 +19,16 @@ pub struct Args {
     #[arg(long, env = ledger::kafka::ENV_BOOTSTRAP)]
     bootstrap_servers: String,
     /// Input topic of transfers.
-    #[arg(long, default_value = "transactions")]
+    #[arg(long, default_value = names::TOPIC_TRANSFERS)]
     transactions_topic: String,
     /// Topic of the shards' outcomes.
-    #[arg(long, default_value = "ledger-results")]
+    #[arg(long, default_value = names::TOPIC_RESULTS)]
     results_topic: String,
     /// Topic of the shards' credits.
-    #[arg(long, default_value = "ledger-credits")]
+    #[arg(long, default_value = names::TOPIC_CREDITS)]
     credits_topic: String,
     /// Topic of the shards' dead letters.
-    #[arg(long, default_value = "ledger-dlq")]
+    #[arg(long, default_value = names::TOPIC_DEAD_LETTERS)]
     dlq_topic: String,
     /// A running shard's HTTP API, e.g. http://localhost:8080; once per
     /// shard. Without --url or --db the balance checks are skipped.
