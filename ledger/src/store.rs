@@ -239,7 +239,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             .open();
         let error = match opened {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(ref io)) if io.to_string().contains("lock") => {
+            Err(sled::Error::Io(_)) if is_locked(path) => {
                 if Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
@@ -257,6 +257,18 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
         };
         return Err(error);
     }
+}
+
+/// Whether another handle holds sled's directory lock. sled reports that
+/// only as an `io::Error` of kind `Other` with a message, so ask the system
+/// the same question sled asks: a non-blocking exclusive `flock` of the
+/// directory's `db` file (released again when the probe's file closes).
+fn is_locked(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path.join("db")) else {
+        return false;
+    };
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        == Err(rustix::io::Errno::WOULDBLOCK)
 }
 
 fn balance_key(account: &AccountId) -> Vec<u8> {
