@@ -506,9 +506,11 @@ impl Shard {
             return Err(Interrupted::Deliberate);
         }
         self.settle();
-        // An infinite timeout, as librdkafka recommends: a finite one can
+        // No timeout on the call, as librdkafka recommends: a finite one can
         // fail with a flush timeout that carries no retriable/abortable/
-        // fatal flag, leaving the transaction's fate unknown.
+        // fatal flag, leaving the transaction's fate unknown. The wait is
+        // still bounded: undelivered records fail after message.timeout.ms,
+        // which fails the commit (abortable).
         attempt("commit_transaction", || {
             self.producer.commit_transaction(Timeout::Never)
         })?;

@@ -2,11 +2,12 @@
 //!
 //! Transfers are keyed by source account and credits by destination
 //! account, and every producer here uses librdkafka's `murmur2_random`
-//! partitioner (see [`crate::kafka::PARTITIONER`]). A tool that must find an
+//! partitioner (`ledger::kafka::PARTITIONER`). A tool that must find an
 //! account's shard without asking every shard (`ledger query balance`)
 //! therefore has to hash exactly as librdkafka does: a different hash would
-//! send it to a shard that has never seen the account. `tests/query_routing.rs`
-//! checks this function against records produced to a real broker.
+//! send it to a shard that has never seen the account.
+//! `ledger-cli/tests/query_routing.rs` checks this function against records
+//! produced to a real broker.
 
 /// Kafka's murmur2 (MurmurHash2, 32 bits, seed `0x9747b28c`), byte for byte
 /// as librdkafka's `rd_murmur2` and the Java client's `Utils.murmur2`:
@@ -67,7 +68,7 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
 }
 
 /// The shard that owns a partition: shard `i` of `shards` owns the
-/// partitions `p` with `p % shards == i` (DESIGN.md, "Identity").
+/// partitions `p` with `p % shards == i` (docs/DESIGN.md, "Topics").
 ///
 /// # Panics
 ///

@@ -89,7 +89,9 @@ pub fn read_committed_consumer_config(bootstrap_servers: &str, group_id: &str) -
         // librdkafka's 500 ms default delayed a shard's first batch by as
         // much. An idle shard asks ten times a second instead of twice.
         .set("fetch.wait.max.ms", "100")
-        // Partition EOF events mark "caught up" for tests and the audit.
+        // Off: a shard polls on and never asks whether it is caught up.
+        // Readers that stop at the end of each partition (the audit, the
+        // tests) turn it on themselves, with an `EofReaderContext`.
         .set("enable.partition.eof", "false");
     config
 }
