@@ -178,69 +178,13 @@ impl Shard {
             offsets = %recovery::show(store.offsets()),
             pending = store.pending().is_some(),
         );
-
-        let producer: BaseProducer<KafkaContext> = kafka::transactional_producer_config(
-            &settings.bootstrap_servers,
-            &settings.transactional_id,
-            settings.transaction_timeout,
-        )
-        .create_with_context(KafkaContext)
-        .map_err(|error| Error::Kafka {
-            step: "creating the producer",
-            error,
-        })?;
-        // Fences any older incarnation with the same transactional.id and
-        // completes or aborts its open transaction, so that the committed
-        // offsets read next can no longer move.
-        let init = startup_retry(&shared, "init_transactions", |left| {
-            txn::init_transactions(
-                &producer,
-                &settings.results_topic,
-                settings.transaction_timeout.min(left),
-            )
-        })?;
-        if init.is_none() {
-            return Ok(None);
-        }
-
-        let consumer: BaseConsumer<KafkaContext> =
-            kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id)
-                .create_with_context(KafkaContext)
-                .map_err(|error| Error::Kafka {
-                    step: "creating the consumer",
-                    error,
-                })?;
-        let Some(committed) = startup_retry(&shared, "fetching committed offsets", |left| {
-            committed_offsets(&consumer, &settings, left)
-        })?
-        else {
+        let Some(producer) = fenced_producer(&settings, &shared)? else {
             return Ok(None);
         };
-
-        let pending = store.pending().map(|pending| PendingOffsets {
-            before: &pending.offsets_before,
-            after: &pending.offsets_after,
-        });
-        let decision = recovery::decide(pending, store.offsets(), &committed);
-        info!(
-            message = "Recovery decided.",
-            decision = ?decision,
-            sled = %recovery::show(store.offsets()),
-            kafka = %recovery::show(&committed),
-        );
-        match decision {
-            Recovery::Normal => {}
-            Recovery::KeepPending => store.clear_pending()?,
-            Recovery::UndoPending => store.undo_pending()?,
-            Recovery::Refuse(message) => return Err(Error::RecoveryRefused(message)),
-        }
-        // Invariant 5, checked after acting on the decision.
-        assert_eq!(
-            store.offsets(),
-            &committed,
-            "invariant violated: after recovery sled's offsets must equal Kafka's"
-        );
-
+        let Some((consumer, committed)) = consumer_with_committed(&settings, &shared)? else {
+            return Ok(None);
+        };
+        recover(&mut store, &committed)?;
         let group = consumer.group_metadata().ok_or(Error::Kafka {
             step: "reading the consumer group metadata",
             error: KafkaError::Subscription("no group metadata".to_owned()),
@@ -257,34 +201,9 @@ impl Shard {
             transactions: 0,
             balance_sum: Money::ZERO,
         };
-        // An optimisation only: without the metadata, assign finds the
-        // leaders itself, later. Here and not in seek_to_store, which an
-        // abort also calls, maybe with the broker gone.
-        let topics = [
-            shard.settings.transfers_topic.as_str(),
-            shard.settings.credits_topic.as_str(),
-        ];
-        if let Err(error) = kafka::prefetch_metadata(&shard.consumer, &topics, STARTUP_CALL_TIMEOUT)
-        {
-            warn!(
-                message = "Fetching the input topics' metadata failed; assigning anyway.",
-                error = %error,
-            );
-        }
-        shard.seek_to_store()?;
-        // A reader set twice (impossible: one start per Shared) keeps the first.
-        let _ = shard.shared.reader.set(reader.clone());
-        // Ready before the sum below: recovery is done and queries are
-        // answered; the sum only feeds a gauge, and scanning a million
-        // balances would double the restart time.
-        shard.shared.ready.store(true, Ordering::Release);
-        measure::ready(true);
-        info!(
-            message = "Shard ready.",
-            shard = shard.settings.shard,
-            transactional_id = %shard.settings.transactional_id,
-            offsets = %recovery::show(shard.store.offsets()),
-        );
+        shard.assign_and_open(reader.clone())?;
+        // After the shard is ready: the sum only feeds a gauge, and scanning
+        // a million balances would double the restart time.
         shard.balance_sum = reader
             .balances()
             .map_err(|error| {
@@ -298,6 +217,37 @@ impl Shard {
             .sum();
         measure::balance_sum(shard.balance_sum);
         Ok(Some(shard))
+    }
+
+    /// Assigns the owned partitions at sled's offsets, then opens the HTTP
+    /// API's queries and readiness: recovery is done.
+    fn assign_and_open(&mut self, reader: StoreReader) -> Result<(), Error> {
+        // An optimisation only: without the metadata, assign finds the
+        // leaders itself, later. Here and not in seek_to_store, which an
+        // abort also calls, maybe with the broker gone.
+        let topics = [
+            self.settings.transfers_topic.as_str(),
+            self.settings.credits_topic.as_str(),
+        ];
+        if let Err(error) = kafka::prefetch_metadata(&self.consumer, &topics, STARTUP_CALL_TIMEOUT)
+        {
+            warn!(
+                message = "Fetching the input topics' metadata failed; assigning anyway.",
+                error = %error,
+            );
+        }
+        self.seek_to_store()?;
+        // A reader set twice (impossible: one start per Shared) keeps the first.
+        let _ = self.shared.reader.set(reader);
+        self.shared.ready.store(true, Ordering::Release);
+        measure::ready(true);
+        info!(
+            message = "Shard ready.",
+            shard = self.settings.shard,
+            transactional_id = %self.settings.transactional_id,
+            offsets = %recovery::show(self.store.offsets()),
+        );
+        Ok(())
     }
 
     fn serve(&mut self) -> Result<(), Error> {
@@ -407,31 +357,51 @@ impl Shard {
         let mut written = false;
         match self.transact(&effects, &mut written) {
             Ok(committed) => {
-                self.store.mark_committed();
-                self.balance_sum = self.balance_sum + committed.delta;
-                measure::balance_sum(self.balance_sum);
-                measure::committed(&records, &effects, committed.flush, started.elapsed());
-                debug!(
-                    message = "Batch committed.",
-                    records = records.len(),
-                    accepted = effects.counts.accepted,
-                    rejected = effects.counts.rejected,
-                    duplicate = effects.counts.duplicate,
-                    credits_applied = effects.counts.credits_applied,
-                    dead_letters = effects.counts.dead_letters,
-                    offsets = %recovery::show(self.store.offsets()),
-                );
+                self.committed(&records, &effects, &committed, started);
                 Ok(())
             }
-            Err(Interrupted::Store(error)) => {
+            Err(interrupted) => self.interrupted(interrupted, written),
+        }
+    }
+
+    /// The batch's transaction committed: its sled write is the committed
+    /// state now.
+    fn committed(
+        &mut self,
+        records: &[InputRecord<'_>],
+        effects: &BatchEffects,
+        committed: &Committed,
+        started: Instant,
+    ) {
+        self.store.mark_committed();
+        self.balance_sum = self.balance_sum + committed.delta;
+        measure::balance_sum(self.balance_sum);
+        measure::committed(records, effects, committed.flush, started.elapsed());
+        debug!(
+            message = "Batch committed.",
+            records = records.len(),
+            accepted = effects.counts.accepted,
+            rejected = effects.counts.rejected,
+            duplicate = effects.counts.duplicate,
+            credits_applied = effects.counts.credits_applied,
+            dead_letters = effects.counts.dead_letters,
+            offsets = %recovery::show(self.store.offsets()),
+        );
+    }
+
+    /// The batch's transaction did not commit: stop on a store or fatal
+    /// error, otherwise abort and redo. `written`: sled holds the batch.
+    fn interrupted(&mut self, interrupted: Interrupted, written: bool) -> Result<(), Error> {
+        match interrupted {
+            Interrupted::Store(error) => {
                 report("store", "sled write", &error, "Writing the ledger failed.");
                 Err(Error::Store(error))
             }
-            Err(Interrupted::Kafka(Failed {
+            Interrupted::Kafka(Failed {
                 step,
                 class: ErrorClass::Fatal,
                 error,
-            })) => {
+            }) => {
                 report(
                     "fatal",
                     step,
@@ -440,7 +410,7 @@ impl Shard {
                 );
                 Err(Error::Kafka { step, error })
             }
-            Err(Interrupted::Kafka(Failed { step, error, .. })) => {
+            Interrupted::Kafka(Failed { step, error, .. }) => {
                 report(
                     "abortable",
                     step,
@@ -449,7 +419,7 @@ impl Shard {
                 );
                 self.abort(written)
             }
-            Err(Interrupted::Deliberate) => {
+            Interrupted::Deliberate => {
                 info!(message = "Aborting a transaction on purpose (TXLEDGER_ABORT_EVERY).");
                 self.abort(written)
             }
@@ -702,6 +672,82 @@ impl Shard {
             error,
         })
     }
+}
+
+/// The shard's transactional producer, once `init_transactions` has fenced
+/// any older incarnation with the same transactional.id and completed or
+/// aborted its open transaction, so that the committed offsets read next
+/// can no longer move. `None`: stopped first.
+fn fenced_producer(
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<Option<BaseProducer<KafkaContext>>, Error> {
+    let producer: BaseProducer<KafkaContext> = kafka::transactional_producer_config(
+        &settings.bootstrap_servers,
+        &settings.transactional_id,
+        settings.transaction_timeout,
+    )
+    .create_with_context(KafkaContext)
+    .map_err(|error| Error::Kafka {
+        step: "creating the producer",
+        error,
+    })?;
+    let init = startup_retry(shared, "init_transactions", |left| {
+        txn::init_transactions(
+            &producer,
+            &settings.results_topic,
+            settings.transaction_timeout.min(left),
+        )
+    })?;
+    Ok(init.map(|()| producer))
+}
+
+/// The shard's consumer and the group's committed offsets of the owned
+/// partitions. `None`: stopped first.
+fn consumer_with_committed(
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<Option<(BaseConsumer<KafkaContext>, Offsets)>, Error> {
+    let consumer: BaseConsumer<KafkaContext> =
+        kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id)
+            .create_with_context(KafkaContext)
+            .map_err(|error| Error::Kafka {
+                step: "creating the consumer",
+                error,
+            })?;
+    let committed = startup_retry(shared, "fetching committed offsets", |left| {
+        committed_offsets(&consumer, settings, left)
+    })?;
+    Ok(committed.map(|committed| (consumer, committed)))
+}
+
+/// Acts on the recovery rule: sled's pending record against Kafka's
+/// committed offsets.
+fn recover(store: &mut Store, committed: &Offsets) -> Result<(), Error> {
+    let pending = store.pending().map(|pending| PendingOffsets {
+        before: &pending.offsets_before,
+        after: &pending.offsets_after,
+    });
+    let decision = recovery::decide(pending, store.offsets(), committed);
+    info!(
+        message = "Recovery decided.",
+        decision = ?decision,
+        sled = %recovery::show(store.offsets()),
+        kafka = %recovery::show(committed),
+    );
+    match decision {
+        Recovery::Normal => {}
+        Recovery::KeepPending => store.clear_pending()?,
+        Recovery::UndoPending => store.undo_pending()?,
+        Recovery::Refuse(message) => return Err(Error::RecoveryRefused(message)),
+    }
+    // Invariant 5, checked after acting on the decision.
+    assert_eq!(
+        store.offsets(),
+        committed,
+        "invariant violated: after recovery sled's offsets must equal Kafka's"
+    );
+    Ok(())
 }
 
 /// Runs a transactional call, retrying retriable failures (`txn::retrying`);

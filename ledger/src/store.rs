@@ -271,6 +271,25 @@ fn is_locked(path: &Path) -> bool {
         == Err(rustix::io::Errno::WOULDBLOCK)
 }
 
+/// A batch's decided and credited ids, packed into one value: the id's 16
+/// bytes and a tag byte each.
+fn packed_ids(effects: &BatchEffects) -> Vec<u8> {
+    let mut ids =
+        Vec::with_capacity((effects.decided.len() + effects.credited.len()) * ID_ENTRY_LEN);
+    for (id, decision) in &effects.decided {
+        ids.extend_from_slice(id.as_bytes());
+        ids.push(match decision {
+            Decision::Accepted => TAG_ACCEPTED,
+            Decision::Rejected(reason) => *reason as u8,
+        });
+    }
+    for id in &effects.credited {
+        ids.extend_from_slice(id.as_bytes());
+        ids.push(TAG_CREDITED);
+    }
+    ids
+}
+
 fn balance_key(account: &AccountId) -> Vec<u8> {
     [BALANCE_PREFIX, account.as_str().as_bytes()].concat()
 }
@@ -373,6 +392,19 @@ impl Store {
             ),
             None => None,
         };
+        let window = self.load_window(window_limit)?;
+        let in_doubt = self.pending.as_ref().map(|pending| InDoubt {
+            seq: pending.seq,
+            prior: pending.undo.iter().cloned().collect(),
+        });
+        *write(&self.shared.window) = window;
+        *write(&self.shared.in_doubt) = in_doubt;
+        Ok(())
+    }
+
+    /// The idempotency window: the ids of the newest batches, up to
+    /// `window_limit` ids.
+    fn load_window(&self, window_limit: usize) -> Result<IdWindow, StoreError> {
         let mut window = IdWindow {
             limit: window_limit,
             ..IdWindow::default()
@@ -410,13 +442,7 @@ impl Store {
             window.total += count;
             newer += count;
         }
-        let in_doubt = self.pending.as_ref().map(|pending| InDoubt {
-            seq: pending.seq,
-            prior: pending.undo.iter().cloned().collect(),
-        });
-        *write(&self.shared.window) = window;
-        *write(&self.shared.in_doubt) = in_doubt;
-        Ok(())
+        Ok(window)
     }
 
     pub fn path(&self) -> &Path {
@@ -450,19 +476,7 @@ impl Store {
         for (account, balance) in &effects.balances {
             writes.push((balance_key(account), balance.0.to_be_bytes().to_vec()));
         }
-        let mut ids =
-            Vec::with_capacity((effects.decided.len() + effects.credited.len()) * ID_ENTRY_LEN);
-        for (id, decision) in &effects.decided {
-            ids.extend_from_slice(id.as_bytes());
-            ids.push(match decision {
-                Decision::Accepted => TAG_ACCEPTED,
-                Decision::Rejected(reason) => *reason as u8,
-            });
-        }
-        for id in &effects.credited {
-            ids.extend_from_slice(id.as_bytes());
-            ids.push(TAG_CREDITED);
-        }
+        let ids = packed_ids(effects);
         if !ids.is_empty() {
             writes.push((ids_key(seq), ids.clone()));
         }
@@ -517,26 +531,33 @@ impl Store {
         self.offsets = pending.offsets_after.clone();
         self.next_seq = seq + 1;
         if !ids.is_empty() {
-            let mut window = write(&self.shared.window);
-            window.insert(seq, &ids);
-            window.batches.push_back((seq, ids.len() / ID_ENTRY_LEN));
-            window.total += ids.len() / ID_ENTRY_LEN;
-            while window.oldest_is_out() {
-                let Some((old, count)) = window.batches.pop_front() else {
-                    break;
-                };
-                window.total -= count;
-                if let Some(entries) = self.db.get(ids_key(old)).map_err(|e| self.sled_error(e))? {
-                    window.remove(old, &entries);
-                }
-                self.evicted.push(old);
-            }
+            self.remember_ids(seq, &ids)?;
         }
         self.pending = Some(pending);
         Ok(WriteReport {
             keys_written: writes.len() + 1,
             flush,
         })
+    }
+
+    /// Adds a written batch's ids to the idempotency window, and drops the
+    /// oldest batches beyond it (their keys are removed with the next write).
+    fn remember_ids(&mut self, seq: u64, ids: &[u8]) -> Result<(), StoreError> {
+        let mut window = write(&self.shared.window);
+        window.insert(seq, ids);
+        window.batches.push_back((seq, ids.len() / ID_ENTRY_LEN));
+        window.total += ids.len() / ID_ENTRY_LEN;
+        while window.oldest_is_out() {
+            let Some((old, count)) = window.batches.pop_front() else {
+                break;
+            };
+            window.total -= count;
+            if let Some(entries) = self.db.get(ids_key(old)).map_err(|e| self.sled_error(e))? {
+                window.remove(old, &entries);
+            }
+            self.evicted.push(old);
+        }
+        Ok(())
     }
 
     /// The batch in flight is committed in Kafka: readers may see it. Its

@@ -163,18 +163,7 @@ pub async fn run(
         let open = move || Source::open(&config, seed.unwrap_or_default());
         join(tokio::task::spawn_blocking(open).await)?
     };
-    info!(
-        bootstrap_servers = %config.bootstrap_servers,
-        topic = %config.topic,
-        transactional_id = transactional_id.as_deref().unwrap_or("none (--no-transactions)"),
-        from_file = config.from_file.as_ref().map(|path| path.display().to_string()),
-        seed,
-        batch_records = config.batch_records,
-        batch_ms = config.batch_ms,
-        rate = config.rate,
-        count = config.count,
-        "Producer starting."
-    );
+    log_start(&config, transactional_id.as_deref(), seed);
 
     let topic = TopicSpec {
         name: &config.topic,
@@ -193,31 +182,47 @@ pub async fn run(
         }
     }
 
+    let settings = sender_settings(&config, transactional_id.clone());
+    let source = send(settings, source, &config, &progress, shutdown).await?;
+    let summary = summary(&progress, Some(&source), seed, transactional_id, started);
+    info!(
+        records_sent = summary.records_sent,
+        records_committed = summary.records_committed,
+        transactions_committed = summary.transactions_committed,
+        transactions_aborted = summary.transactions_aborted,
+        resubmissions = summary.resubmissions_committed,
+        invalid_lines = summary.invalid_lines,
+        elapsed_ms = summary.elapsed.as_millis() as u64,
+        rate = summary.records_per_second().round() as u64,
+        "Producer finished."
+    );
+    Ok(summary)
+}
+
+/// Runs the sending loop on a blocking thread, with progress reports and
+/// the metrics server alongside, until it ends or `shutdown` resolves (then
+/// it ends the open transaction first).
+async fn send(
+    settings: Settings,
+    source: Source,
+    config: &Config,
+    progress: &Arc<Progress>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Source, ProducerError> {
     progress::describe_metrics();
     let (metrics_stop, metrics) = start_metrics(config.metrics_addr);
     let stop = Arc::new(StopSignal::default());
-    let settings = Settings {
-        bootstrap_servers: config.bootstrap_servers.clone(),
-        topic: config.topic.clone(),
-        transactional_id: transactional_id.clone(),
-        batch_records: config.batch_records,
-        batch_duration: config.batch_duration(),
-        transaction_timeout: config.transaction_timeout(),
-        connect_timeout: config.connect_timeout(),
-        rate: config.rate,
-    };
-    let sender = Sender::new(settings, source, Arc::clone(&stop), Arc::clone(&progress));
+    let sender = Sender::new(settings, source, Arc::clone(&stop), Arc::clone(progress));
     let mut sending = tokio::task::spawn_blocking(move || sender.run());
     let reporter = {
-        let progress = Arc::clone(&progress);
+        let progress = Arc::clone(progress);
         let every = Duration::from_secs(config.progress_secs);
         tokio::spawn(async move { progress.report(every).await })
     };
-
     let mut metrics_failure = None;
     let sent = tokio::select! {
         sent = &mut sending => sent,
-        () = &mut shutdown => {
+        () = shutdown => {
             info!("Shutdown requested; ending the open transaction.");
             stop.set();
             sending.await
@@ -233,22 +238,39 @@ pub async fn run(
     let _ = metrics_stop.send(true);
     progress.finish();
     let source = join(sent)?;
-    if let Some(failure) = metrics_failure {
-        return Err(failure);
+    match metrics_failure {
+        Some(failure) => Err(failure),
+        None => Ok(source),
     }
-    let summary = summary(&progress, Some(&source), seed, transactional_id, started);
+}
+
+fn log_start(config: &Config, transactional_id: Option<&str>, seed: Option<u64>) {
     info!(
-        records_sent = summary.records_sent,
-        records_committed = summary.records_committed,
-        transactions_committed = summary.transactions_committed,
-        transactions_aborted = summary.transactions_aborted,
-        resubmissions = summary.resubmissions_committed,
-        invalid_lines = summary.invalid_lines,
-        elapsed_ms = summary.elapsed.as_millis() as u64,
-        rate = summary.records_per_second().round() as u64,
-        "Producer finished."
+        bootstrap_servers = %config.bootstrap_servers,
+        topic = %config.topic,
+        transactional_id = transactional_id.unwrap_or("none (--no-transactions)"),
+        from_file = config.from_file.as_ref().map(|path| path.display().to_string()),
+        seed,
+        batch_records = config.batch_records,
+        batch_ms = config.batch_ms,
+        rate = config.rate,
+        count = config.count,
+        "Producer starting."
     );
-    Ok(summary)
+}
+
+/// What the sending loop needs of the configuration.
+fn sender_settings(config: &Config, transactional_id: Option<String>) -> Settings {
+    Settings {
+        bootstrap_servers: config.bootstrap_servers.clone(),
+        topic: config.topic.clone(),
+        transactional_id,
+        batch_records: config.batch_records,
+        batch_duration: config.batch_duration(),
+        transaction_timeout: config.transaction_timeout(),
+        connect_timeout: config.connect_timeout(),
+        rate: config.rate,
+    }
 }
 
 /// Serves `/metrics` when an address is given. Returns the sender that stops

@@ -767,9 +767,15 @@ fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
     let answer = StatsAnswer::total(views)?;
     if json {
         print_json(&answer)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_text(&stats_text(shards, &answer))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// A row per shard and the total, the offsets of every shard's inputs, and
+/// a note for each batch left in doubt.
+fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
     let mut summary = Table::new(&[
         ("SHARD", Align::Left),
         ("ACCOUNTS", Align::Right),
@@ -786,28 +792,16 @@ fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
     ]);
     let mut notes = Vec::new();
     for (shard, view) in shards.iter().zip(&answer.shards) {
-        let pending = match &view.pending {
-            Some(pending) => {
-                // A running shard resolves its pending record itself and
-                // already answers from committed state; only a stopped one
-                // leaves a batch in doubt for the operator to know about.
-                if matches!(shard.source, Source::Db(_)) {
-                    notes.push(format!(
-                        "shard {}: 1 batch pending (seq {}): its effects are not shown; start \
-                         the shard to resolve it",
-                        view.shard, pending.seq
-                    ));
-                }
-                format!("seq {}", pending.seq)
-            }
-            None => "none".to_owned(),
-        };
+        notes.extend(pending_note(shard, view));
         summary.row(vec![
             view.shard.to_string(),
             view.accounts.to_string(),
             view.sum.clone(),
             view.remembered_ids.to_string(),
-            pending,
+            view.pending.as_ref().map_or_else(
+                || "none".to_owned(),
+                |pending| format!("seq {}", pending.seq),
+            ),
             shard.source.to_string(),
         ]);
         for offset in &view.offsets {
@@ -832,7 +826,6 @@ fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
         },
         String::new(),
     ]);
-
     let mut text = summary.to_string();
     if !offsets.is_empty() {
         text.push('\n');
@@ -845,8 +838,21 @@ fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
             text.push('\n');
         }
     }
-    print_text(&text)?;
-    Ok(ExitCode::SUCCESS)
+    text
+}
+
+/// A running shard resolves its pending record itself and already answers
+/// from committed state; only a stopped one leaves a batch in doubt for the
+/// operator to know about.
+fn pending_note(shard: &Shard, view: &StatsView) -> Option<String> {
+    let pending = view.pending.as_ref()?;
+    matches!(shard.source, Source::Db(_)).then(|| {
+        format!(
+            "shard {}: 1 batch pending (seq {}): its effects are not shown; start the shard to \
+             resolve it",
+            view.shard, pending.seq
+        )
+    })
 }
 
 /// Amounts arrive as decimal strings (from a shard's API they are not yet
