@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::kafka;
-use ledger_cli::pipeline::ProducerRun;
+use ledger_cli::audit::Topics;
+use ledger_cli::pipeline::{Pipeline, ProducerRun};
 use ledger_core::domain::{OutcomeKind, TransferId};
 use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -77,31 +78,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
         "row 3: {count} transfers at {rate}/s through one live shard..."
     ));
 
-    let reader: BaseConsumer = {
-        let mut config = kafka::read_committed_consumer_config(
-            &bench.bootstrap,
-            &bench.name(&format!("{label}-reader")),
-        );
-        // Stamped on arrival: an empty fetch must come back quickly, or
-        // the broker's wait would be measured as pipeline latency.
-        config.set("fetch.wait.max.ms", "5");
-        config.create()?
-    };
-    // Without the metadata first, the reader's first records would come a
-    // second or more late, and their stamps with them.
-    kafka::prefetch_metadata(
-        &reader,
-        &[&topics.transactions, &topics.results],
-        DRAIN_TIMEOUT,
-    )
-    .context("fetching the topics' metadata")?;
-    let mut assignment = TopicPartitionList::new();
-    for topic in [&topics.transactions, &topics.results] {
-        for partition in 0..PARTITIONS {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    reader.assign(&assignment)?;
+    let reader = reader(bench, &label, &topics)?;
     let started_at = OffsetDateTime::now_utc();
     pipeline.start_producer(&ProducerRun {
         count,
@@ -111,22 +88,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
         batch_ms: bench.producer_batch_ms,
     })?;
     let deadline = Instant::now() + Duration::from_secs(bench.sizes.latency_secs) + DRAIN_TIMEOUT;
-    let results_topic = topics.results.clone();
-    let reading = thread::Builder::new()
-        .name("latency-reader".to_owned())
-        .spawn(move || {
-            read(
-                &reader,
-                &results_topic,
-                count,
-                started_at + WARM_UP,
-                deadline,
-            )
-        })
-        .context("starting the latency reader")?;
-    let samples = reading
-        .join()
-        .map_err(|_| anyhow::anyhow!("the latency reader panicked"))??;
+    let samples = read_on_a_thread(reader, topics.results.clone(), count, started_at, deadline)?;
     if let Some(status) = pipeline.producer_exit() {
         anyhow::ensure!(
             status.success(),
@@ -137,30 +99,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
         // process id that may have been reused.
         pipeline.kill_producer();
     }
-    let shard_view = {
-        let sum = metric(
-            &pipeline,
-            "txledger_consumer_end_to_end_latency_seconds_sum",
-            "",
-        );
-        let count = metric(
-            &pipeline,
-            "txledger_consumer_end_to_end_latency_seconds_count",
-            "",
-        );
-        sum * 1000.0 / count.max(1.0)
-    };
-    // The tail's usual suspects, slow batches (commit, sled) and slow
-    // flushes, as cumulative histogram buckets by upper bound in seconds.
-    let buckets = |name: &str| {
-        pipeline
-            .metric_totals(name)
-            .into_iter()
-            .map(|(labels, count)| (labels, serde_json::Value::from(count)))
-            .collect::<serde_json::Map<_, _>>()
-    };
-    let batch_buckets = buckets("txledger_consumer_batch_duration_seconds_bucket");
-    let flush_buckets = buckets("txledger_consumer_sled_flush_seconds_bucket");
+    let (shard_view, batch_buckets, flush_buckets) = shard_metrics(&pipeline);
     pipeline.stop();
 
     let mut input = samples.input;
@@ -186,10 +125,111 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
         "shard_sled_flush_seconds_buckets": flush_buckets,
         "warm_up_excluded_seconds": WARM_UP.as_secs_f64(),
     });
+    Ok(latency_rows(bench, rate, rows, &input, &outcome, &details))
+}
+
+/// `read`, on a thread of its own, so that stamps are not delayed by this
+/// one.
+fn read_on_a_thread(
+    reader: BaseConsumer,
+    results_topic: String,
+    count: u64,
+    started_at: OffsetDateTime,
+    deadline: Instant,
+) -> anyhow::Result<Samples> {
+    let reading = thread::Builder::new()
+        .name("latency-reader".to_owned())
+        .spawn(move || {
+            read(
+                &reader,
+                &results_topic,
+                count,
+                started_at + WARM_UP,
+                deadline,
+            )
+        })
+        .context("starting the latency reader")?;
+    reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("the latency reader panicked"))?
+}
+
+/// A read_committed reader of both topics from their start, stamping
+/// records on arrival.
+fn reader(bench: &Bench, label: &str, topics: &Topics) -> anyhow::Result<BaseConsumer> {
+    let reader: BaseConsumer = {
+        let mut config = kafka::read_committed_consumer_config(
+            &bench.bootstrap,
+            &bench.name(&format!("{label}-reader")),
+        );
+        // Stamped on arrival: an empty fetch must come back quickly, or
+        // the broker's wait would be measured as pipeline latency.
+        config.set("fetch.wait.max.ms", "5");
+        config.create()?
+    };
+    // Without the metadata first, the reader's first records would come a
+    // second or more late, and their stamps with them.
+    kafka::prefetch_metadata(
+        &reader,
+        &[&topics.transactions, &topics.results],
+        DRAIN_TIMEOUT,
+    )
+    .context("fetching the topics' metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in [&topics.transactions, &topics.results] {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    reader.assign(&assignment)?;
+    Ok(reader)
+}
+
+/// The shard's own view of the latency (its histogram's mean, in ms), and
+/// the tail's usual suspects: slow batches (commit, sled) and slow
+/// flushes, as cumulative histogram buckets by upper bound in seconds.
+fn shard_metrics(pipeline: &Pipeline) -> (f64, Buckets, Buckets) {
+    let shard_view = {
+        let sum = metric(
+            pipeline,
+            "txledger_consumer_end_to_end_latency_seconds_sum",
+            "",
+        );
+        let count = metric(
+            pipeline,
+            "txledger_consumer_end_to_end_latency_seconds_count",
+            "",
+        );
+        sum * 1000.0 / count.max(1.0)
+    };
+    let buckets = |name: &str| {
+        pipeline
+            .metric_totals(name)
+            .into_iter()
+            .map(|(labels, count)| (labels, serde_json::Value::from(count)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let batch_buckets = buckets("txledger_consumer_batch_duration_seconds_bucket");
+    let flush_buckets = buckets("txledger_consumer_sled_flush_seconds_bucket");
+    (shard_view, batch_buckets, flush_buckets)
+}
+
+/// Histogram buckets: upper bound label to cumulative count.
+type Buckets = serde_json::Map<String, serde_json::Value>;
+
+/// Rows p50, p99 and max of the outcome latency, each against the input's.
+fn latency_rows(
+    bench: &Bench,
+    rate: u64,
+    rows: Rows,
+    input: &[f64],
+    outcome: &[f64],
+    details: &serde_json::Value,
+) -> Vec<Row> {
     let target_ms = (bench.shard_batch_ms + P99_SLACK_MS) as f64;
     let p99_target = rows.targeted.then_some(Target::AtMost { value: target_ms });
     let [p50_id, p99_id, max_id] = rows.ids;
-    let rows = [
+    [
         (p50_id, "p50", 0.5, None),
         (p99_id, "p99", 0.99, p99_target),
         (max_id, "max", 1.0, None),
@@ -199,15 +239,14 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
         Row::new(
             id,
             format!("latency {name}: created -> committed outcome, at {rate}/s"),
-            Value::new(quantile(&outcome, fraction), Unit::Milliseconds),
+            Value::new(quantile(outcome, fraction), Unit::Milliseconds),
             "input committed",
-            Value::new(quantile(&input, fraction), Unit::Milliseconds),
+            Value::new(quantile(input, fraction), Unit::Milliseconds),
             target,
         )
         .with_details(details.clone())
     })
-    .collect();
-    Ok(rows)
+    .collect()
 }
 
 /// Reads both topics until `expected` outcomes have been seen, stamping

@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use ledger_cli::pipeline::Binaries;
+use ledger_cli::pipeline::{self, Binaries};
 
 use crate::report::{median_by, Report, Row};
 
@@ -219,18 +219,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "the shards and the live producer run as the release binaries: \
          `cargo build --release -p bench -p producer -p consumer` first",
     )?;
-    let selected = |row: u8| args.rows.is_empty() || args.rows.contains(&row);
-
-    // The broker: an existing one, or a local one that dies with us.
-    let (bootstrap, _broker) = match std::env::var(harness::BOOTSTRAP_ENV) {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => (bootstrap, None),
-        _ => {
-            say("starting a local Kafka broker (the harness's)...");
-            let broker = harness::Broker::start(harness::BrokerOptions::default())
-                .context("starting the local broker")?;
-            (broker.bootstrap_servers().to_owned(), Some(broker))
-        }
-    };
+    let (bootstrap, _broker) = pipeline::broker().context("starting the local broker")?;
     let work = tempfile::Builder::new()
         .prefix("txledger-bench-")
         .tempdir()
@@ -257,52 +246,44 @@ fn run(args: Args) -> anyhow::Result<()> {
         bench.work_dir.display(),
         bench.sizes
     ));
+    let mut rows = measure_rows(&bench, &args)?;
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let report = report(&bench, &args, rows, started);
+    print!("{}", report.render());
+    println!("total {:.0} s", report.elapsed_seconds);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        say(format!("JSON written to {}", path.display()));
+    }
+    if args.keep {
+        let kept = work.keep();
+        say(format!("work directory kept: {}", kept.display()));
+    }
+    Ok(())
+}
 
+/// The selected rows: pure CPU first, on a quiet broker; the recovery row,
+/// which writes the most to disk, last.
+fn measure_rows(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
+    let selected = |row: u8| args.rows.is_empty() || args.rows.contains(&row);
     let mut rows: Vec<Row> = Vec::new();
-    // Pure CPU first, on a quiet broker; the recovery row, which writes the
-    // most to disk, last.
     if selected(4) {
-        rows.extend(core_rows::run(&bench)?);
+        rows.extend(core_rows::run(bench)?);
     }
     if selected(1) {
-        rows.extend(producer_rows::run(&bench)?);
+        rows.extend(producer_rows::run(bench)?);
     }
-    let input = if selected(2) || selected(6) || (selected(3) && args.latency_rate.is_none()) {
-        Some(producer_rows::produce_input(&bench)?)
-    } else {
-        None
-    };
     let mut shard_rate = None;
-    if let Some(input) = &input {
-        // Contenders in turn, round after round, so that a slow spell of
-        // the machine hits all of them alike.
-        let mut copies = Vec::new();
-        let mut one = Vec::new();
-        let mut many: Vec<(u32, Vec<shards::ShardRun>)> = Vec::new();
-        for round in 0..bench.sizes.repeat {
-            if selected(2) {
-                copies.push(passthrough::run(&bench, input, round)?);
-            }
-            one.push(shards::run(&bench, input, 1, round)?);
-            if selected(6) {
-                for (index, count) in bench.sizes.scaling_shards.iter().enumerate() {
-                    let run = shards::run(&bench, input, *count, round)?;
-                    match many.get_mut(index) {
-                        Some((_, runs)) => runs.push(run),
-                        None => many.push((*count, vec![run])),
-                    }
-                }
-            }
-        }
-        let one = median_by(one, |run| run.rate).context("no shard run")?;
-        shard_rate = Some(one.0.rate);
-        if let Some(copied) = median_by(copies, passthrough::Copied::rate) {
-            rows.push(shards::pipeline_row(&one, &copied));
-        }
-        for (_, runs) in many {
-            let runs = median_by(runs, |run| run.rate).context("no shard run")?;
-            rows.push(shards::scaling_row(&runs, &one));
-        }
+    if selected(2) || selected(6) || (selected(3) && args.latency_rate.is_none()) {
+        let input = producer_rows::produce_input(bench)?;
+        shard_rate = Some(shard_rows(
+            bench,
+            &input,
+            selected(2),
+            selected(6),
+            &mut rows,
+        )?);
     }
     if selected(3) {
         let rate = match (args.latency_rate, shard_rate) {
@@ -312,21 +293,62 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "row 3 runs at half of row 2's maximum rate: run row 2 too, or pass --latency-rate"
             ),
         };
-        rows.extend(latency::run(&bench, rate, latency::AT_HALF_MAXIMUM)?);
+        rows.extend(latency::run(bench, rate, latency::AT_HALF_MAXIMUM)?);
         if args.latency_fixed_rate > 0 {
             rows.extend(latency::run(
-                &bench,
+                bench,
                 args.latency_fixed_rate,
                 latency::AT_FIXED_RATE,
             )?);
         }
     }
     if selected(5) {
-        rows.extend(recovery::run(&bench)?);
+        rows.extend(recovery::run(bench)?);
     }
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows)
+}
 
-    let report = Report {
+/// Rows 2 (with the pass-through copy) and 6 (scaling); returns one
+/// shard's median rate. Contenders run in turn, round after round, so that
+/// a slow spell of the machine hits all of them alike.
+fn shard_rows(
+    bench: &Bench,
+    input: &producer_rows::Produced,
+    pipeline_row: bool,
+    scaling_rows: bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<f64> {
+    let mut copies = Vec::new();
+    let mut one = Vec::new();
+    let mut many: Vec<(u32, Vec<shards::ShardRun>)> = Vec::new();
+    for round in 0..bench.sizes.repeat {
+        if pipeline_row {
+            copies.push(passthrough::run(bench, input, round)?);
+        }
+        one.push(shards::run(bench, input, 1, round)?);
+        if scaling_rows {
+            for (index, count) in bench.sizes.scaling_shards.iter().enumerate() {
+                let run = shards::run(bench, input, *count, round)?;
+                match many.get_mut(index) {
+                    Some((_, runs)) => runs.push(run),
+                    None => many.push((*count, vec![run])),
+                }
+            }
+        }
+    }
+    let one = median_by(one, |run| run.rate).context("no shard run")?;
+    if let Some(copied) = median_by(copies, passthrough::Copied::rate) {
+        rows.push(shards::pipeline_row(&one, &copied));
+    }
+    for (_, runs) in many {
+        let runs = median_by(runs, |run| run.rate).context("no shard run")?;
+        rows.push(shards::scaling_row(&runs, &one));
+    }
+    Ok(one.0.rate)
+}
+
+fn report(bench: &Bench, args: &Args, rows: Vec<Row>, started: Instant) -> Report {
+    Report {
         title: format!(
             "txledger-bench: {} CPUs, broker {}, {} transfers per run, seed {}, \
              shard transactions {} ms",
@@ -348,17 +370,5 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
         rows,
         elapsed_seconds: started.elapsed().as_secs_f64(),
-    };
-    print!("{}", report.render());
-    println!("total {:.0} s", report.elapsed_seconds);
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        say(format!("JSON written to {}", path.display()));
     }
-    if args.keep {
-        let kept = work.keep();
-        say(format!("work directory kept: {}", kept.display()));
-    }
-    Ok(())
 }

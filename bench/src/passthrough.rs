@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ledger::kafka;
+use ledger::{kafka, txn};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -70,73 +69,13 @@ impl ProducerContext for Deliveries {
 pub fn run(bench: &Bench, input: &Produced, round: usize) -> anyhow::Result<Copied> {
     let output = bench.name(&format!("passthrough-r{round}-out"));
     harness::create_topics(&bench.bootstrap, &[(&output, PARTITIONS)])?;
-    // The shards' consumer settings (read_committed, fetch tuning), except
-    // that offsets are committed in the background, independently of the
-    // outputs' delivery: at least once.
-    let mut config = kafka::read_committed_consumer_config(
-        &bench.bootstrap,
-        &bench.name(&format!("passthrough-r{round}")),
-    );
-    config
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "true");
-    let consumer: BaseConsumer = config.create()?;
-    // The shard's producer settings minus the transactional.id (idempotent,
-    // acks=all, same partitioner and timeouts): only transactions differ.
-    let mut producer_config =
-        kafka::transactional_producer_config(&bench.bootstrap, "", TRANSACTION_TIMEOUT);
-    producer_config.remove("transactional.id");
-    let producer: BaseProducer<Deliveries> =
-        producer_config.create_with_context(Deliveries::default())?;
-
-    // Assigned, not subscribed, like the shards: no rebalance to wait for;
-    // and, like them, with the topic's metadata fetched first.
-    kafka::prefetch_metadata(&consumer, &[&input.topic], COPY_TIMEOUT)
-        .context("fetching the input's metadata")?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(&input.topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-
+    let (consumer, producer) = clients(bench, input, round)?;
     say(format!(
         "row 2: at-least-once passthrough of {} records...",
         input.records
     ));
     let started = Instant::now();
-    let deadline = started + COPY_TIMEOUT;
-    let mut copied = 0u64;
-    while copied < input.records {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the passthrough copied {copied} of {} records in {COPY_TIMEOUT:?}",
-            input.records
-        );
-        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
-            producer.poll(Duration::ZERO);
-            continue;
-        };
-        let message = polled.context("consuming the input")?;
-        let mut record = BaseRecord::to(&output).payload(message.payload().unwrap_or_default());
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => return Err(error).context("producing the copy"),
-            }
-        }
-        copied += 1;
-        // Serve delivery reports now and then, as the shard does per batch.
-        if copied % 1024 == 0 {
-            producer.poll(Duration::ZERO);
-        }
-    }
+    let copied = copy(&consumer, &producer, input, &output, started + COPY_TIMEOUT)?;
     producer
         .flush(TRANSACTION_TIMEOUT)
         .context("flushing the copies")?;
@@ -157,5 +96,75 @@ pub fn run(bench: &Bench, input: &Produced, round: usize) -> anyhow::Result<Copi
         copied.rate(),
         elapsed.as_secs_f64()
     ));
+    Ok(copied)
+}
+
+/// The shards' consumer settings (read_committed, fetch tuning), except
+/// that offsets are committed in the background, independently of the
+/// outputs' delivery: at least once. The shard's producer settings minus
+/// the transactional.id (idempotent, acks=all, same partitioner and
+/// timeouts): only transactions differ.
+fn clients(
+    bench: &Bench,
+    input: &Produced,
+    round: usize,
+) -> anyhow::Result<(BaseConsumer, BaseProducer<Deliveries>)> {
+    let mut config = kafka::read_committed_consumer_config(
+        &bench.bootstrap,
+        &bench.name(&format!("passthrough-r{round}")),
+    );
+    config
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "true");
+    let consumer: BaseConsumer = config.create()?;
+    let mut producer_config =
+        kafka::transactional_producer_config(&bench.bootstrap, "", TRANSACTION_TIMEOUT);
+    producer_config.remove("transactional.id");
+    let producer: BaseProducer<Deliveries> =
+        producer_config.create_with_context(Deliveries::default())?;
+    // Assigned, not subscribed, like the shards: no rebalance to wait for;
+    // and, like them, with the topic's metadata fetched first.
+    kafka::prefetch_metadata(&consumer, &[&input.topic], COPY_TIMEOUT)
+        .context("fetching the input's metadata")?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(&input.topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok((consumer, producer))
+}
+
+/// Copies every input record to `output`, sent as the shard sends
+/// (`txn::send`); returns how many.
+fn copy(
+    consumer: &BaseConsumer,
+    producer: &BaseProducer<Deliveries>,
+    input: &Produced,
+    output: &str,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
+    let mut copied = 0u64;
+    while copied < input.records {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the passthrough copied {copied} of {} records in {COPY_TIMEOUT:?}",
+            input.records
+        );
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            producer.poll(Duration::ZERO);
+            continue;
+        };
+        let message = polled.context("consuming the input")?;
+        let mut record = BaseRecord::to(output).payload(message.payload().unwrap_or_default());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        txn::send(producer, record, TRANSACTION_TIMEOUT).context("producing the copy")?;
+        copied += 1;
+        // Serve delivery reports now and then, as the shard does per batch.
+        if copied % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
     Ok(copied)
 }

@@ -166,41 +166,7 @@ fn produce(
     let label = format!("producer-{}-{run}", contender.label);
     let topic = bench.name(&label);
     create_topic(bench, &topic)?;
-    let count = records.to_string();
-    let seed = bench.seed.to_string();
-    let accounts = bench.sizes.accounts.to_string();
-    let partitions = PARTITIONS.to_string();
-    let transactional_id = bench.name(&label);
-    // Every flag that shapes the run is explicit, so that a PRODUCER_*
-    // variable in the environment cannot skew one contender.
-    let (batch_records, batch_ms) = contender.batch.unwrap_or((1000, 100));
-    let (batch_records, batch_ms) = (batch_records.to_string(), batch_ms.to_string());
-    let mut argv = vec![
-        "producer",
-        "--bootstrap-servers",
-        &bench.bootstrap,
-        "--topic",
-        &topic,
-        "--partitions",
-        &partitions,
-        "--count",
-        &count,
-        "--seed",
-        &seed,
-        "--accounts",
-        &accounts,
-        "--batch-records",
-        &batch_records,
-        "--batch-ms",
-        &batch_ms,
-        "--progress-secs",
-        "86400",
-    ];
-    match contender.batch {
-        Some(_) => argv.extend(["--transactional-id", &transactional_id]),
-        None => argv.push("--no-transactions"),
-    }
-    let config = producer::Config::try_parse_from(argv)?;
+    let config = producer_config(bench, contender, records, &topic, &label)?;
     say(format!(
         "producer {} {run}: {records} records...",
         contender.label
@@ -231,6 +197,50 @@ fn produce(
         produced.transactions
     ));
     Ok(produced)
+}
+
+/// Every flag that shapes the run is explicit, so that a PRODUCER_*
+/// variable in the environment cannot skew one contender.
+fn producer_config(
+    bench: &Bench,
+    contender: &Contender,
+    records: u64,
+    topic: &str,
+    label: &str,
+) -> anyhow::Result<producer::Config> {
+    let count = records.to_string();
+    let seed = bench.seed.to_string();
+    let accounts = bench.sizes.accounts.to_string();
+    let partitions = PARTITIONS.to_string();
+    let transactional_id = bench.name(label);
+    let (batch_records, batch_ms) = contender.batch.unwrap_or((1000, 100));
+    let (batch_records, batch_ms) = (batch_records.to_string(), batch_ms.to_string());
+    let mut argv = vec![
+        "producer",
+        "--bootstrap-servers",
+        &bench.bootstrap,
+        "--topic",
+        topic,
+        "--partitions",
+        &partitions,
+        "--count",
+        &count,
+        "--seed",
+        &seed,
+        "--accounts",
+        &accounts,
+        "--batch-records",
+        &batch_records,
+        "--batch-ms",
+        &batch_ms,
+        "--progress-secs",
+        "86400",
+    ];
+    match contender.batch {
+        Some(_) => argv.extend(["--transactional-id", &transactional_id]),
+        None => argv.push("--no-transactions"),
+    }
+    Ok(producer::Config::try_parse_from(argv)?)
 }
 
 /// Creates `topic` with broker-side timestamps.

@@ -55,6 +55,21 @@ pub enum PipelineError {
     Io(#[from] std::io::Error),
 }
 
+/// The broker of a run: the one named by `KAFKA_BOOTSTRAP_SERVERS`, or a
+/// local one (the harness's) that stops when the returned handle drops.
+pub fn broker() -> Result<(String, Option<harness::Broker>), harness::HarnessError> {
+    match std::env::var(kafka::ENV_BOOTSTRAP) {
+        Ok(bootstrap) if !bootstrap.trim().is_empty() => Ok((bootstrap, None)),
+        _ => {
+            eprintln!(
+                "starting a local Kafka broker (the first run fetches its jars with Maven)..."
+            );
+            let broker = harness::Broker::start(harness::BrokerOptions::default())?;
+            Ok((broker.bootstrap_servers().to_owned(), Some(broker)))
+        }
+    }
+}
+
 /// The producer and consumer executables.
 #[derive(Debug, Clone)]
 pub struct Binaries {

@@ -4,14 +4,13 @@
 //! chaos, and the audit's verdict at the end.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ledger::kafka::ENV_BOOTSTRAP;
 use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
 
 #[derive(Debug, clap::Args)]
@@ -58,24 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let binaries = Binaries::locate()?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_ctrl_c(Arc::clone(&stop));
-
-    // The broker: an existing one, or a local one that dies with us.
-    let (bootstrap, _broker) = match std::env::var(ENV_BOOTSTRAP) {
-        Ok(bootstrap) if !bootstrap.is_empty() => (bootstrap, None),
-        _ => {
-            eprintln!("starting a local Kafka broker (first run fetches its jars with Maven)...");
-            let broker = harness::Broker::start(harness::BrokerOptions::default())
-                .context("starting the local broker")?;
-            (broker.bootstrap_servers().to_owned(), Some(broker))
-        }
-    };
+    let (bootstrap, _broker) = pipeline::broker().context("starting the local broker")?;
     eprintln!("broker: {bootstrap}");
-
-    // A run-specific prefix keeps this run's topics, group and
-    // transactional ids apart from anything else on the broker.
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let prefix = format!("demo-{run_id}-");
-    let topics = pipeline::prefixed_topics(&prefix);
     let temporary = match &args.work_dir {
         Some(_) => None,
         None => Some(tempfile::tempdir().context("creating a work directory")?),
@@ -85,19 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| temporary.as_ref().map(|t| t.path().to_owned()))
         .context("no work directory")?;
-    let config = PipelineConfig {
-        bootstrap_servers: bootstrap.clone(),
-        topics: topics.clone(),
-        partitions: args.partitions,
-        shards: args.shards,
-        work_dir: work_dir.clone(),
-        group_id: format!("{prefix}ledger"),
-        transactional_id_prefix: format!("{prefix}ledger-consumer"),
-        producer_transactional_id: format!("{prefix}producer"),
-        batch_ms: 100,
-        shard_env: Vec::new(),
-    };
-    let mut pipeline = Pipeline::new(config, binaries)?;
+    let mut pipeline = Pipeline::new(pipeline_config(&args, bootstrap, &work_dir), binaries)?;
     pipeline.create_topics()?;
     pipeline.start_shards()?;
     pipeline.wait_ready(Duration::from_secs(120))?;
@@ -107,6 +78,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pipeline.shard_urls().join(" "),
         work_dir.display()
     );
+    let started = Instant::now();
+    let mut status = StatusLine::new();
+    drive(&args, &mut pipeline, &stop, &mut status, started)?;
+    pipeline.stop_producer();
+    pipeline.wait_ready(Duration::from_secs(120))?;
+    pipeline.wait_caught_up(Duration::from_secs(args.settle_timeout))?;
+    status.render(&pipeline, started);
+    eprintln!();
+    audit_and_stop(pipeline, temporary)
+}
+
+/// A run-specific prefix keeps this run's topics, group and transactional
+/// ids apart from anything else on the broker.
+fn pipeline_config(args: &Args, bootstrap: String, work_dir: &Path) -> PipelineConfig {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("demo-{run_id}-");
+    PipelineConfig {
+        bootstrap_servers: bootstrap,
+        topics: pipeline::prefixed_topics(&prefix),
+        partitions: args.partitions,
+        shards: args.shards,
+        work_dir: work_dir.to_owned(),
+        group_id: format!("{prefix}ledger"),
+        transactional_id_prefix: format!("{prefix}ledger-consumer"),
+        producer_transactional_id: format!("{prefix}producer"),
+        batch_ms: 100,
+        shard_env: Vec::new(),
+    }
+}
+
+/// Runs the producer, with chaos if asked, until it finishes, fails, the
+/// duration is reached or Ctrl-C; restarts any shard that exits.
+fn drive(
+    args: &Args,
+    pipeline: &mut Pipeline,
+    stop: &AtomicBool,
+    status: &mut StatusLine,
+    started: Instant,
+) -> anyhow::Result<()> {
     let run = ProducerRun {
         count: args.count,
         rate: args.rate,
@@ -115,29 +125,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         batch_ms: 100,
     };
     pipeline.start_producer(&run)?;
-
-    let started = Instant::now();
-    let mut status = StatusLine::new();
     let mut next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
     let mut chaos_round = 0u64;
     loop {
         std::thread::sleep(Duration::from_millis(1000));
-        status.render(&pipeline, started);
+        status.render(pipeline, started);
         if stop.load(Ordering::SeqCst) {
             eprintln!("\nstopping (Ctrl-C)...");
-            break;
+            return Ok(());
         }
         if args
             .duration
             .is_some_and(|limit| started.elapsed() >= Duration::from_secs(limit))
         {
             eprintln!("\n--duration reached, stopping the producer...");
-            break;
+            return Ok(());
         }
         if let Some(exit) = pipeline.producer_exit() {
             if exit.success() {
                 eprintln!("\nthe producer finished; waiting for the shards to catch up...");
-                break;
+                return Ok(());
             }
             anyhow::bail!(
                 "the producer failed ({exit}); its log: {}",
@@ -147,18 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.chaos && Instant::now() >= next_chaos {
             chaos_round += 1;
             next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
-            // Every fifth event hits the producer: it is restarted with the
-            // same seed and transactional id, so it fences its predecessor
-            // and resends the stream from the start; the shards answer the
-            // already-decided ids with `duplicate`.
-            if chaos_round % 5 == 0 {
-                pipeline.kill_producer();
-                pipeline.start_producer(&run)?;
-            } else {
-                let shard = (chaos_round as usize * 7) % args.shards as usize;
-                pipeline.kill_shard(shard);
-                pipeline.start_shard(shard)?;
-            }
+            chaos_event(pipeline, &run, chaos_round, args.shards)?;
         }
         for index in 0..args.shards as usize {
             if let Some(exit) = pipeline.shard_exit(index) {
@@ -170,12 +166,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    pipeline.stop_producer();
-    pipeline.wait_ready(Duration::from_secs(120))?;
-    pipeline.wait_caught_up(Duration::from_secs(args.settle_timeout))?;
-    status.render(&pipeline, started);
-    eprintln!();
+}
 
+/// Every fifth event hits the producer: it is restarted with the same seed
+/// and transactional id, so it fences its predecessor and resends the
+/// stream from the start; the shards answer the already-decided ids with
+/// `duplicate`. The others kill and restart a shard.
+fn chaos_event(
+    pipeline: &mut Pipeline,
+    run: &ProducerRun,
+    round: u64,
+    shards: u32,
+) -> anyhow::Result<()> {
+    if round % 5 == 0 {
+        pipeline.kill_producer();
+        pipeline.start_producer(run)?;
+    } else {
+        let shard = (round as usize * 7) % shards as usize;
+        pipeline.kill_shard(shard);
+        pipeline.start_shard(shard)?;
+    }
+    Ok(())
+}
+
+/// The audit's verdict is the demo's: exit 1 if it fails, keeping the
+/// evidence.
+fn audit_and_stop(
+    mut pipeline: Pipeline,
+    temporary: Option<tempfile::TempDir>,
+) -> anyhow::Result<ExitCode> {
     eprintln!("auditing...");
     let report = pipeline.audit()?;
     print!("{report}");
@@ -189,7 +208,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("warning: a shard did not stop cleanly: {statuses:?}");
     }
     if let (Some(temporary), true) = (temporary, !report.passed()) {
-        // Keep the evidence of a failed audit.
         let kept = temporary.keep();
         eprintln!("shard data and logs kept in {}", kept.display());
     }
