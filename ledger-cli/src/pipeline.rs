@@ -304,6 +304,16 @@ impl Pipeline {
 
     /// Starts shard `index` (again), with the same sled directory and port.
     pub fn start_shard(&mut self, index: usize) -> Result<(), PipelineError> {
+        self.start_shard_with(index, &[])
+    }
+
+    /// [`Pipeline::start_shard`] with extra environment for this incarnation
+    /// only, e.g. a failure to inject.
+    pub fn start_shard_with(
+        &mut self,
+        index: usize,
+        env: &[(&str, &str)],
+    ) -> Result<(), PipelineError> {
         let config = &self.config;
         let shard = &mut self.shards[index];
         if let Some(child) = shard.child.as_mut() {
@@ -331,6 +341,7 @@ impl Pipeline {
             )
             .env(names::TXLEDGER_BATCH_MS, config.batch_ms.to_string())
             .envs(config.shard_env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

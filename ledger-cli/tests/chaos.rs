@@ -6,11 +6,19 @@
 //! The test is the supervisor (as Kubernetes would be): it restarts what
 //! died, including shards that exit on their own after the broker outage
 //! (a fenced or broken producer is fatal to a shard by design).
+//!
+//! It proves its faults happened, not only that they were attempted: a
+//! producer kill counts only when the killed producer left a transaction
+//! with records open (so the audit must see aborted input), and one shard
+//! incarnation is made to die between its sled write and its commit, and
+//! its successor must say it undid that batch.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 
 /// Transfers per producer run; every incarnation resends the same seeded
 /// stream from the start, so the last one alone delivers all of them.
@@ -19,6 +27,93 @@ const SHARDS: u32 = 3;
 const SHARD_KILLS_MIN: u32 = 10;
 const PRODUCER_KILLS: u32 = 2;
 const KILL_INTERVAL: Duration = Duration::from_secs(3);
+/// The shard that dies between its sled write and its commit, at its
+/// second non-empty batch (the first may be a recovery's small one).
+const PLANTED_CRASH: [(&str, &str); 2] = [
+    ("TXLEDGER_FAIL_AT", "after_sled_write"),
+    ("TXLEDGER_FAIL_AFTER_BATCHES", "2"),
+];
+
+/// Records in open transactions on a topic: the end a `read_uncommitted`
+/// reader sees minus the last stable offset, the end of `read_committed`
+/// (librdkafka asks for the watermarks with the client's isolation level).
+struct OpenTransactions {
+    uncommitted: BaseConsumer,
+    committed: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl OpenTransactions {
+    fn new(bootstrap: &str, topic: &str, partitions: i32) -> Self {
+        let client = |isolation: &str| {
+            ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("isolation.level", isolation)
+                .create()
+                .expect("a watermark reader")
+        };
+        OpenTransactions {
+            uncommitted: client("read_uncommitted"),
+            committed: client("read_committed"),
+            topic: topic.to_owned(),
+            partitions,
+        }
+    }
+
+    /// `None` while the broker does not answer (it is restarted on purpose).
+    fn records(&self) -> Option<i64> {
+        let timeout = Duration::from_secs(5);
+        let mut open = 0;
+        for partition in 0..self.partitions {
+            let (_, end) = self
+                .uncommitted
+                .fetch_watermarks(&self.topic, partition, timeout)
+                .ok()?;
+            let (_, stable) = self
+                .committed
+                .fetch_watermarks(&self.topic, partition, timeout)
+                .ok()?;
+            open += end - stable;
+        }
+        Some(open)
+    }
+
+    /// Waits up to `within` for a transaction with records in it.
+    fn wait_for_records(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.records().is_some_and(|open| open > 0) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// Kills the producer at a moment it has records in an open transaction,
+/// restarts it, and says whether that transaction was really left open:
+/// after a pause long enough for a commit already asked for to complete,
+/// records must still be beyond the last stable offset.
+fn kill_producer_mid_transaction(
+    pipeline: &mut Pipeline,
+    open: &OpenTransactions,
+    run: &ProducerRun,
+) -> bool {
+    let had_records = open.wait_for_records(Duration::from_secs(5));
+    pipeline.kill_producer();
+    std::thread::sleep(Duration::from_millis(500));
+    let left_open = had_records && open.records().is_some_and(|records| records > 0);
+    pipeline.start_producer(run).expect("producer restart");
+    left_open
+}
+/// A shard's log from byte `from` on.
+fn shard_log_from(pipeline: &Pipeline, shard: usize, from: u64) -> String {
+    let log = std::fs::read(pipeline.shard_log(shard)).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(log.len());
+    String::from_utf8_lossy(&log[from..]).into_owned()
+}
 
 fn print_logs(pipeline: &Pipeline, broker: &harness::Broker) {
     for shard in 0..SHARDS as usize {
@@ -59,6 +154,11 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         print_logs(&pipeline, &broker);
         panic!("{error}");
     }
+    let open = OpenTransactions::new(
+        broker.bootstrap_servers(),
+        &pipeline::prefixed_topics(&prefix).transactions,
+        6,
+    );
     let run = ProducerRun {
         count: TRANSFERS,
         rate: 1_500,
@@ -74,6 +174,11 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     let mut round = 0u32;
     let mut broker_restarted = false;
     let mut unplanned_restarts = 0u32;
+    let mut producer_kills_mid_transaction = 0u32;
+    // The shard made to crash inside its protocol, until it has; then that
+    // shard and the length of its log when its successor started.
+    let mut planted: Option<usize> = None;
+    let mut planted_successor: Option<(usize, u64)> = None;
     // Pseudo-random but reproducible choice of victims.
     let mut victim = 0x9e37_79b9_u32;
     loop {
@@ -83,7 +188,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
             pipeline.disruptions
         );
         std::thread::sleep(Duration::from_millis(200));
-        let producer_done = pipeline.disruptions.producer_kills >= PRODUCER_KILLS;
+        let producer_done = producer_kills_mid_transaction >= PRODUCER_KILLS;
         match pipeline.producer_exit() {
             Some(status) if status.success() && producer_done => break,
             Some(_) => {
@@ -95,7 +200,13 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         }
         for shard in 0..SHARDS as usize {
             if pipeline.shard_exit(shard).is_some() {
-                unplanned_restarts += 1;
+                if planted == Some(shard) {
+                    planted = None;
+                    let log = std::fs::metadata(pipeline.shard_log(shard)).map_or(0, |m| m.len());
+                    planted_successor = Some((shard, log));
+                } else {
+                    unplanned_restarts += 1;
+                }
                 pipeline.start_shard(shard).expect("shard restart");
             }
         }
@@ -108,11 +219,22 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         victim ^= victim >> 17;
         victim ^= victim << 5;
         let shard = (victim % SHARDS) as usize;
-        pipeline.kill_shard(shard);
-        pipeline.start_shard(shard).expect("shard restart");
-        if round % 3 == 0 && pipeline.disruptions.producer_kills < PRODUCER_KILLS {
-            pipeline.kill_producer();
-            pipeline.start_producer(&run).expect("producer restart");
+        if round == 2 {
+            // Once: this incarnation dies by itself, mid-protocol.
+            pipeline.kill_shard(shard);
+            pipeline
+                .start_shard_with(shard, &PLANTED_CRASH)
+                .expect("shard restart");
+            planted = Some(shard);
+        } else if planted != Some(shard) {
+            pipeline.kill_shard(shard);
+            pipeline.start_shard(shard).expect("shard restart");
+        }
+        if round % 3 == 0
+            && producer_kills_mid_transaction < PRODUCER_KILLS
+            && kill_producer_mid_transaction(&mut pipeline, &open, &run)
+        {
+            producer_kills_mid_transaction += 1;
         }
         if round == 5 && !broker_restarted {
             // A deliberate outage of a few seconds while everyone is busy.
@@ -150,11 +272,14 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     let _ = writeln!(
         std::io::stderr(),
         "chaos run: {TRANSFERS} transfers per producer run over {:?}; shard kills {}, \
-         producer kills {} (mid-transaction), producer runs {}, broker restarts {}, \
+         shard crashes between sled write and commit {}, producer kills {} ({} left a \
+         transaction with records open), producer runs {}, broker restarts {}, \
          unplanned restarts {}\n{report}",
         started.elapsed(),
         disruptions.shard_kills,
+        u32::from(planted_successor.is_some()),
         disruptions.producer_kills,
+        producer_kills_mid_transaction,
         disruptions.producer_starts,
         u32::from(broker_restarted),
         unplanned_restarts,
@@ -164,8 +289,21 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     }
     assert!(report.passed(), "the audit failed after the chaos run");
     assert!(disruptions.shard_kills >= SHARD_KILLS_MIN);
-    assert!(disruptions.producer_kills >= PRODUCER_KILLS);
+    assert!(producer_kills_mid_transaction >= PRODUCER_KILLS);
+    assert!(
+        report.totals.inputs_aborted > 0,
+        "producers killed mid-transaction leave aborted input records"
+    );
     assert!(broker_restarted);
+    let (shard, from) = planted_successor.expect("the planted shard crash happened");
+    let successor = shard_log_from(&pipeline, shard, from);
+    assert!(
+        successor
+            .lines()
+            .any(|line| line.contains("Recovery decided") && line.contains("UndoPending")),
+        "the successor of the shard that died between its sled write and its commit \
+         undid that batch:\n{successor}"
+    );
     let statuses = pipeline.stop();
     assert!(
         statuses.iter().all(|s| s.is_some_and(|s| s.success())),
