@@ -123,6 +123,28 @@ fn jobs_do_what_the_issue_asks() {
     if !run_scripts(&workflow, "test").contains("cargo test --workspace --locked") {
         problems.push("the test job does not run the README's test command".to_owned());
     }
+    // Both jobs build librdkafka, whose 2.12 sources include curl.h even
+    // without curl support: the one list of system packages must hold it.
+    for job in ["lint", "test"] {
+        if !run_scripts(&workflow, job).contains("scripts/install-prerequisites") {
+            problems.push(format!(
+                "{job} does not install the system packages with scripts/install-prerequisites"
+            ));
+        }
+    }
+    if !repo::read("scripts/install-prerequisites").contains("libcurl4-openssl-dev") {
+        problems.push(
+            "scripts/install-prerequisites does not install libcurl4-openssl-dev, which librdkafka's build needs"
+                .to_owned(),
+        );
+    }
+    // The compose quick start run for real, and a release only after it.
+    if !run_scripts(&workflow, "compose").contains("scripts/compose-check") {
+        problems.push("the compose job does not run scripts/compose-check".to_owned());
+    }
+    if !jobs["release"]["needs"].to_string().contains("\"compose\"") {
+        problems.push("release does not need the compose job".to_owned());
+    }
     // Images built and scanned.
     let images = &jobs["images"];
     let targets = images["strategy"]["matrix"]["target"].to_string();
