@@ -30,15 +30,16 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// How to run Docker Compose here: the `docker compose` plugin, else the
-/// standalone `docker-compose`. `None` when neither works (a docker client
-/// without the compose plugin counts as none).
+/// How to run Docker Compose here: the `docker compose` plugin of Compose v2
+/// or later, or `None`. The standalone `docker-compose` is never used: its
+/// 1.x releases (Debian's `docker-compose` package) predate the Compose
+/// Specification and reject valid files, such as one with a top-level `name`.
 pub fn compose_command() -> Option<Vec<&'static str>> {
-    if run("docker", &["compose", "version"]).is_some_and(|output| output.status.success()) {
-        return Some(vec!["docker", "compose"]);
+    let output = run("docker", &["compose", "version", "--short"])?;
+    if !output.status.success() {
+        return None;
     }
-    if run("docker-compose", &["version"]).is_some_and(|output| output.status.success()) {
-        return Some(vec!["docker-compose"]);
-    }
-    None
+    let version = String::from_utf8_lossy(&output.stdout);
+    let major = version.trim().trim_start_matches('v').split('.').next()?;
+    (major.parse::<u32>().ok()? >= 2).then(|| vec!["docker", "compose"])
 }

@@ -83,7 +83,7 @@ fn docker_compose_config_accepts_the_file() {
         if tools::run("docker", &["--version"]).is_none() {
             note("SKIPPED `docker compose config -q`: no docker client here; the compose keys were checked against the Compose Specification instead");
         } else {
-            note("SKIPPED `docker compose config -q`: this docker client has no compose plugin (and there is no docker-compose); the compose keys were checked against the Compose Specification instead");
+            note("SKIPPED `docker compose config -q`: this docker client has no Compose v2 plugin (a standalone docker-compose 1.x is not asked: it predates the Compose Specification); the compose keys were checked against the Compose Specification instead");
         }
         return;
     };
@@ -265,6 +265,22 @@ fn services_start_after_a_healthy_kafka_and_the_topics_and_restart() {
     if !kafka_test.contains("kafka-broker-api-versions.sh") {
         problems.push(
             "kafka's healthcheck does not ask the broker (kafka-broker-api-versions.sh)".to_owned(),
+        );
+    }
+    // The check is a JVM of its own, every interval: it must not inherit the
+    // broker's heap.
+    if !kafka_test.contains("KAFKA_HEAP_OPTS=") {
+        problems.push(
+            "kafka's healthcheck inherits the broker's KAFKA_HEAP_OPTS: give its JVM a heap of its own"
+                .to_owned(),
+        );
+    }
+    // `ledger audit` reads every topic from its first record, as the
+    // Kubernetes broker keeps it (deploy-check's kubernetes tests).
+    if services["kafka"]["environment"]["KAFKA_LOG_RETENTION_MS"] != "-1" {
+        problems.push(
+            "kafka must keep the whole history (KAFKA_LOG_RETENTION_MS: \"-1\"): the audit reads it all"
+                .to_owned(),
         );
     }
     for (name, service) in &services {
