@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # work, engine_user: set by the sourcing script
+# The Docker engine for the checks that need one (scripts/compose-check,
+# scripts/k8s-check), sourced, not run. A check that finds no engine starts
+# dockerd and, when it stops it, puts back the iptables rules and sysctls
+# dockerd changed, so that the host is left as it was found.
+#
+# The sourcing script provides `die MESSAGE`, a private directory in `$work`,
+# and its own name in `$engine_user` (for messages).
+
+started_dockerd=""
+saved_sysctls=()
+# Every sysctl dockerd may change, with its value before.
+save_host_state() {
+  local key value
+  iptables-save >"$work/iptables.before"
+  for key in net.ipv4.ip_forward net.ipv6.conf.all.forwarding \
+    net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables; do
+    if value=$(sysctl -n "$key" 2>/dev/null); then
+      saved_sysctls+=("$key=$value")
+    fi
+  done
+  ip link show docker0 >/dev/null 2>&1 && touch "$work/docker0.existed"
+  return 0
+}
+
+restore_host_state() {
+  local table chain entry
+  # Back to the saved rules: flush what dockerd added, reset the built-in
+  # chains' policies (dockerd sets FORWARD to DROP), then restore.
+  for table in filter nat mangle raw; do
+    iptables -t "$table" -F 2>/dev/null || continue
+    iptables -t "$table" -X
+    for chain in INPUT FORWARD OUTPUT PREROUTING POSTROUTING; do
+      iptables -t "$table" -P "$chain" ACCEPT 2>/dev/null || true
+    done
+  done
+  iptables-restore <"$work/iptables.before"
+  for entry in "${saved_sysctls[@]}"; do
+    sysctl -q -w "$entry"
+  done
+  [[ -e "$work/docker0.existed" ]] || ip link delete docker0 2>/dev/null || true
+  if ! diff <(iptables_rules <"$work/iptables.before") <(iptables-save | iptables_rules); then
+    echo "$engine_user: WARNING: iptables rules differ from before the run (diff above)" >&2
+  fi
+}
+
+# The rules and the chains that are not empty defaults: an empty table with
+# ACCEPT policies (what iptables-nft leaves after a flush) is no rule.
+iptables_rules() {
+  grep -E '^[:-]' | sed -E 's/ \[[0-9]+:[0-9]+\]$//' \
+    | grep -vE '^:(INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING) ACCEPT$' || true
+}
+
+start_engine() {
+  if docker info >/dev/null 2>&1; then
+    echo "a Docker engine answers: $(docker version -f '{{.Server.Version}}')"
+    return 0
+  fi
+  ((EUID == 0)) || die "no Docker engine answers, and only root can start one"
+  save_host_state
+  # overlay2: the default driver probe can settle on vfs here, which copies
+  # every layer. dockerd manages iptables itself, so that containers and
+  # builds reach the network through NAT; the rules go when it stops.
+  dockerd --storage-driver=overlay2 --pidfile "$work/dockerd.pid" >"$work/dockerd.log" 2>&1 &
+  started_dockerd=$!
+  local deadline=$((SECONDS + 60))
+  until docker info >/dev/null 2>&1; do
+    kill -0 "$started_dockerd" 2>/dev/null || { tail -n 30 "$work/dockerd.log"; die "dockerd exited"; }
+    ((SECONDS < deadline)) || { tail -n 30 "$work/dockerd.log"; die "dockerd did not answer within 60s"; }
+    sleep 1
+  done
+  echo "started dockerd $(docker version -f '{{.Server.Version}}') (pid $started_dockerd)"
+}
+
+stop_engine() {
+  [[ -n "$started_dockerd" ]] || return 0
+  kill -TERM "$started_dockerd" 2>/dev/null || true
+  local deadline=$((SECONDS + 90))
+  while kill -0 "$started_dockerd" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      echo "$engine_user: dockerd did not stop within 90s: killing it" >&2
+      kill -KILL "$started_dockerd" 2>/dev/null || true
+      break
+    fi
+    sleep 1
+  done
+  wait "$started_dockerd" 2>/dev/null || true
+  restore_host_state
+  echo "stopped dockerd; iptables and sysctls restored"
+}
