@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ledger::names;
 use ledger_cli::audit::Topics;
 use ledger_cli::pipeline::{self, Pipeline, PipelineConfig};
 
@@ -81,7 +82,12 @@ pub fn pipeline(
         batch_ms: bench.shard_batch_ms,
         shard_env: bench
             .shard_batch_records
-            .map(|records| vec![("TXLEDGER_BATCH_RECORDS".to_owned(), records.to_string())])
+            .map(|records| {
+                vec![(
+                    names::TXLEDGER_BATCH_RECORDS.to_owned(),
+                    records.to_string(),
+                )]
+            })
             .unwrap_or_default(),
     };
     let pipeline = Pipeline::new(config, bench.binaries.clone())?;
@@ -89,17 +95,23 @@ pub fn pipeline(
     Ok(pipeline)
 }
 
+/// A shard that exited is an error naming its log.
+fn still_running(pipeline: &mut Pipeline, index: usize) -> anyhow::Result<()> {
+    match pipeline.shard_exit(index) {
+        Some(status) => anyhow::bail!(
+            "shard {index} exited with {status}; its log: {}",
+            pipeline.shard_log(index).display()
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Waits until shard `index` answers `/readyz`; a shard that exits first is
 /// an error naming its log.
 pub fn wait_ready(pipeline: &mut Pipeline, index: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while !pipeline.shard_ready(index) {
-        if let Some(status) = pipeline.shard_exit(index) {
-            anyhow::bail!(
-                "shard {index} exited with {status}; its log: {}",
-                pipeline.shard_log(index).display()
-            );
-        }
+        still_running(pipeline, index)?;
         anyhow::ensure!(
             Instant::now() < deadline,
             "shard {index} was not ready within {READY_TIMEOUT:?}; its log: {}",
@@ -156,12 +168,7 @@ pub fn run(bench: &Bench, input: &Produced, shards: u32, round: usize) -> anyhow
             break;
         }
         for index in 0..shards as usize {
-            if let Some(status) = pipeline.shard_exit(index) {
-                anyhow::bail!(
-                    "shard {index} exited with {status}; its log: {}",
-                    pipeline.shard_log(index).display()
-                );
-            }
+            still_running(&mut pipeline, index)?;
         }
         anyhow::ensure!(
             Instant::now() < deadline,

@@ -121,6 +121,27 @@ async fn account(
     .await
 }
 
+/// A count from the query string, 1 to `max`, or `default` when absent.
+fn count_param(
+    name: &str,
+    text: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be a number from 1 to {max}, got {text:?}"),
+            )
+        })
+}
+
 /// `top` is read as text so that a bad value gets the API's JSON error,
 /// not the extractor's plain-text one.
 #[derive(Deserialize)]
@@ -132,19 +153,7 @@ async fn top_accounts(
     State(state): State<AppState>,
     Query(params): Query<TopParams>,
 ) -> Result<Json<TopView>, ApiError> {
-    let top = match params.top.as_deref() {
-        None => TOP_DEFAULT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=TOP_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("top must be a number from 1 to {TOP_MAX}, got {text:?}"),
-                )
-            })?,
-    };
+    let top = count_param("top", params.top.as_deref(), TOP_DEFAULT, TOP_MAX)?;
     let shard = state.shard;
     read(&state, move |reader| {
         let accounts = reader
@@ -175,19 +184,12 @@ async fn balances_page(
         .map(AccountId::parse)
         .transpose()
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
-    let limit = match params.limit.as_deref() {
-        None => BALANCES_PAGE_MAX,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=BALANCES_PAGE_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!("limit must be a number from 1 to {BALANCES_PAGE_MAX}, got {text:?}"),
-                )
-            })?,
-    };
+    let limit = count_param(
+        "limit",
+        params.limit.as_deref(),
+        BALANCES_PAGE_MAX,
+        BALANCES_PAGE_MAX,
+    )?;
     let shard = state.shard;
     read(&state, move |reader| {
         let accounts = reader
