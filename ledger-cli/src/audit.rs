@@ -80,6 +80,16 @@ pub struct Topics {
     pub dead_letters: String,
 }
 
+impl Topics {
+    /// The input topic a shard reads `source` from.
+    pub fn of(&self, source: Source) -> &str {
+        match source {
+            Source::Transfers => &self.transactions,
+            Source::Credits => &self.credits,
+        }
+    }
+}
+
 impl Default for Topics {
     fn default() -> Self {
         Topics {
@@ -1035,28 +1045,7 @@ impl<'a> Judge<'a> {
             }
             return;
         }
-        // Account -> (sum over shards, first shard holding it).
-        let mut actual: BTreeMap<&str, (i128, &str)> = BTreeMap::new();
-        for shard in &input.balances {
-            for (account, balance) in &shard.balances {
-                self.balance_sum += balance.0;
-                match actual.get_mut(account.as_str()) {
-                    Some((sum, first)) => {
-                        *sum += balance.0;
-                        let first = *first;
-                        self.tally.note(Check::Balances, || {
-                            account_finding(
-                                account.as_str(),
-                                format!("held by two shards: {first} and {}", shard.source),
-                            )
-                        });
-                    }
-                    None => {
-                        actual.insert(account.as_str(), (balance.0, shard.source.as_str()));
-                    }
-                }
-            }
-        }
+        let actual = self.held_balances();
         self.accounts_held = actual.len() as u64;
         let expected: BTreeMap<&str, i128> = expected
             .iter()
@@ -1098,6 +1087,34 @@ impl<'a> Judge<'a> {
                 )
             });
         }
+    }
+
+    /// Account to (sum over shards, first shard holding it); an account
+    /// held by two shards is a finding.
+    fn held_balances(&mut self) -> BTreeMap<&'a str, (i128, &'a str)> {
+        let input = self.input;
+        let mut actual: BTreeMap<&'a str, (i128, &'a str)> = BTreeMap::new();
+        for shard in &input.balances {
+            for (account, balance) in &shard.balances {
+                self.balance_sum += balance.0;
+                match actual.get_mut(account.as_str()) {
+                    Some((sum, first)) => {
+                        *sum += balance.0;
+                        let first = *first;
+                        self.tally.note(Check::Balances, || {
+                            account_finding(
+                                account.as_str(),
+                                format!("held by two shards: {first} and {}", shard.source),
+                            )
+                        });
+                    }
+                    None => {
+                        actual.insert(account.as_str(), (balance.0, shard.source.as_str()));
+                    }
+                }
+            }
+        }
+        actual
     }
 
     /// Output records that do not decode, and the dead-letter count.
@@ -1481,66 +1498,19 @@ pub fn read_to_end(
     mut on_record: impl FnMut(Record<'_>),
 ) -> Result<u64, AuditError> {
     let topic = extent.topic.as_str();
-    let consume_error = |error| AuditError::Consume {
-        topic: topic.to_owned(),
-        error,
-    };
     let consumer = reader(bootstrap, isolation)?;
-    let mut remaining: HashMap<i32, i64> = extent
-        .ends
-        .iter()
-        .filter(|(_, end)| *end > 0)
-        .copied()
-        .collect();
-    // `extents` refused truncated partitions, so each starts at offset 0.
-    // An absolute offset also spares the offset lookup that a logical one
-    // (`Offset::Beginning`) costs before the first fetch, about 500 ms.
-    let mut assignment = TopicPartitionList::new();
-    for partition in remaining.keys() {
-        assignment
-            .add_partition_offset(topic, *partition, Offset::Offset(0))
-            .map_err(consume_error)?;
-    }
-    consumer.assign(&assignment).map_err(consume_error)?;
-
+    let mut reading = Reading::start(&consumer, extent)?;
     let started = Instant::now();
-    let timeout = deadline.saturating_duration_since(started);
     let mut reported = started;
-    let mut records = 0u64;
-    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
     let mut last_error: Option<KafkaError> = None;
-    // Pausing a finished partition stops fetching what came after the
-    // snapshot.
-    let finish = |remaining: &mut HashMap<i32, i64>, partition: i32| {
-        remaining.remove(&partition);
-        let mut done = TopicPartitionList::new();
-        done.add_partition(topic, partition);
-        consumer.pause(&done).map_err(consume_error)
-    };
-    while !remaining.is_empty() {
+    while !reading.remaining.is_empty() {
         let now = Instant::now();
         if now >= deadline {
-            let positions = consumer.position().ok();
-            let mut behind: Vec<String> = remaining
-                .iter()
-                .map(|(partition, end)| {
-                    let position = positions
-                        .as_ref()
-                        .and_then(|p| p.find_partition(topic, *partition))
-                        .map(|e| e.offset());
-                    let position = match position {
-                        Some(Offset::Offset(offset)) => offset.to_string(),
-                        _ => "none".to_owned(),
-                    };
-                    format!("{topic}/{partition} at {position} of {end}")
-                })
-                .collect();
-            behind.sort();
             return Err(AuditError::Timeout {
                 topic: topic.to_owned(),
                 isolation,
-                timeout,
-                behind: behind.join(", "),
+                timeout: deadline.saturating_duration_since(started),
+                behind: reading.behind(),
                 last_error: last_error.map_or_else(String::new, |e| format!(" (last error: {e})")),
             });
         }
@@ -1549,73 +1519,166 @@ pub fn read_to_end(
             progress(&ReadProgress {
                 topic,
                 isolation,
-                records,
+                records: reading.records,
                 elapsed: now.duration_since(started),
                 done: false,
             });
         }
         match consumer.poll(POLL_INTERVAL.min(deadline.saturating_duration_since(now))) {
             None => {}
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                let offset = message.offset();
-                let Some(end) = remaining.get(&partition).copied() else {
-                    continue;
-                };
-                if offset >= end {
-                    finish(&mut remaining, partition)?;
-                    continue;
-                }
-                // Each record once, in offset order, whatever the client
-                // does (an offset reset would deliver records again).
-                let next = next_offsets.entry(partition).or_insert(0);
-                if offset < *next {
-                    continue;
-                }
-                *next = offset + 1;
-                records += 1;
-                on_record(Record {
-                    partition,
-                    offset,
-                    key: message.key(),
-                    payload: message.payload(),
-                    headers: message.headers(),
-                });
-                if offset + 1 >= end {
-                    finish(&mut remaining, partition)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                let Some(end) = remaining.get(&partition).copied() else {
-                    continue;
-                };
-                let position = consumer
-                    .position()
-                    .map_err(consume_error)?
-                    .find_partition(topic, partition)
-                    .map(|e| e.offset());
-                if matches!(position, Some(Offset::Offset(at)) if at >= end) {
-                    finish(&mut remaining, partition)?;
-                }
-            }
-            Some(Err(error)) => {
-                if is_permanent(&error) {
-                    return Err(consume_error(error));
-                }
-                // librdkafka retries transport errors by itself; the
-                // deadline bounds how long that may take.
-                last_error = Some(error);
-            }
+            Some(Ok(message)) => reading.record(&message, &mut on_record)?,
+            Some(Err(KafkaError::PartitionEOF(partition))) => reading.end_of(partition)?,
+            Some(Err(error)) if is_permanent(&error) => return Err(reading.consume_error(error)),
+            // librdkafka retries transport errors by itself; the deadline
+            // bounds how long that may take.
+            Some(Err(error)) => last_error = Some(error),
         }
     }
     progress(&ReadProgress {
         topic,
         isolation,
-        records,
+        records: reading.records,
         elapsed: started.elapsed(),
         done: true,
     });
-    Ok(records)
+    Ok(reading.records)
+}
+
+/// The partitions of one topic still being read, up to their ends in the
+/// snapshot.
+struct Reading<'a> {
+    topic: &'a str,
+    consumer: &'a EofReader,
+    /// Partition to end offset (exclusive), for the partitions not done.
+    remaining: HashMap<i32, i64>,
+    /// Partition to the next offset to hand over: each record once, in
+    /// offset order, whatever the client does (an offset reset would
+    /// deliver records again).
+    next_offsets: HashMap<i32, i64>,
+    records: u64,
+}
+
+impl<'a> Reading<'a> {
+    /// Assigns every non-empty partition from offset 0: `extents` refused
+    /// truncated partitions, and an absolute offset spares the offset
+    /// lookup that a logical one (`Offset::Beginning`) costs before the
+    /// first fetch, about 500 ms.
+    fn start(consumer: &'a EofReader, extent: &'a Extent) -> Result<Self, AuditError> {
+        let reading = Reading {
+            topic: extent.topic.as_str(),
+            consumer,
+            remaining: extent
+                .ends
+                .iter()
+                .filter(|(_, end)| *end > 0)
+                .copied()
+                .collect(),
+            next_offsets: HashMap::new(),
+            records: 0,
+        };
+        let mut assignment = TopicPartitionList::new();
+        for partition in reading.remaining.keys() {
+            assignment
+                .add_partition_offset(reading.topic, *partition, Offset::Offset(0))
+                .map_err(|error| reading.consume_error(error))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|error| reading.consume_error(error))?;
+        Ok(reading)
+    }
+
+    fn consume_error(&self, error: KafkaError) -> AuditError {
+        AuditError::Consume {
+            topic: self.topic.to_owned(),
+            error,
+        }
+    }
+
+    /// Pausing a finished partition stops fetching what came after the
+    /// snapshot.
+    fn finish(&mut self, partition: i32) -> Result<(), AuditError> {
+        self.remaining.remove(&partition);
+        let mut done = TopicPartitionList::new();
+        done.add_partition(self.topic, partition);
+        self.consumer
+            .pause(&done)
+            .map_err(|error| self.consume_error(error))
+    }
+
+    /// Hands `message` to `on_record` if it is the next record before its
+    /// partition's end.
+    fn record(
+        &mut self,
+        message: &impl Message<Headers = BorrowedHeaders>,
+        on_record: &mut impl FnMut(Record<'_>),
+    ) -> Result<(), AuditError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let Some(end) = self.remaining.get(&partition).copied() else {
+            return Ok(());
+        };
+        if offset >= end {
+            return self.finish(partition);
+        }
+        let next = self.next_offsets.entry(partition).or_insert(0);
+        if offset < *next {
+            return Ok(());
+        }
+        *next = offset + 1;
+        self.records += 1;
+        on_record(Record {
+            partition,
+            offset,
+            key: message.key(),
+            payload: message.payload(),
+            headers: message.headers(),
+        });
+        if offset + 1 >= end {
+            self.finish(partition)?;
+        }
+        Ok(())
+    }
+
+    /// End of `partition`: done if the consumer's position is at or past
+    /// the partition's end (offsets are not dense, so no record may say so).
+    fn end_of(&mut self, partition: i32) -> Result<(), AuditError> {
+        let Some(end) = self.remaining.get(&partition).copied() else {
+            return Ok(());
+        };
+        let position = self
+            .consumer
+            .position()
+            .map_err(|error| self.consume_error(error))?
+            .find_partition(self.topic, partition)
+            .map(|e| e.offset());
+        if matches!(position, Some(Offset::Offset(at)) if at >= end) {
+            self.finish(partition)?;
+        }
+        Ok(())
+    }
+
+    /// Where each unfinished partition stands, for a timeout's message.
+    fn behind(&self) -> String {
+        let positions = self.consumer.position().ok();
+        let mut behind: Vec<String> = self
+            .remaining
+            .iter()
+            .map(|(partition, end)| {
+                let position = positions
+                    .as_ref()
+                    .and_then(|p| p.find_partition(self.topic, *partition))
+                    .map(|e| e.offset());
+                let position = match position {
+                    Some(Offset::Offset(offset)) => offset.to_string(),
+                    _ => "none".to_owned(),
+                };
+                format!("{}/{partition} at {position} of {end}", self.topic)
+            })
+            .collect();
+        behind.sort();
+        behind.join(", ")
+    }
 }
 
 /// Errors that no retry will cure.
@@ -1851,13 +1914,7 @@ impl fmt::Display for AuditReport {
                 result.count,
                 result.check.rule()
             )?;
-            for finding in &result.findings {
-                writeln!(out, "  {finding}")?;
-            }
-            let unnamed = result.count - result.findings.len() as u64;
-            if unnamed > 0 {
-                writeln!(out, "  ... and {unnamed} more")?;
-            }
+            write_findings(out, &result.findings, result.count)?;
         }
         let totals = &report.totals;
         if totals.misrouted > 0 {
@@ -1868,40 +1925,48 @@ impl fmt::Display for AuditReport {
                  partitioner",
                 totals.misrouted
             )?;
-            for finding in &report.misrouted {
-                writeln!(out, "  {finding}")?;
-            }
-            let unnamed = totals.misrouted - report.misrouted.len() as u64;
-            if unnamed > 0 {
-                writeln!(out, "  ... and {unnamed} more")?;
-            }
+            write_findings(out, &report.misrouted, totals.misrouted)?;
         }
-        writeln!(
-            out,
-            "\ninput: {} committed ({} undecodable, {} misrouted), {} aborted",
-            totals.inputs_committed,
-            totals.inputs_undecodable,
-            totals.misrouted,
-            totals.inputs_aborted
-        )?;
-        writeln!(
-            out,
-            "outcomes: {} ({} accepted, {} rejected, {} duplicate); credits: {}; dead letters: {}",
-            totals.outcomes,
-            totals.accepted,
-            totals.rejected,
-            totals.duplicate,
-            totals.credits,
-            totals.dead_letters
-        )?;
-        match totals.balance_sum {
-            Some(sum) => writeln!(
-                out,
-                "balances: {} accounts on {} shard(s), sum {sum}",
-                totals.accounts, totals.balance_sources
-            )?,
-            None => writeln!(out, "balances: not checked (no --url or --db)")?,
-        }
+        write_totals(out, totals)?;
         writeln!(out, "verdict: {}", report.verdict)
     }
+}
+
+/// The findings named, and how many more there were of `count`.
+fn write_findings(out: &mut fmt::Formatter<'_>, findings: &[Finding], count: u64) -> fmt::Result {
+    for finding in findings {
+        writeln!(out, "  {finding}")?;
+    }
+    let unnamed = count - findings.len() as u64;
+    if unnamed > 0 {
+        writeln!(out, "  ... and {unnamed} more")?;
+    }
+    Ok(())
+}
+
+fn write_totals(out: &mut fmt::Formatter<'_>, totals: &Totals) -> fmt::Result {
+    writeln!(
+        out,
+        "\ninput: {} committed ({} undecodable, {} misrouted), {} aborted",
+        totals.inputs_committed, totals.inputs_undecodable, totals.misrouted, totals.inputs_aborted
+    )?;
+    writeln!(
+        out,
+        "outcomes: {} ({} accepted, {} rejected, {} duplicate); credits: {}; dead letters: {}",
+        totals.outcomes,
+        totals.accepted,
+        totals.rejected,
+        totals.duplicate,
+        totals.credits,
+        totals.dead_letters
+    )?;
+    match totals.balance_sum {
+        Some(sum) => writeln!(
+            out,
+            "balances: {} accounts on {} shard(s), sum {sum}",
+            totals.accounts, totals.balance_sources
+        )?,
+        None => writeln!(out, "balances: not checked (no --url or --db)")?,
+    }
+    Ok(())
 }

@@ -266,50 +266,12 @@ impl<V: LedgerView> Batch<'_, V> {
     }
 
     fn transfer(&mut self, record: &InputRecord<'_>) {
-        let payload = record.payload.unwrap_or_default();
-        let decoded = match record.payload {
-            Some(bytes) => wire::decode_transfer(bytes),
-            None => Err(DecodeError {
-                reason: RejectReason::Malformed,
-                detail: "record has no value".to_owned(),
-                id: None,
-            }),
-        };
-        let transfer = match decoded {
-            Ok(transfer) => transfer,
-            Err(error) => {
-                self.dead_letter(record, payload, &error);
-                // An undecodable record decides nothing: its id, if any, is
-                // not trusted, so a corrected resubmission is still processed.
-                self.outcome(
-                    record,
-                    error.id,
-                    OutcomeKind::Rejected(error.reason),
-                    Some(error.detail),
-                    None,
-                );
-                return;
-            }
+        let Some(transfer) = self.decode_or_reject(record) else {
+            return;
         };
         let owner = self.rules.partition_of(&transfer.from);
         if owner != record.at.partition {
-            // Checked before anything else: this shard may not own the
-            // source account, so its balance and decided ids say nothing
-            // about this transfer. No id is decided either: the id is not
-            // trusted, and the owning partition may still see it, correctly.
-            self.effects.counts.misrouted += 1;
-            let detail = format!(
-                "account {} belongs to partition {owner}, not {}: write transfers keyed by \
-                 their source account with the murmur2 partitioner",
-                transfer.from, record.at.partition
-            );
-            self.outcome(
-                record,
-                Some(transfer.id),
-                OutcomeKind::Rejected(RejectReason::Misrouted),
-                Some(detail),
-                Some(transfer),
-            );
+            self.reject_misrouted(record, transfer, owner);
             return;
         }
         if self.decision(transfer.id).is_some() {
@@ -336,6 +298,54 @@ impl<V: LedgerView> Batch<'_, V> {
             Some(transfer.id),
             decision.into(),
             None,
+            Some(transfer),
+        );
+    }
+
+    /// The record's transfer; or, when it does not decode, its dead letter
+    /// and its rejection. An undecodable record decides nothing: its id, if
+    /// any, is not trusted, so a corrected resubmission is still processed.
+    fn decode_or_reject(&mut self, record: &InputRecord<'_>) -> Option<Transfer> {
+        let decoded = match record.payload {
+            Some(bytes) => wire::decode_transfer(bytes),
+            None => Err(DecodeError {
+                reason: RejectReason::Malformed,
+                detail: "record has no value".to_owned(),
+                id: None,
+            }),
+        };
+        match decoded {
+            Ok(transfer) => Some(transfer),
+            Err(error) => {
+                self.dead_letter(record, record.payload.unwrap_or_default(), &error);
+                self.outcome(
+                    record,
+                    error.id,
+                    OutcomeKind::Rejected(error.reason),
+                    Some(error.detail),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    /// Checked before anything else: this shard may not own the source
+    /// account, so its balance and decided ids say nothing about this
+    /// transfer. No id is decided either: the id is not trusted, and the
+    /// owning partition may still see it, correctly.
+    fn reject_misrouted(&mut self, record: &InputRecord<'_>, transfer: Transfer, owner: i32) {
+        self.effects.counts.misrouted += 1;
+        let detail = format!(
+            "account {} belongs to partition {owner}, not {}: write transfers keyed by \
+             their source account with the murmur2 partitioner",
+            transfer.from, record.at.partition
+        );
+        self.outcome(
+            record,
+            Some(transfer.id),
+            OutcomeKind::Rejected(RejectReason::Misrouted),
+            Some(detail),
             Some(transfer),
         );
     }
