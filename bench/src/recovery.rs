@@ -129,13 +129,9 @@ fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
     let built = Instant::now();
     if accounts > 0 {
         let consumed = build_ledger(bench, &pipeline.shard_data_dirs()[0], accounts)?;
-        let topic = |source| match source {
-            Source::Transfers => topics.transactions.as_str(),
-            Source::Credits => topics.credits.as_str(),
-        };
         let next: Vec<(&str, i32, i64)> = consumed
             .iter()
-            .map(|(at, next)| (topic(at.source), at.partition, *next))
+            .map(|(at, next)| (topics.of(at.source), at.partition, *next))
             .collect();
         fill(bench, &next)?;
         commit_offsets(bench, &pipeline.config().group_id, &next)?;

@@ -248,6 +248,16 @@ impl Settings {
             Source::Credits => &self.credits_topic,
         }
     }
+
+    /// The other way round: the source of a record read from `topic`, one
+    /// of the two input topics the shard is assigned.
+    pub fn source_of(&self, topic: &str) -> Source {
+        if topic == self.transfers_topic {
+            Source::Transfers
+        } else {
+            Source::Credits
+        }
+    }
 }
 
 /// The StatefulSet ordinal: the digits at the end of the hostname.

@@ -18,7 +18,7 @@ use ledger_core::domain::{AccountId, TransferId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
-use crate::measure;
+use crate::measure::{self, ErrorEvent};
 use crate::shard::Shared;
 
 /// Most accounts one `?top=N` query returns: it bounds the answer's size and
@@ -91,7 +91,7 @@ async fn read<T: Send + 'static>(
 fn store_error(error: sled::Error) -> ApiError {
     // A failed sled read means I/O trouble or corruption: an operator must look.
     tracing::error!(message = "Reading the ledger failed.", error = %error);
-    measure::error("store");
+    measure::error(ErrorEvent::Store);
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("reading the ledger failed: {error}"),

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use ledger::txn::ErrorClass;
 use ledger_core::domain::{Money, OutcomeKind};
 use ledger_core::machine::{BatchEffects, InputRecord, Output, Source};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -81,10 +82,39 @@ pub fn balance_sum(sum: Money) {
     gauge!(BALANCE_SUM).set(sum.0 as f64 / 100.0);
 }
 
-/// Counts one error event of `class` (retriable, abortable, fatal,
-/// consumer, client, store).
-pub fn error(class: &'static str) {
-    counter!(ERRORS, "class" => class).increment(1);
+/// What an error event was: a Kafka call's error by its class, or an
+/// error of the consumer, of the client, of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorEvent {
+    Kafka(ErrorClass),
+    Consumer,
+    Client,
+    Store,
+}
+
+impl ErrorEvent {
+    /// The `class` label of the errors metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorEvent::Kafka(class) => class.name(),
+            ErrorEvent::Consumer => "consumer",
+            ErrorEvent::Client => "client",
+            ErrorEvent::Store => "store",
+        }
+    }
+
+    /// Possible data loss, or an operator must act: logged at ERROR.
+    pub fn needs_operator(self) -> bool {
+        matches!(
+            self,
+            ErrorEvent::Kafka(ErrorClass::Fatal) | ErrorEvent::Store
+        )
+    }
+}
+
+/// Counts one error event.
+pub fn error(event: ErrorEvent) {
+    counter!(ERRORS, "class" => event.name()).increment(1);
 }
 
 pub fn aborted() {

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ledger::kafka;
-use ledger::store::{Store, StoreError, StoreReader};
+use ledger::store::{Store, StoreError, StoreReader, WriteReport};
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::Money;
 use ledger_core::machine::{
@@ -33,7 +33,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::faults::{Mutant, Step};
-use crate::{measure, Error};
+use crate::measure::{self, ErrorEvent};
+use crate::Error;
 
 /// Start-up waits longer than a call in a transaction: the broker may
 /// still be starting. A start gives up after `STARTUP_TIMEOUT` and the
@@ -81,7 +82,7 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        report("client", "client", &error, reason);
+        report(ErrorEvent::Client, "client", &error, reason);
     }
 }
 
@@ -95,13 +96,14 @@ impl ProducerContext for KafkaContext {
     fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
 }
 
-/// Logs an error event and counts it, in one place. `class` is the metric
-/// label: retriable, abortable, fatal, consumer, client, store.
-fn report(class: &'static str, step: &'static str, error: &dyn std::fmt::Display, what: &str) {
-    measure::error(class);
-    match class {
-        "fatal" | "store" => error!(message = what, class, step, error = %error),
-        _ => warn!(message = what, class, step, error = %error),
+/// Logs an error event and counts it, in one place.
+fn report(event: ErrorEvent, step: &'static str, error: &dyn std::fmt::Display, what: &str) {
+    measure::error(event);
+    let class = event.name();
+    if event.needs_operator() {
+        error!(message = what, class, step, error = %error);
+    } else {
+        warn!(message = what, class, step, error = %error);
     }
 }
 
@@ -301,11 +303,7 @@ impl Shard {
                 None if !batch.is_empty() => break,
                 None => {}
                 Some(Ok(message)) => {
-                    let source = if message.topic() == self.settings.transfers_topic {
-                        Source::Transfers
-                    } else {
-                        Source::Credits
-                    };
+                    let source = self.settings.source_of(message.topic());
                     batch.push(Polled {
                         at: InputPartition {
                             source,
@@ -317,14 +315,24 @@ impl Shard {
                     });
                 }
                 Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
-                    report("fatal", "poll", &error, "The consumer failed fatally.");
+                    report(
+                        ErrorEvent::Kafka(ErrorClass::Fatal),
+                        "poll",
+                        &error,
+                        "The consumer failed fatally.",
+                    );
                     return Err(Error::Kafka {
                         step: "poll",
                         error,
                     });
                 }
                 Some(Err(error)) => {
-                    report("consumer", "poll", &error, "Consuming failed; polling on.");
+                    report(
+                        ErrorEvent::Consumer,
+                        "poll",
+                        &error,
+                        "Consuming failed; polling on.",
+                    );
                 }
             }
         }
@@ -394,7 +402,12 @@ impl Shard {
     fn interrupted(&mut self, interrupted: Interrupted, written: bool) -> Result<(), Error> {
         match interrupted {
             Interrupted::Store(error) => {
-                report("store", "sled write", &error, "Writing the ledger failed.");
+                report(
+                    ErrorEvent::Store,
+                    "sled write",
+                    &error,
+                    "Writing the ledger failed.",
+                );
                 Err(Error::Store(error))
             }
             Interrupted::Kafka(Failed {
@@ -403,7 +416,7 @@ impl Shard {
                 error,
             }) => {
                 report(
-                    "fatal",
+                    ErrorEvent::Kafka(ErrorClass::Fatal),
                     step,
                     &error,
                     "Fatal Kafka error: exiting; the next incarnation recovers.",
@@ -412,7 +425,7 @@ impl Shard {
             }
             Interrupted::Kafka(Failed { step, error, .. }) => {
                 report(
-                    "abortable",
+                    ErrorEvent::Kafka(ErrorClass::Abortable),
                     step,
                     &error,
                     "Transaction failed: aborting and redoing the batch.",
@@ -446,33 +459,18 @@ impl Shard {
             .sum();
         let offsets = self.offsets_list(&effects.offsets)?;
 
-        if faults.mutant == Some(Mutant::CommitBeforeSledWrite) {
-            self.send_offsets(&offsets)?;
-            faults.check(Step::AfterSendOffsets, self.batches);
-            attempt("commit_transaction", || {
-                self.producer.commit_transaction(Timeout::Never)
-            })?;
-            faults.check(Step::AfterCommit, self.batches);
-            let report = self
-                .store
-                .write_batch(effects)
-                .map_err(Interrupted::Store)?;
-            faults.check(Step::AfterSledWrite, self.batches);
-            return Ok(Committed {
-                flush: report.flush,
-                delta,
-            });
+        // One sequence; the commit-before-write mutant only moves its sled
+        // write after the commit (and, writing nothing before, never
+        // aborts on purpose).
+        let write_first = faults.mutant != Some(Mutant::CommitBeforeSledWrite);
+        let mut report = None;
+        if write_first {
+            report = Some(self.write(effects)?);
+            *written = true;
         }
-
-        let report = self
-            .store
-            .write_batch(effects)
-            .map_err(Interrupted::Store)?;
-        *written = true;
-        faults.check(Step::AfterSledWrite, self.batches);
         self.send_offsets(&offsets)?;
         faults.check(Step::AfterSendOffsets, self.batches);
-        if faults.abort_transaction(self.transactions) {
+        if write_first && faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
         }
         self.settle();
@@ -485,10 +483,26 @@ impl Shard {
             self.producer.commit_transaction(Timeout::Never)
         })?;
         faults.check(Step::AfterCommit, self.batches);
+        let report = match report {
+            Some(report) => report,
+            None => self.write(effects)?,
+        };
         Ok(Committed {
             flush: report.flush,
             delta,
         })
+    }
+
+    /// The batch's one durable sled write, with its pending record.
+    fn write(&mut self, effects: &BatchEffects) -> Result<WriteReport, Interrupted> {
+        let report = self
+            .store
+            .write_batch(effects)
+            .map_err(Interrupted::Store)?;
+        self.settings
+            .faults
+            .check(Step::AfterSledWrite, self.batches);
+        Ok(report)
     }
 
     /// Serves delivery reports until nothing is in flight (`txn::settle`
@@ -619,7 +633,7 @@ impl Shard {
                 .abort_transaction(self.settings.transaction_timeout)
         }) {
             report(
-                "fatal",
+                ErrorEvent::Kafka(ErrorClass::Fatal),
                 step,
                 &error,
                 "Aborting the transaction failed: exiting.",
@@ -755,7 +769,12 @@ fn recover(store: &mut Store, committed: &Offsets) -> Result<(), Error> {
 /// abortable one.
 fn attempt<T>(step: &'static str, call: impl FnMut() -> KafkaResult<T>) -> Result<T, Failed> {
     txn::retrying(step, call, |error, _| {
-        report("retriable", step, error, "Kafka call failed; retrying.");
+        report(
+            ErrorEvent::Kafka(ErrorClass::Retriable),
+            step,
+            error,
+            "Kafka call failed; retrying.",
+        );
     })
 }
 
@@ -771,10 +790,22 @@ fn startup_retry<T>(
         STARTUP_TIMEOUT,
         || shared.stop.load(Ordering::Acquire),
         |left| call(left.min(STARTUP_CALL_TIMEOUT)),
-        |error, _| report("retriable", step, error, "Start-up call failed; retrying."),
+        |error, _| {
+            report(
+                ErrorEvent::Kafka(ErrorClass::Retriable),
+                step,
+                error,
+                "Start-up call failed; retrying.",
+            )
+        },
     )
     .map_err(|Failed { step, error, .. }| {
-        report("fatal", step, &error, "Kafka refused to start the shard.");
+        report(
+            ErrorEvent::Kafka(ErrorClass::Fatal),
+            step,
+            &error,
+            "Kafka refused to start the shard.",
+        );
         Error::Kafka { step, error }
     })
 }
@@ -796,11 +827,7 @@ fn committed_offsets(
     let mut offsets = Offsets::new();
     for element in list.elements() {
         element.error()?;
-        let source = if element.topic() == settings.transfers_topic {
-            Source::Transfers
-        } else {
-            Source::Credits
-        };
+        let source = settings.source_of(element.topic());
         if let Offset::Offset(next) = element.offset() {
             offsets.insert(
                 InputPartition {

@@ -290,7 +290,7 @@ fn the_http_api_answers_queries_and_errors() {
     assert!(stats
         .offsets
         .iter()
-        .any(|o| o.source == Source::Transfers.name() && o.next_offset == 1));
+        .any(|o| o.source == Source::Transfers && o.next_offset == 1));
 
     for (path, code) in [
         ("/v1/accounts/nobody", 404),
@@ -362,7 +362,7 @@ fn the_skip_seek_back_mutant_loses_records() {
         let next: i64 = stats
             .offsets
             .iter()
-            .filter(|o| o.source == Source::Transfers.name())
+            .filter(|o| o.source == Source::Transfers)
             .map(|o| o.next_offset)
             .sum();
         if next >= 200 {

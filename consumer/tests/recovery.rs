@@ -166,7 +166,7 @@ fn sigkill_mid_stream_then_restart() {
         stats
             .offsets
             .iter()
-            .filter(|o| o.source == ledger_core::machine::Source::Transfers.name())
+            .filter(|o| o.source == ledger_core::machine::Source::Transfers)
             .map(|o| o.next_offset)
             .sum::<i64>()
             > (scenario.deposits.len() + 20) as i64

@@ -26,7 +26,7 @@ fn transfers_read(stats: &StatsView) -> i64 {
     stats
         .offsets
         .iter()
-        .filter(|o| o.source == Source::Transfers.name())
+        .filter(|o| o.source == Source::Transfers)
         .map(|o| o.next_offset)
         .sum()
 }

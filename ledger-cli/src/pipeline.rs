@@ -518,10 +518,7 @@ impl Pipeline {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for view in stats.into_iter().flatten() {
             for offset in view.offsets {
-                let topic = match offset.source.as_str() {
-                    "transfers" => self.config.topics.transactions.clone(),
-                    _ => self.config.topics.credits.clone(),
-                };
+                let topic = self.config.topics.of(offset.source).to_owned();
                 next.insert((topic, offset.partition), offset.next_offset);
             }
         }
@@ -591,10 +588,7 @@ impl Pipeline {
         let mut lag = 0;
         for view in self.stats() {
             for offset in view?.offsets {
-                let topic = match offset.source.as_str() {
-                    "transfers" => &self.config.topics.transactions,
-                    _ => &self.config.topics.credits,
-                };
+                let topic = self.config.topics.of(offset.source);
                 let (_, high) = self
                     .watermarks
                     .fetch_watermarks(topic, offset.partition, Duration::from_secs(2))

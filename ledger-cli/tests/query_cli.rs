@@ -414,11 +414,11 @@ fn a_pending_batch_is_reported_and_left_out() {
     assert!(shard
         .offsets
         .iter()
-        .any(|o| o.source == "transfers" && o.partition == 4 && o.next_offset == 2));
+        .any(|o| o.source == Source::Transfers && o.partition == 4 && o.next_offset == 2));
     assert!(pending
         .offsets_after
         .iter()
-        .any(|o| o.source == "transfers" && o.partition == 4 && o.next_offset == 3));
+        .any(|o| o.source == Source::Transfers && o.partition == 4 && o.next_offset == 3));
     assert_eq!(answer["total"]["pending_batches"], 1);
 
     let view: AccountView =

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Stats, TransferStatus};
 use ledger_core::domain::{Decision, Money, RejectReason};
-use ledger_core::machine::Offsets;
+use ledger_core::machine::{Offsets, Source};
 
 /// `GET /v1/accounts/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +78,8 @@ impl TransferView {
 /// One input partition's next offset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetView {
-    /// `transfers` or `credits`.
-    pub source: String,
+    /// `transfers` or `credits` in JSON.
+    pub source: Source,
     pub partition: i32,
     pub next_offset: i64,
 }
@@ -110,7 +110,7 @@ pub fn offset_views(offsets: &Offsets) -> Vec<OffsetView> {
     offsets
         .iter()
         .map(|(at, next)| OffsetView {
-            source: at.source.name().to_owned(),
+            source: at.source,
             partition: at.partition,
             next_offset: *next,
         })

@@ -807,7 +807,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
         for offset in &view.offsets {
             offsets.row(vec![
                 view.shard.to_string(),
-                offset.source.clone(),
+                offset.source.name().to_owned(),
                 offset.partition.to_string(),
                 offset.next_offset.to_string(),
             ]);
