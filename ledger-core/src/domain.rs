@@ -148,17 +148,28 @@ impl Money {
     }
 }
 
+/// Checked in every build, not only in debug ones: a sum out of `i128`'s
+/// range would be a wrong balance, and a wrong balance must stop the
+/// process, never wrap.
 impl std::ops::Add for Money {
     type Output = Money;
     fn add(self, other: Money) -> Money {
-        Money(self.0 + other.0)
+        Money(
+            self.0
+                .checked_add(other.0)
+                .unwrap_or_else(|| panic!("invariant violated: {self:?} + {other:?} overflows")),
+        )
     }
 }
 
 impl std::ops::Sub for Money {
     type Output = Money;
     fn sub(self, other: Money) -> Money {
-        Money(self.0 - other.0)
+        Money(
+            self.0
+                .checked_sub(other.0)
+                .unwrap_or_else(|| panic!("invariant violated: {self:?} - {other:?} overflows")),
+        )
     }
 }
 
@@ -488,6 +499,12 @@ impl From<Decision> for OutcomeKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn money_never_wraps() {
+        let _ = Money(i128::MAX) + Money(1);
+    }
 
     #[test]
     fn amounts_parse_exactly_or_say_why() {
