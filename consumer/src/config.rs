@@ -36,7 +36,8 @@ pub enum ConfigError {
     },
     #[error(
         "the transaction timeout ({timeout_ms} ms) must leave room for a batch: \
-         use at least ten times --batch-ms ({batch_ms} ms) and at least 1000 ms"
+         use at least {TRANSACTION_TIMEOUT_BATCHES_MIN} times --batch-ms ({batch_ms} ms) \
+         and at least {TRANSACTION_TIMEOUT_MIN_MS} ms"
     )]
     TransactionTimeout { timeout_ms: u64, batch_ms: u64 },
     #[error("{variable}={value:?} is not valid: {why}")]
@@ -156,6 +157,11 @@ pub struct Config {
     pub faults: Faults,
 }
 
+/// The shortest transaction timeout, and how many batch windows it must
+/// hold at least: a batch must finish well inside its transaction.
+const TRANSACTION_TIMEOUT_MIN_MS: u64 = 1000;
+const TRANSACTION_TIMEOUT_BATCHES_MIN: u64 = 10;
+
 /// Everything the shard loop needs, resolved and checked once.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -204,8 +210,8 @@ impl Settings {
                 partitions: config.partitions,
             });
         }
-        if config.transaction_timeout_ms < 1000
-            || config.transaction_timeout_ms < config.batch_ms * 10
+        if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
+            || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
         {
             return Err(ConfigError::TransactionTimeout {
                 timeout_ms: config.transaction_timeout_ms,

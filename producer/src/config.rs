@@ -174,7 +174,8 @@ pub enum OnInvalid {
 pub enum ConfigError {
     #[error(
         "--transaction-timeout-secs ({timeout_secs} s) must exceed --batch-ms ({batch_ms} ms) \
-         by at least 5 s, or the broker aborts transactions that are still filling"
+         by at least {} s, or the broker aborts transactions that are still filling",
+        TRANSACTION_TIMEOUT_SLACK_MS / 1000
     )]
     TimeoutTooShort { timeout_secs: u64, batch_ms: u64 },
     #[error("--fail-share ({fail}) plus --duplicate-share ({duplicate}) must not exceed 1")]
@@ -185,11 +186,15 @@ pub enum ConfigError {
     EmptyTransactionalId,
 }
 
+/// How much longer than a batch's window a transaction may live: the time
+/// to send, settle and commit what the window filled.
+const TRANSACTION_TIMEOUT_SLACK_MS: u64 = 5000;
+
 impl Config {
     /// Checks what clap cannot check flag by flag. `run` calls it, so a
     /// `Config` built in code is held to the same rules as the command line.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.transaction_timeout_secs * 1000 < self.batch_ms + 5000 {
+        if self.transaction_timeout_secs * 1000 < self.batch_ms + TRANSACTION_TIMEOUT_SLACK_MS {
             return Err(ConfigError::TimeoutTooShort {
                 timeout_secs: self.transaction_timeout_secs,
                 batch_ms: self.batch_ms,
