@@ -8,6 +8,13 @@
 # The sourcing script provides `die MESSAGE`, a private directory in `$work`,
 # and its own name in `$engine_user` (for messages).
 
+# One check with an engine at a time: each changes the host's iptables and
+# puts them back when it ends, which would undo another's rules mid-run.
+hold_engine_lock() {
+  exec 9>/run/lock/txledger-engine-checks.lock
+  flock -w 3600 9 || die "another check held the engine lock for an hour"
+}
+
 started_dockerd=""
 saved_sysctls=()
 # Every sysctl dockerd may change, with its value before.
@@ -88,4 +95,35 @@ stop_engine() {
   wait "$started_dockerd" 2>/dev/null || true
   restore_host_state
   echo "stopped dockerd; iptables and sysctls restored"
+}
+
+# The Compose release built when the docker client has no v2 plugin.
+readonly COMPOSE_MODULE=github.com/docker/compose/v2
+readonly COMPOSE_VERSION=v2.40.3
+
+compose_major() {
+  local version
+  version=$(docker compose version --short 2>/dev/null) || return 1
+  version=${version#v}
+  printf '%s\n' "${version%%.*}"
+}
+
+# `go install` refuses this module (its go.mod has exclude directives), so the
+# module is downloaded and its command built in place.
+ensure_compose() {
+  local major dir plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  if major=$(compose_major) && ((major >= 2)); then
+    echo "docker compose $(docker compose version --short)"
+    return 0
+  fi
+  command -v go >/dev/null || die "no Compose v2 plugin and no Go to build one"
+  echo "building Compose $COMPOSE_VERSION from the Go module proxy"
+  dir=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "$COMPOSE_MODULE@$COMPOSE_VERSION" \
+    | sed -nE 's/^\t"Dir": "(.*)",$/\1/p')
+  [[ -d "$dir" ]] || die "go mod download $COMPOSE_MODULE@$COMPOSE_VERSION failed"
+  mkdir -p "$plugins"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 10 go build -trimpath \
+    -ldflags "-s -w -X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION" \
+    -o "$plugins/docker-compose" ./cmd)
+  echo "docker compose $(docker compose version --short)"
 }
