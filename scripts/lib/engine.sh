@@ -31,32 +31,45 @@ save_host_state() {
   return 0
 }
 
+# Undoes what dockerd did, and only that: the machine may be shared (a
+# Kubernetes node, another engine), and rules or settings another program
+# made during the run must stay.
 restore_host_state() {
-  local table chain entry
-  # Back to the saved rules: flush what dockerd added, reset the built-in
-  # chains' policies (dockerd sets FORWARD to DROP), then restore.
-  for table in filter nat mangle raw; do
-    iptables -t "$table" -F 2>/dev/null || continue
-    iptables -t "$table" -X
-    for chain in INPUT FORWARD OUTPUT PREROUTING POSTROUTING; do
-      iptables -t "$table" -P "$chain" ACCEPT 2>/dev/null || true
+  local table line chain policy rule entry key
+  for table in filter nat; do
+    # dockerd's rules jump to its chains or name its bridges (no quoting in
+    # them, so a line splits into words as iptables reads it).
+    while read -r line; do
+      grep -qxF -- "$line" "$work/iptables.before" && continue
+      read -ra rule <<<"${line#-A }"
+      iptables -t "$table" -D "${rule[@]}" 2>/dev/null || true
+    done < <(iptables-save -t "$table" | grep '^-A ' | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' || true)
+    for chain in DOCKER DOCKER-USER DOCKER-ISOLATION-STAGE-1 DOCKER-ISOLATION-STAGE-2; do
+      grep -q "^:$chain " "$work/iptables.before" && continue
+      if iptables -t "$table" -F "$chain" 2>/dev/null; then
+        iptables -t "$table" -X "$chain" 2>/dev/null || true
+      fi
     done
   done
-  iptables-restore <"$work/iptables.before"
+  # dockerd sets FORWARD's policy to DROP.
+  policy=$(sed -nE 's/^:FORWARD ([A-Z]+) .*/\1/p' "$work/iptables.before" | head -n 1)
+  iptables -P FORWARD "${policy:-ACCEPT}"
   for entry in "${saved_sysctls[@]}"; do
+    key=${entry%%=*}
+    [[ "$(sysctl -n "$key")" != "${entry#*=}" ]] || continue
+    # Forwarding stays on while another program forwards packets through
+    # rules of its own.
+    if [[ "$key" == net.ipv4.ip_forward ]] && iptables-save -t filter | grep -q '^-A FORWARD '; then
+      echo "$engine_user: leaving $key on: other FORWARD rules use it" >&2
+      continue
+    fi
     sysctl -q -w "$entry"
   done
   [[ -e "$work/docker0.existed" ]] || ip link delete docker0 2>/dev/null || true
-  if ! diff <(iptables_rules <"$work/iptables.before") <(iptables-save | iptables_rules); then
-    echo "$engine_user: WARNING: iptables rules differ from before the run (diff above)" >&2
+  if iptables-save | grep -E '^[:-]' | grep -qE 'DOCKER|docker0|br-[0-9a-f]{12}'; then
+    echo "$engine_user: WARNING: rules of dockerd are left in iptables:" >&2
+    iptables-save | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' >&2
   fi
-}
-
-# The rules and the chains that are not empty defaults: an empty table with
-# ACCEPT policies (what iptables-nft leaves after a flush) is no rule.
-iptables_rules() {
-  grep -E '^[:-]' | sed -E 's/ \[[0-9]+:[0-9]+\]$//' \
-    | grep -vE '^:(INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING) ACCEPT$' || true
 }
 
 start_engine() {
