@@ -15,6 +15,21 @@ hold_engine_lock() {
   flock -w 3600 9 || die "another check held the engine lock for an hour"
 }
 
+# Room for the images' build: the workspace's release build inside Docker
+# and the image layers take about 6 GiB (measured with `docker system df`).
+# A full disk shows up as the linker dying with SIGBUS mid-build, which says
+# nothing about space, so the check names it first.
+readonly ENGINE_MIN_FREE_GIB=10
+readonly ENGINE_BUILD_CACHE_KEEP_GIB=4
+require_disk_space() {
+  local dir=/var/lib/docker free_kib
+  [[ -d "$dir" ]] || dir=/var/lib
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  echo "disk: $((free_kib / 1024 / 1024)) GiB free for $dir"
+  ((free_kib >= ENGINE_MIN_FREE_GIB * 1024 * 1024)) \
+    || die "only $((free_kib / 1024 / 1024)) GiB free for $dir; building the images needs $ENGINE_MIN_FREE_GIB GiB (\`docker builder prune\` drops old build layers)"
+}
+
 started_dockerd=""
 saved_sysctls=()
 # Every sysctl dockerd may change, with its value before.
@@ -75,9 +90,11 @@ restore_host_state() {
 start_engine() {
   if docker info >/dev/null 2>&1; then
     echo "a Docker engine answers: $(docker version -f '{{.Server.Version}}')"
+    require_disk_space
     return 0
   fi
   ((EUID == 0)) || die "no Docker engine answers, and only root can start one"
+  require_disk_space
   save_host_state
   # overlay2: the default driver probe can settle on vfs here, which copies
   # every layer. dockerd manages iptables itself, so that containers and
@@ -95,6 +112,12 @@ start_engine() {
 
 stop_engine() {
   [[ -n "$started_dockerd" ]] || return 0
+  # Every build of changed sources leaves a superseded image and a few GiB
+  # of build layers; on an engine the check started (a CI machine's), they
+  # are trimmed so that repeated runs do not fill the disk. A running
+  # engine's owner keeps theirs.
+  docker image prune --force >/dev/null 2>&1 || true
+  docker builder prune --force --keep-storage "${ENGINE_BUILD_CACHE_KEEP_GIB}GB" >/dev/null 2>&1 || true
   kill -TERM "$started_dockerd" 2>/dev/null || true
   local deadline=$((SECONDS + 90))
   while kill -0 "$started_dockerd" 2>/dev/null; do
