@@ -49,6 +49,11 @@ save_host_state() {
 # Undoes what dockerd did, and only that: the machine may be shared (a
 # Kubernetes node, another engine), and rules or settings another program
 # made during the run must stay.
+# Chains and rules of an iptables-save, without packet counters.
+rule_lines() {
+  grep -E '^[:-]' | sed -E 's/ \[[0-9]+:[0-9]+\]$//'
+}
+
 restore_host_state() {
   local table line chain policy rule entry key
   for table in filter nat; do
@@ -81,9 +86,13 @@ restore_host_state() {
     sysctl -q -w "$entry"
   done
   [[ -e "$work/docker0.existed" ]] || ip link delete docker0 2>/dev/null || true
-  if iptables-save | grep -E '^[:-]' | grep -qE 'DOCKER|docker0|br-[0-9a-f]{12}'; then
+  # Rules a dockerd of before the run left are not this run's to remove.
+  local left
+  left=$(comm -13 <(rule_lines <"$work/iptables.before" | sort) <(iptables-save | rule_lines | sort) \
+    | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' || true)
+  if [[ -n "$left" ]]; then
     echo "$engine_user: WARNING: rules of dockerd are left in iptables:" >&2
-    iptables-save | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' >&2
+    printf '%s\n' "$left" >&2
   fi
 }
 
