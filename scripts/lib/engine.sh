@@ -72,14 +72,16 @@ restore_host_state() {
     done
   done
   # dockerd sets FORWARD's policy to DROP.
-  policy=$(sed -nE 's/^:FORWARD ([A-Z]+) .*/\1/p' "$work/iptables.before" | head -n 1)
+  policy=$(awk '/^:FORWARD / { print $2; exit }' "$work/iptables.before")
   iptables -P FORWARD "${policy:-ACCEPT}"
   for entry in "${saved_sysctls[@]}"; do
     key=${entry%%=*}
     [[ "$(sysctl -n "$key")" != "${entry#*=}" ]] || continue
     # Forwarding stays on while another program forwards packets through
     # rules of its own.
-    if [[ "$key" == net.ipv4.ip_forward ]] && iptables-save -t filter | grep -q '^-A FORWARD '; then
+    # grep -c reads to the end: grep -q would leave early, and with pipefail
+    # the writer's SIGPIPE would read as "no such rules".
+    if [[ "$key" == net.ipv4.ip_forward ]] && iptables-save -t filter | grep -c '^-A FORWARD ' >/dev/null; then
       echo "$engine_user: leaving $key on: other FORWARD rules use it" >&2
       continue
     fi
