@@ -162,7 +162,8 @@ struct TransferFact {
 
 impl TransferFact {
     /// A transfer's fact is the one of the credit it gives: `Credit::of`
-    /// keeps every field a fact compares.
+    /// keeps every field a fact compares. Its copy of the two account ids
+    /// is dropped at once; decoding the record allocated more.
     fn of_transfer(transfer: &Transfer, accounts: &mut Accounts) -> Self {
         Self::of_credit(&Credit::of(transfer), accounts)
     }
