@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PodTemplateSpec, Secret, Service,
+    ConfigMap, Container, EnvFromSource, EnvVar, Namespace, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -316,6 +316,10 @@ pub enum EnvSource {
     Secret(String),
 }
 
+/// One environment variable a container receives: its name, its value
+/// (when known from git) and its source.
+pub type ReceivedEnv = (String, Option<String>, EnvSource);
+
 /// Every environment variable a container receives, with its value (when
 /// known from git) and source. A ConfigMap named but not found is a problem.
 pub fn container_env(
@@ -323,86 +327,120 @@ pub fn container_env(
     manifests: &[Manifest],
     secret_keys: &BTreeMap<String, Vec<String>>,
     problems: &mut Vec<String>,
-) -> Vec<(String, Option<String>, EnvSource)> {
-    let config_map = |name: &str| {
-        manifests
-            .iter()
-            .find_map(|manifest| match &manifest.object {
-                Object::ConfigMap(map) if manifest.name() == name => {
-                    Some(map.data.clone().unwrap_or_default())
-                }
-                _ => None,
-            })
-    };
+) -> Vec<ReceivedEnv> {
     let mut out = Vec::new();
     for source in container.env_from.iter().flatten() {
-        let prefix = source.prefix.clone().unwrap_or_default();
-        if let Some(reference) = &source.config_map_ref {
-            match config_map(&reference.name) {
-                Some(data) => out.extend(data.into_iter().map(|(key, value)| {
-                    (
-                        format!("{prefix}{key}"),
-                        Some(value),
-                        EnvSource::ConfigMap(reference.name.clone()),
-                    )
-                })),
-                None => problems.push(format!(
-                    "container {}: envFrom names ConfigMap {} which no manifest defines",
-                    container.name, reference.name
-                )),
-            }
-        }
-        if let Some(reference) = &source.secret_ref {
-            match secret_keys.get(&reference.name) {
-                Some(keys) => out.extend(keys.iter().map(|key| {
-                    (
-                        format!("{prefix}{key}"),
-                        None,
-                        EnvSource::Secret(reference.name.clone()),
-                    )
-                })),
-                None => problems.push(format!(
-                    "container {}: envFrom names Secret {} whose creation deploy/README.md does not document",
-                    container.name, reference.name
-                )),
-            }
-        }
+        out.extend(env_from(
+            &container.name,
+            source,
+            manifests,
+            secret_keys,
+            problems,
+        ));
     }
     for variable in container.env.iter().flatten() {
-        match &variable.value_from {
-            None => out.push((
-                variable.name.clone(),
-                variable.value.clone(),
-                EnvSource::Literal,
-            )),
-            Some(from) => {
-                if let Some(key) = &from.config_map_key_ref {
-                    let value = config_map(&key.name).and_then(|data| data.get(&key.key).cloned());
-                    if value.is_none() && key.optional != Some(true) {
-                        problems.push(format!(
-                            "container {}: {} refers to {}/{} which does not exist",
-                            container.name, variable.name, key.name, key.key
-                        ));
-                    }
-                    out.push((
-                        variable.name.clone(),
-                        value,
-                        EnvSource::ConfigMap(key.name.clone()),
-                    ));
-                } else if let Some(key) = &from.secret_key_ref {
-                    out.push((
-                        variable.name.clone(),
-                        None,
-                        EnvSource::Secret(key.name.clone()),
-                    ));
-                } else {
-                    // fieldRef / resourceFieldRef: values from the pod itself.
-                    out.push((variable.name.clone(), None, EnvSource::Literal));
-                }
+        out.push(env_variable(&container.name, variable, manifests, problems));
+    }
+    out
+}
+
+/// The data of the ConfigMap the manifests define under `name`.
+fn config_map_data(manifests: &[Manifest], name: &str) -> Option<BTreeMap<String, String>> {
+    manifests
+        .iter()
+        .find_map(|manifest| match &manifest.object {
+            Object::ConfigMap(map) if manifest.name() == name => {
+                Some(map.data.clone().unwrap_or_default())
             }
+            _ => None,
+        })
+}
+
+/// The variables one `envFrom` entry brings: every key of its ConfigMap and
+/// of its Secret (as deploy/README.md documents the Secret's keys), each
+/// under the entry's prefix.
+fn env_from(
+    container: &str,
+    source: &EnvFromSource,
+    manifests: &[Manifest],
+    secret_keys: &BTreeMap<String, Vec<String>>,
+    problems: &mut Vec<String>,
+) -> Vec<ReceivedEnv> {
+    let prefix = source.prefix.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    if let Some(reference) = &source.config_map_ref {
+        match config_map_data(manifests, &reference.name) {
+            Some(data) => out.extend(data.into_iter().map(|(key, value)| {
+                (
+                    format!("{prefix}{key}"),
+                    Some(value),
+                    EnvSource::ConfigMap(reference.name.clone()),
+                )
+            })),
+            None => problems.push(format!(
+                "container {container}: envFrom names ConfigMap {} which no manifest defines",
+                reference.name
+            )),
+        }
+    }
+    if let Some(reference) = &source.secret_ref {
+        match secret_keys.get(&reference.name) {
+            Some(keys) => out.extend(keys.iter().map(|key| {
+                (
+                    format!("{prefix}{key}"),
+                    None,
+                    EnvSource::Secret(reference.name.clone()),
+                )
+            })),
+            None => problems.push(format!(
+                "container {container}: envFrom names Secret {} whose creation deploy/README.md does not document",
+                reference.name
+            )),
         }
     }
     out
+}
+
+/// One `env` entry: its literal value, or where its `valueFrom` takes the
+/// value from. A ConfigMap key that does not exist (and is not optional) is
+/// a problem.
+fn env_variable(
+    container: &str,
+    variable: &EnvVar,
+    manifests: &[Manifest],
+    problems: &mut Vec<String>,
+) -> ReceivedEnv {
+    let Some(from) = &variable.value_from else {
+        return (
+            variable.name.clone(),
+            variable.value.clone(),
+            EnvSource::Literal,
+        );
+    };
+    if let Some(key) = &from.config_map_key_ref {
+        let value =
+            config_map_data(manifests, &key.name).and_then(|data| data.get(&key.key).cloned());
+        if value.is_none() && key.optional != Some(true) {
+            problems.push(format!(
+                "container {container}: {} refers to {}/{} which does not exist",
+                variable.name, key.name, key.key
+            ));
+        }
+        (
+            variable.name.clone(),
+            value,
+            EnvSource::ConfigMap(key.name.clone()),
+        )
+    } else if let Some(key) = &from.secret_key_ref {
+        (
+            variable.name.clone(),
+            None,
+            EnvSource::Secret(key.name.clone()),
+        )
+    } else {
+        // fieldRef / resourceFieldRef: values from the pod itself.
+        (variable.name.clone(), None, EnvSource::Literal)
+    }
 }
 
 /// The Secrets deploy/README.md documents with `kubectl ... create secret

@@ -24,7 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use syn::visit::Visit;
-use syn::{Attribute, Expr, ExprCall, ExprMethodCall, Field, ItemConst, ItemFn, ItemMod, Lit};
+use syn::{Attribute, Expr, ExprCall, ExprMethodCall, Field, Item, ItemConst, ItemMod, Lit};
 
 use crate::repo;
 
@@ -139,8 +139,9 @@ pub fn scan(files: &[PathBuf]) -> Result<Facts, String> {
     for file in files {
         let text =
             fs::read_to_string(file).map_err(|error| format!("{}: {error}", file.display()))?;
-        let syntax =
+        let mut syntax =
             syn::parse_file(&text).map_err(|error| format!("{}: {error}", file.display()))?;
+        drop_test_only(&mut syntax.items);
         parsed.push(syntax);
     }
     let mut constants = Constants::default();
@@ -159,6 +160,26 @@ pub fn scan(files: &[PathBuf]) -> Result<Facts, String> {
         scanner.visit_file(syntax);
     }
     Ok(scanner.facts)
+}
+
+/// Drops `#[cfg(test)]` modules and `#[test]` functions, here and in the
+/// modules within, so that neither pass sees them. Module level is where
+/// Rust code puts them; items declared inside function bodies are kept.
+fn drop_test_only(items: &mut Vec<Item>) {
+    items.retain(|item| match item {
+        Item::Mod(module) => !is_test_only(&module.attrs),
+        Item::Fn(function) => !is_test_only(&function.attrs),
+        _ => true,
+    });
+    for item in items {
+        if let Item::Mod(ItemMod {
+            content: Some((_, inner)),
+            ..
+        }) = item
+        {
+            drop_test_only(inner);
+        }
+    }
 }
 
 fn is_test_only(attrs: &[Attribute]) -> bool {
@@ -189,18 +210,6 @@ struct Constants {
 }
 
 impl<'ast> Visit<'ast> for Constants {
-    fn visit_item_mod(&mut self, item: &'ast ItemMod) {
-        if !is_test_only(&item.attrs) {
-            syn::visit::visit_item_mod(self, item);
-        }
-    }
-
-    fn visit_item_fn(&mut self, item: &'ast ItemFn) {
-        if !is_test_only(&item.attrs) {
-            syn::visit::visit_item_fn(self, item);
-        }
-    }
-
     fn visit_item_const(&mut self, item: &'ast ItemConst) {
         let name = item.ident.to_string();
         if let Expr::Lit(literal) = item.expr.as_ref() {
@@ -298,18 +307,6 @@ impl Scanner<'_> {
 }
 
 impl<'ast> Visit<'ast> for Scanner<'_> {
-    fn visit_item_mod(&mut self, item: &'ast ItemMod) {
-        if !is_test_only(&item.attrs) {
-            syn::visit::visit_item_mod(self, item);
-        }
-    }
-
-    fn visit_item_fn(&mut self, item: &'ast ItemFn) {
-        if !is_test_only(&item.attrs) {
-            syn::visit::visit_item_fn(self, item);
-        }
-    }
-
     fn visit_field(&mut self, field: &'ast Field) {
         for attr in &field.attrs {
             self.clap_argument(attr);
@@ -419,6 +416,10 @@ mod tests {
             }
             #[cfg(test)]
             mod tests { fn t() { let _ = std::env::var("ONLY_IN_TESTS"); } }
+            mod inner {
+                #[test]
+                fn t() { let _ = std::env::var("ONLY_IN_A_TEST"); }
+            }
             "#,
         );
         let expected: BTreeSet<String> = [

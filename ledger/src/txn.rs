@@ -180,9 +180,12 @@ pub fn init_transactions<C: ProducerContext>(
     producer.init_transactions(deadline.saturating_duration_since(Instant::now()))
 }
 
+/// A record for a producer whose context is `C`.
+pub type Record<'a, K, P, C> = BaseRecord<'a, K, P, <C as ProducerContext>::DeliveryOpaque>;
+
 /// What `send` of either producer type returns: on failure, the error and
 /// the record back, to try again.
-pub type Enqueued<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, D>)>;
+pub type Enqueued<'a, K, P, C> = Result<(), (KafkaError, Record<'a, K, P, C>)>;
 
 /// The two producer types, as far as the helpers here need them: hand a
 /// record over, and let delivery reports be served for a moment.
@@ -190,10 +193,7 @@ pub trait Reports<C: ProducerContext>: Producer<C> {
     /// `send` of the producer type (each has its own, with the same shape,
     /// whose large error hands the record back without a copy).
     #[allow(clippy::result_large_err)]
-    fn enqueue<'a, K, P>(
-        &self,
-        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Enqueued<'a, K, P, C::DeliveryOpaque>
+    fn enqueue<'a, K, P>(&self, record: Record<'a, K, P, C>) -> Enqueued<'a, K, P, C>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized;
@@ -202,19 +202,24 @@ pub trait Reports<C: ProducerContext>: Producer<C> {
     fn serve_reports(&self, pause: Duration);
 }
 
+/// [`Reports::enqueue`] as the producer type's own `send`: both types have
+/// one of the same shape, but no rdkafka trait declares it to call it through.
+macro_rules! enqueue_by_send {
+    () => {
+        fn enqueue<'a, K, P>(&self, record: Record<'a, K, P, C>) -> Enqueued<'a, K, P, C>
+        where
+            K: ToBytes + ?Sized,
+            P: ToBytes + ?Sized,
+        {
+            self.send(record)
+        }
+    };
+}
+
 /// A `BaseProducer` serves its reports only when polled. `poll` with a
 /// timeout returns only at the timeout, so poll without one, then pause.
 impl<C: ProducerContext> Reports<C> for BaseProducer<C> {
-    fn enqueue<'a, K, P>(
-        &self,
-        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Enqueued<'a, K, P, C::DeliveryOpaque>
-    where
-        K: ToBytes + ?Sized,
-        P: ToBytes + ?Sized,
-    {
-        self.send(record)
-    }
+    enqueue_by_send!();
 
     fn serve_reports(&self, pause: Duration) {
         self.poll(Duration::ZERO);
@@ -224,16 +229,7 @@ impl<C: ProducerContext> Reports<C> for BaseProducer<C> {
 
 /// A `ThreadedProducer`'s own thread serves its reports: just wait.
 impl<C: ProducerContext + 'static> Reports<C> for ThreadedProducer<C> {
-    fn enqueue<'a, K, P>(
-        &self,
-        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> Enqueued<'a, K, P, C::DeliveryOpaque>
-    where
-        K: ToBytes + ?Sized,
-        P: ToBytes + ?Sized,
-    {
-        self.send(record)
-    }
+    enqueue_by_send!();
 
     fn serve_reports(&self, pause: Duration) {
         thread::sleep(pause);
@@ -245,7 +241,7 @@ impl<C: ProducerContext + 'static> Reports<C> for ThreadedProducer<C> {
 /// `message.timeout.ms`: a queue that stays full that long will not drain.
 pub fn send<C, K, P>(
     producer: &impl Reports<C>,
-    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+    mut record: Record<'_, K, P, C>,
     timeout: Duration,
 ) -> KafkaResult<()>
 where
