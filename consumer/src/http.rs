@@ -90,11 +90,14 @@ async fn read<T: Send + 'static>(
 
 fn store_error(error: sled::Error) -> ApiError {
     // A failed sled read means I/O trouble or corruption: an operator must look.
-    tracing::error!(message = "Reading the ledger failed.", error = %error);
+    tracing::error!(message = "Reading the ledger failed.", error = %ledger::telemetry::chain(&error));
     measure::error(ErrorEvent::Store);
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("reading the ledger failed: {error}"),
+        format!(
+            "reading the ledger failed: {}",
+            ledger::telemetry::chain(&error)
+        ),
     )
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ledger::kafka;
 use ledger::store::{Store, StoreError, StoreReader, WriteReport};
+use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::Money;
 use ledger_core::machine::{
@@ -97,13 +98,18 @@ impl ProducerContext for KafkaContext {
 }
 
 /// Logs an error event and counts it, in one place.
-fn report(event: ErrorEvent, step: &'static str, error: &dyn std::fmt::Display, what: &str) {
+fn report(
+    event: ErrorEvent,
+    step: &'static str,
+    error: &(dyn std::error::Error + 'static),
+    what: &str,
+) {
     measure::error(event);
     let class = event.name();
     if event.needs_operator() {
-        error!(message = what, class, step, error = %error);
+        error!(message = what, class, step, error = %chain(error));
     } else {
-        warn!(message = what, class, step, error = %error);
+        warn!(message = what, class, step, error = %chain(error));
     }
 }
 
@@ -235,7 +241,7 @@ impl Shard {
         {
             warn!(
                 message = "Fetching the input topics' metadata failed; assigning anyway.",
-                error = %error,
+                error = %chain(&error),
             );
         }
         self.seek_to_store()?;
@@ -353,7 +359,7 @@ impl Shard {
         let effects = process_batch(&self.store, &self.settings.rules, &records).inspect_err(|error| {
             error!(
                 message = "A credit sits on a partition that does not own its account; stopping.",
-                error = %error,
+                error = %chain(error),
             );
         })?;
         if effects.counts.misrouted > 0 {

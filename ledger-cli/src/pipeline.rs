@@ -31,7 +31,7 @@ pub enum PipelineError {
          (`cargo build --workspace`, or `--release`)"
     )]
     MissingBinary { name: &'static str, dir: PathBuf },
-    #[error("could not start {what}: {source}")]
+    #[error("could not start {what}")]
     Spawn {
         what: String,
         #[source]
@@ -49,9 +49,9 @@ pub enum PipelineError {
         status: ExitStatus,
         log: PathBuf,
     },
-    #[error("Kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -114,13 +114,13 @@ pub fn prefetch_metadata<C: ConsumerContext>(
 /// Why topics could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
-    #[error("could not create an admin client for {bootstrap}: {source}")]
+    #[error("could not create an admin client for {bootstrap}")]
     Client {
         bootstrap: String,
         #[source]
         source: KafkaError,
     },
-    #[error("the broker at {bootstrap} did not answer within {timeout:?}: {source}")]
+    #[error("the broker at {bootstrap} did not answer within {timeout:?}")]
     Unreachable {
         bootstrap: String,
         timeout: Duration,
@@ -224,7 +224,7 @@ impl rdkafka::client::ClientContext for EofReaderContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
         if !end_of_partition {
-            tracing::warn!(message = "Kafka client error.", error = %error, reason);
+            tracing::warn!(message = "Kafka client error.", error = %crate::telemetry::chain(&error), reason);
         }
     }
 }

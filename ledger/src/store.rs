@@ -54,7 +54,7 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("the ledger at {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
-    #[error("sled error on {path}: {source}")]
+    #[error("sled error on {path}")]
     Sled {
         path: PathBuf,
         #[source]

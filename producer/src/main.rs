@@ -14,14 +14,14 @@ async fn main() -> ExitCode {
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(error) => {
-            eprintln!("error: cannot install the signal handlers: {error:#}");
+            eprintln!("error: cannot install the signal handlers: {error}");
             return ExitCode::FAILURE;
         }
     };
     match producer::run(config, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {:#}", anyhow::Error::new(error));
+            eprintln!("error: {}", ledger::telemetry::chain(&error));
             ExitCode::FAILURE
         }
     }

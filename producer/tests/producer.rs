@@ -503,6 +503,12 @@ fn an_unreachable_broker_is_an_error_within_the_connect_timeout() {
             started.elapsed()
         );
         assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+        // The cause is librdkafka's time-out, printed once after the context.
+        let error = stderr
+            .lines()
+            .find(|line| line.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line in {stderr}"));
+        assert_eq!(error.matches("timed out").count(), 1, "{error}");
     }
 }
 
