@@ -426,18 +426,18 @@ impl Pipeline {
         let config = &self.config;
         let child = Command::new(&self.binaries.producer)
             .env(kafka::ENV_BOOTSTRAP, &config.bootstrap_servers)
-            .env(names::KAFKA_TOPIC, &config.topics.transactions)
-            .env(names::PRODUCER_PARTITIONS, config.partitions.to_string())
+            .env(names::TXLEDGER_TRANSFERS_TOPIC, &config.topics.transactions)
+            .env(names::TXLEDGER_PARTITIONS, config.partitions.to_string())
             .env(
-                names::PRODUCER_TRANSACTIONAL_ID,
+                names::TXLEDGER_PRODUCER_TRANSACTIONAL_ID,
                 &config.producer_transactional_id,
             )
-            .env(names::PRODUCER_COUNT, run.count.to_string())
-            .env(names::PRODUCER_RATE, run.rate.to_string())
-            .env(names::PRODUCER_SEED, run.seed.to_string())
-            .env(names::PRODUCER_ACCOUNTS, run.accounts.to_string())
-            .env(names::PRODUCER_BATCH_MS, run.batch_ms.to_string())
-            .env(names::PRODUCER_PROGRESS_SECS, "5")
+            .env(names::TXLEDGER_PRODUCER_COUNT, run.count.to_string())
+            .env(names::TXLEDGER_PRODUCER_RATE, run.rate.to_string())
+            .env(names::TXLEDGER_PRODUCER_SEED, run.seed.to_string())
+            .env(names::TXLEDGER_PRODUCER_ACCOUNTS, run.accounts.to_string())
+            .env(names::TXLEDGER_PRODUCER_BATCH_MS, run.batch_ms.to_string())
+            .env(names::TXLEDGER_PRODUCER_PROGRESS_SECS, "5")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
