@@ -480,11 +480,12 @@ impl Shard {
             return Err(Interrupted::Deliberate);
         }
         self.settle();
-        // No timeout on the call, as librdkafka recommends: a finite one can
-        // fail with a flush timeout that carries no retriable/abortable/
-        // fatal flag, leaving the transaction's fate unknown. The wait is
-        // still bounded: undelivered records fail after message.timeout.ms,
-        // which fails the commit (abortable).
+        // `Timeout::Never` passes -1, which librdkafka reads as the
+        // transaction's remaining time (transaction.timeout.ms), the use it
+        // recommends: a shorter one can fail with a flush timeout that
+        // carries no retriable/abortable/fatal flag, leaving the
+        // transaction's fate unknown. Undelivered records fail sooner, after
+        // message.timeout.ms, which fails the commit (abortable).
         attempt("commit_transaction", || {
             self.producer.commit_transaction(Timeout::Never)
         })?;

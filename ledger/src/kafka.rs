@@ -91,7 +91,9 @@ pub fn read_committed_consumer_config(bootstrap_servers: &str, group_id: &str) -
         .set("fetch.wait.max.ms", "100")
         // Off: a shard polls on and never asks whether it is caught up.
         // Readers that stop at the end of each partition (the audit, the
-        // tests) turn it on themselves, with an `EofReaderContext`.
+        // demo's probe, the tests, the bench) turn it on themselves, the
+        // audit and the probe with an `EofReaderContext`, which keeps the
+        // events out of the error log.
         .set("enable.partition.eof", "false");
     config
 }

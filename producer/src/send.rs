@@ -349,10 +349,11 @@ impl Sender {
         for attempt in 1..=BATCH_ATTEMPTS_MAX {
             let outcome = match failure.take() {
                 Some(error) => Err(error),
-                // Never time out: librdkafka advises an infinite timeout, a
-                // finite one can fail with an unclassified flush timeout. The
-                // wait is still bounded: undelivered records fail after
-                // message.timeout.ms, which fails the commit (abortable).
+                // `Timeout::Never` passes -1, which librdkafka reads as the
+                // transaction's remaining time, the use it recommends: a
+                // shorter one can fail with an unclassified flush timeout.
+                // Undelivered records fail sooner, after message.timeout.ms,
+                // which fails the commit (abortable).
                 None => {
                     self.settle(producer);
                     self.retrying("commit_transaction", || {
