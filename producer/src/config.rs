@@ -254,7 +254,13 @@ impl Config {
     /// other thread exists: it changes the process environment.
     pub fn from_env_and_args() -> (Config, Vec<String>) {
         let mut warnings = names::adopt_renamed(RENAMED_ENV);
-        let config = Config::parse();
+        let config = Config::try_parse().unwrap_or_else(|error| {
+            // Logging is not set up yet; a bad value may come from an old name.
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            error.exit()
+        });
         warnings.extend(config.deprecations());
         (config, warnings)
     }
