@@ -219,7 +219,7 @@ fn producer_config(
         "producer",
         "--bootstrap-servers",
         &bench.bootstrap,
-        "--topic",
+        "--transfers-topic",
         topic,
         "--partitions",
         &partitions,

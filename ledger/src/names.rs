@@ -75,16 +75,21 @@ pub fn adopt_renamed(renamed: &[(&str, &str)]) -> Vec<String> {
         let Some(value) = std::env::var_os(old) else {
             continue;
         };
-        if std::env::var_os(new).is_some() {
-            warnings.push(format!(
-                "{old} is ignored: it was renamed {new}, which is set too; remove {old}"
-            ));
-        } else {
+        let new_set = std::env::var_os(new).is_some();
+        if !new_set {
             std::env::set_var(new, value);
-            warnings.push(format!(
-                "{old} is deprecated and will be ignored in the next release: rename it {new}"
-            ));
         }
+        warnings.push(renamed_warning(old, new, new_set));
     }
     warnings
+}
+
+/// The warning about a setting still given under its old name `old`: it is
+/// ignored when the new one is given too, else read for this release.
+pub fn renamed_warning(old: &str, new: &str, new_given: bool) -> String {
+    if new_given {
+        format!("{old} is ignored: it was renamed {new}, which is given too; remove {old}")
+    } else {
+        format!("{old} is deprecated and will be ignored in the next release: use {new}")
+    }
 }

@@ -84,9 +84,15 @@ pub struct Config {
     #[arg(long, env = kafka::ENV_BOOTSTRAP, default_value = "localhost:9092")]
     pub bootstrap_servers: String,
 
-    /// Topic the transfers are written to; created at start if missing.
-    #[arg(long, env = names::TXLEDGER_TRANSFERS_TOPIC, default_value = names::TOPIC_TRANSFERS)]
-    pub topic: String,
+    /// Topic the transfers are written to; created at start if missing
+    /// [default: transactions].
+    #[arg(long, env = names::TXLEDGER_TRANSFERS_TOPIC)]
+    transfers_topic: Option<String>,
+
+    /// --transfers-topic under its name before 0.2: read for one release,
+    /// with a warning.
+    #[arg(long = "topic", hide = true)]
+    topic: Option<String>,
 
     /// Partition count used when the topic is created. An existing topic with
     /// another count is refused: shards map accounts to partitions.
@@ -127,13 +133,13 @@ pub struct Config {
     /// 5000 ms [default: 60000].
     #[arg(long, env = names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1_000..=900_000))]
-    pub transaction_timeout_ms: Option<u64>,
+    transaction_timeout_ms: Option<u64>,
 
     /// The transaction timeout in seconds, under its name before 0.2: read
     /// for one release, with a warning. --transaction-timeout-ms wins.
     #[arg(long, env = "PRODUCER_TRANSACTION_TIMEOUT_SECS", hide = true,
           value_parser = clap::value_parser!(u64).range(1..=900))]
-    pub transaction_timeout_secs: Option<u64>,
+    transaction_timeout_secs: Option<u64>,
 
     /// Bound on reaching the broker at start (topic creation, transactional
     /// initialization); an unreachable broker is an error after this long.
@@ -267,21 +273,34 @@ impl Config {
 
     /// Warnings about deprecated arguments in use, naming what replaces them.
     pub fn deprecations(&self) -> Vec<String> {
-        let Some(secs) = self.transaction_timeout_secs else {
-            return Vec::new();
-        };
-        let new = format!(
-            "--transaction-timeout-ms ({})",
-            names::TXLEDGER_TRANSACTION_TIMEOUT_MS
-        );
-        let old = "--transaction-timeout-secs (PRODUCER_TRANSACTION_TIMEOUT_SECS)";
-        vec![match self.transaction_timeout_ms {
-            Some(_) => format!("{old} is ignored: {new} is given too; remove {old}"),
-            None => format!(
-                "{old} is deprecated and will be ignored in the next release: use {new} = {}",
-                secs * 1000
-            ),
-        }]
+        let mut warnings = Vec::new();
+        if let Some(secs) = self.transaction_timeout_secs {
+            warnings.push(names::renamed_warning(
+                "--transaction-timeout-secs (PRODUCER_TRANSACTION_TIMEOUT_SECS)",
+                &format!(
+                    "--transaction-timeout-ms ({}) = {}",
+                    names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
+                    secs * 1000
+                ),
+                self.transaction_timeout_ms.is_some(),
+            ));
+        }
+        if self.topic.is_some() {
+            warnings.push(names::renamed_warning(
+                "--topic",
+                &format!("--transfers-topic ({})", names::TXLEDGER_TRANSFERS_TOPIC),
+                self.transfers_topic.is_some(),
+            ));
+        }
+        warnings
+    }
+
+    /// The topic the transfers are written to.
+    pub fn transfers_topic(&self) -> &str {
+        self.transfers_topic
+            .as_deref()
+            .or(self.topic.as_deref())
+            .unwrap_or(names::TOPIC_TRANSFERS)
     }
 
     fn transaction_timeout_ms(&self) -> u64 {
@@ -380,7 +399,7 @@ mod tests {
     fn defaults_are_valid() {
         let config = parse(&["--bootstrap-servers", "b:9092"]).unwrap();
         config.validate().unwrap();
-        assert_eq!(config.topic, "transactions");
+        assert_eq!(config.transfers_topic(), "transactions");
         assert_eq!(config.partitions, 6);
         assert_eq!(config.batch_records, 100_000);
         assert_eq!(config.batch_ms, 100);
@@ -430,6 +449,13 @@ mod tests {
         .unwrap();
         assert_eq!(config.transaction_timeout(), Duration::from_millis(9_000));
         assert!(config.deprecations()[0].contains("is ignored"));
+
+        let config = parse(&["--topic", "old"]).unwrap();
+        assert_eq!(config.transfers_topic(), "old");
+        assert!(config.deprecations()[0].contains("use --transfers-topic"));
+        let config = parse(&["--topic", "old", "--transfers-topic", "new"]).unwrap();
+        assert_eq!(config.transfers_topic(), "new");
+        assert!(config.deprecations()[0].starts_with("--topic is ignored"));
     }
 
     #[test]

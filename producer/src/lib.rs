@@ -164,7 +164,7 @@ pub async fn run(
     log_start(&config, transactional_id.as_deref(), seed);
 
     let topic = TopicSpec {
-        name: &config.topic,
+        name: config.transfers_topic(),
         partitions: config.partitions,
         exact: true,
     };
@@ -245,7 +245,7 @@ async fn send(
 fn log_start(config: &Config, transactional_id: Option<&str>, seed: Option<u64>) {
     info!(
         bootstrap_servers = %config.bootstrap_servers,
-        topic = %config.topic,
+        topic = %config.transfers_topic(),
         transactional_id = transactional_id.unwrap_or("none (--no-transactions)"),
         from_file = config.from_file.as_ref().map(|path| path.display().to_string()),
         seed,
@@ -261,7 +261,7 @@ fn log_start(config: &Config, transactional_id: Option<&str>, seed: Option<u64>)
 fn sender_settings(config: &Config, transactional_id: Option<String>) -> Settings {
     Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
-        topic: config.topic.clone(),
+        topic: config.transfers_topic().to_owned(),
         transactional_id,
         batch_records: config.batch_records,
         batch_duration: config.batch_duration(),

@@ -30,7 +30,7 @@ fn args(bootstrap: &str, topic: &str, extra: &[&str]) -> Vec<String> {
     let base = [
         "--bootstrap-servers",
         bootstrap,
-        "--topic",
+        "--transfers-topic",
         topic,
         "--partitions",
         &partitions,
@@ -504,7 +504,7 @@ fn the_environment_names_before_0_2_are_read_with_a_warning() {
     for expected in [
         "--transaction-timeout-ms (61000 ms) must exceed --batch-ms (60000 ms)",
         "PRODUCER_BATCH_MS is deprecated and will be ignored in the next release: \
-         rename it TXLEDGER_PRODUCER_BATCH_MS",
+         use TXLEDGER_PRODUCER_BATCH_MS",
         "use --transaction-timeout-ms (TXLEDGER_TRANSACTION_TIMEOUT_MS) = 61000",
     ] {
         assert!(said.contains(expected), "{expected:?} in:\n{said}");
@@ -524,7 +524,8 @@ fn the_environment_names_before_0_2_are_read_with_a_warning() {
     assert_eq!(output.status.code(), Some(1), "{said}");
     for expected in [
         "--transaction-timeout-ms (5000 ms) must exceed --batch-ms (100 ms)",
-        "PRODUCER_BATCH_MS is ignored: it was renamed TXLEDGER_PRODUCER_BATCH_MS, which is set too",
+        "PRODUCER_BATCH_MS is ignored: it was renamed TXLEDGER_PRODUCER_BATCH_MS, which is given \
+         too",
     ] {
         assert!(said.contains(expected), "{expected:?} in:\n{said}");
     }
