@@ -207,7 +207,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", ledger::telemetry::chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

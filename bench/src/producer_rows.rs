@@ -199,7 +199,7 @@ fn produce(
     Ok(produced)
 }
 
-/// Every flag that shapes the run is explicit, so that a PRODUCER_*
+/// Every flag that shapes the run is explicit, so that a TXLEDGER_*
 /// variable in the environment cannot skew one contender.
 fn producer_config(
     bench: &Bench,
@@ -219,7 +219,7 @@ fn producer_config(
         "producer",
         "--bootstrap-servers",
         &bench.bootstrap,
-        "--topic",
+        "--transfers-topic",
         topic,
         "--partitions",
         &partitions,

@@ -21,9 +21,10 @@ use serde::Deserialize;
 use crate::measure::{self, ErrorEvent};
 use crate::shard::Shared;
 
-/// Most accounts one `?top=N` query returns: it bounds the answer's size and
-/// the sort's work, yet lets `ledger audit --url` list every balance of a
-/// shard in one answer.
+/// Most accounts one `?top=N` query returns: it bounds the answer's size,
+/// not the work (the shard reads and sorts every balance whatever N), and
+/// lets `ledger audit --url` list every balance of a shard of up to this
+/// many accounts in one answer.
 pub const TOP_MAX: usize = 10_000_000;
 const TOP_DEFAULT: usize = 10;
 /// Most balances in one page of `/v1/balances`: bounds the answer's size;
@@ -90,11 +91,14 @@ async fn read<T: Send + 'static>(
 
 fn store_error(error: sled::Error) -> ApiError {
     // A failed sled read means I/O trouble or corruption: an operator must look.
-    tracing::error!(message = "Reading the ledger failed.", error = %error);
+    tracing::error!(message = "Reading the ledger failed.", error = %ledger::telemetry::chain(&error));
     measure::error(ErrorEvent::Store);
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("reading the ledger failed: {error}"),
+        format!(
+            "reading the ledger failed: {}",
+            ledger::telemetry::chain(&error)
+        ),
     )
 }
 

@@ -48,32 +48,34 @@ pub use config::{Config, ConfigError};
 /// Bound on creating or checking the topics at start.
 const TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why the shard stopped. Each message is complete on its own (it names the
-/// cause's text), so printing it without its source chain says everything.
+/// Why the shard stopped. A message leaves its cause out (it is the
+/// `source()`): print it with `ledger::telemetry::chain`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] ConfigError),
-    #[error("the topics are not usable: {0}")]
+    #[error("the topics are not usable")]
     Topics(#[from] TopicError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("stopping before the batch is written: {0}")]
+    #[error("stopping before the batch is written")]
     MisroutedCredit(#[from] ledger_core::machine::MisroutedCredit),
     #[error("recovery refused to start the shard: {0}")]
     RecoveryRefused(String),
-    #[error("fatal Kafka error at {step}: {error}")]
+    #[error("fatal Kafka error at {step}")]
     Kafka {
         step: &'static str,
+        #[source]
         error: KafkaError,
     },
-    #[error("the HTTP API on {address} failed: {error}")]
+    #[error("the HTTP API on {address} failed")]
     Http {
         address: SocketAddr,
+        #[source]
         error: std::io::Error,
     },
-    #[error("could not start the shard thread: {0}")]
-    Thread(std::io::Error),
+    #[error("could not start the shard thread")]
+    Thread(#[source] std::io::Error),
     #[error("the shard loop panicked (an invariant was violated; see the panic message)")]
     LoopPanicked,
 }

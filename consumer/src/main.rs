@@ -15,8 +15,10 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // Display only: every error of the library names its cause.
-            tracing::error!(message = "The shard stopped on an error.", error = %error);
+            tracing::error!(
+                message = "The shard stopped on an error.",
+                error = %ledger::telemetry::chain(error.as_ref()),
+            );
             ExitCode::FAILURE
         }
     }
@@ -27,7 +29,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|error| anyhow::anyhow!("starting the async runtime failed: {error}"))?;
+        .context("starting the async runtime failed")?;
     runtime.block_on(async {
         // Before anything else runs: a SIGTERM during recovery is not lost.
         let shutdown = shutdown_signal().context("installing the signal handlers")?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ledger::kafka;
 use ledger::store::{Store, StoreError, StoreReader, WriteReport};
+use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::Money;
 use ledger_core::machine::{
@@ -97,13 +98,18 @@ impl ProducerContext for KafkaContext {
 }
 
 /// Logs an error event and counts it, in one place.
-fn report(event: ErrorEvent, step: &'static str, error: &dyn std::fmt::Display, what: &str) {
+fn report(
+    event: ErrorEvent,
+    step: &'static str,
+    error: &(dyn std::error::Error + 'static),
+    what: &str,
+) {
     measure::error(event);
     let class = event.name();
     if event.needs_operator() {
-        error!(message = what, class, step, error = %error);
+        error!(message = what, class, step, error = %chain(error));
     } else {
-        warn!(message = what, class, step, error = %error);
+        warn!(message = what, class, step, error = %chain(error));
     }
 }
 
@@ -235,7 +241,7 @@ impl Shard {
         {
             warn!(
                 message = "Fetching the input topics' metadata failed; assigning anyway.",
-                error = %error,
+                error = %chain(&error),
             );
         }
         self.seek_to_store()?;
@@ -353,7 +359,7 @@ impl Shard {
         let effects = process_batch(&self.store, &self.settings.rules, &records).inspect_err(|error| {
             error!(
                 message = "A credit sits on a partition that does not own its account; stopping.",
-                error = %error,
+                error = %chain(error),
             );
         })?;
         if effects.counts.misrouted > 0 {
@@ -474,11 +480,12 @@ impl Shard {
             return Err(Interrupted::Deliberate);
         }
         self.settle();
-        // No timeout on the call, as librdkafka recommends: a finite one can
-        // fail with a flush timeout that carries no retriable/abortable/
-        // fatal flag, leaving the transaction's fate unknown. The wait is
-        // still bounded: undelivered records fail after message.timeout.ms,
-        // which fails the commit (abortable).
+        // `Timeout::Never` passes -1, which librdkafka reads as the
+        // transaction's remaining time (transaction.timeout.ms), the use it
+        // recommends: a shorter one can fail with a flush timeout that
+        // carries no retriable/abortable/fatal flag, leaving the
+        // transaction's fate unknown. Undelivered records fail sooner, after
+        // message.timeout.ms, which fails the commit (abortable).
         attempt("commit_transaction", || {
             self.producer.commit_transaction(Timeout::Never)
         })?;

@@ -391,7 +391,7 @@ fn the_topics_are_the_ones_the_binaries_use_with_matching_partitions() {
             problems.push(format!("topics does not create {topic:?} ({variable})"));
         }
     }
-    let written = value(services["producer"], &producer, "KAFKA_TOPIC");
+    let written = value(services["producer"], &producer, "TXLEDGER_TRANSFERS_TOPIC");
     let read = value(shard, &consumer, "TXLEDGER_TRANSFERS_TOPIC");
     if written != read {
         problems.push(format!(
@@ -399,11 +399,10 @@ fn the_topics_are_the_ones_the_binaries_use_with_matching_partitions() {
         ));
     }
     let partitions = value(shard, &consumer, "TXLEDGER_PARTITIONS").unwrap_or_default();
-    if value(services["producer"], &producer, "PRODUCER_PARTITIONS").as_deref()
+    if value(services["producer"], &producer, "TXLEDGER_PARTITIONS").as_deref()
         != Some(partitions.as_str())
     {
-        problems
-            .push("PRODUCER_PARTITIONS differs from the shards' TXLEDGER_PARTITIONS".to_owned());
+        problems.push("the producer's TXLEDGER_PARTITIONS differs from the shards'".to_owned());
     }
     if !command.contains(&format!("--partitions {partitions}")) {
         problems.push(format!(

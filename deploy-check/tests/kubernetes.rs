@@ -439,7 +439,7 @@ fn ports_and_probe_paths_match_what_the_binaries_serve() {
             );
             let (address_variable, probes_required) = match main {
                 Binary::Consumer => ("TXLEDGER_HTTP_ADDR", true),
-                Binary::Producer => ("PRODUCER_METRICS_ADDR", true),
+                Binary::Producer => ("TXLEDGER_PRODUCER_METRICS_ADDR", true),
                 Binary::Ledger => {
                     if container.ports.iter().flatten().next().is_some() {
                         problems.push(format!(
@@ -857,18 +857,12 @@ fn producer_and_shards_agree_on_topic_and_partitions() {
     };
     let producer = container_of("ledger-producer");
     let consumer = container_of(SHARDS);
-    let pairs = [
-        ("KAFKA_TOPIC", "TXLEDGER_TRANSFERS_TOPIC"),
-        ("PRODUCER_PARTITIONS", "TXLEDGER_PARTITIONS"),
-    ];
-    for (producer_variable, consumer_variable) in pairs {
-        let written = env_value(&producer, &manifests, &producer_facts, producer_variable);
-        let read = env_value(&consumer, &manifests, &consumer_facts, consumer_variable);
-        assert!(written.is_some(), "{producer_variable} unknown");
-        assert_eq!(
-            written, read,
-            "producer {producer_variable} != shards {consumer_variable}"
-        );
+    // Settings both binaries have, under the same name.
+    for variable in ["TXLEDGER_TRANSFERS_TOPIC", "TXLEDGER_PARTITIONS"] {
+        let written = env_value(&producer, &manifests, &producer_facts, variable);
+        let read = env_value(&consumer, &manifests, &consumer_facts, variable);
+        assert!(written.is_some(), "{variable} unknown");
+        assert_eq!(written, read, "producer {variable} != shards {variable}");
     }
     // The producer's transactional.id is fixed, so a replacement fences the
     // old pod; and a Deployment replaces it only after the old one is gone.
@@ -877,8 +871,8 @@ fn producer_and_shards_agree_on_topic_and_partitions() {
     assert!(
         producer_env
             .iter()
-            .any(|(name, value, _)| name == "PRODUCER_TRANSACTIONAL_ID" && value.is_some()),
-        "PRODUCER_TRANSACTIONAL_ID must be fixed: the default follows the pod's random name"
+            .any(|(name, value, _)| name == "TXLEDGER_PRODUCER_TRANSACTIONAL_ID" && value.is_some()),
+        "TXLEDGER_PRODUCER_TRANSACTIONAL_ID must be fixed: the default follows the pod's random name"
     );
     let strategy = manifests
         .iter()

@@ -185,7 +185,7 @@ fn prometheus_scrapes_every_metrics_endpoint_at_its_port() {
         let facts = main.facts();
         let variable = match main {
             Binary::Consumer => "TXLEDGER_HTTP_ADDR",
-            Binary::Producer => "PRODUCER_METRICS_ADDR",
+            Binary::Producer => "TXLEDGER_PRODUCER_METRICS_ADDR",
             Binary::Ledger => continue,
         };
         let address = compose::environment(service)

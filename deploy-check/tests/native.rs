@@ -516,16 +516,16 @@ fn dashboard_metrics_are_exported_by_the_live_binaries() {
         .env_clear()
         .env("PATH", &path)
         .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-        .env("KAFKA_TOPIC", &transfers)
-        .env("PRODUCER_PARTITIONS", "6")
-        .env("PRODUCER_COUNT", "0")
-        .env("PRODUCER_RATE", "200")
+        .env("TXLEDGER_TRANSFERS_TOPIC", &transfers)
+        .env("TXLEDGER_PARTITIONS", "6")
+        .env("TXLEDGER_PRODUCER_COUNT", "0")
+        .env("TXLEDGER_PRODUCER_RATE", "200")
         .env(
-            "PRODUCER_METRICS_ADDR",
+            "TXLEDGER_PRODUCER_METRICS_ADDR",
             format!("127.0.0.1:{producer_port}"),
         )
         .env(
-            "PRODUCER_TRANSACTIONAL_ID",
+            "TXLEDGER_PRODUCER_TRANSACTIONAL_ID",
             harness::unique_name("metrics-producer"),
         )
         .current_dir(dir.path());

@@ -17,8 +17,9 @@ pub const INSTALL_HINT: &str = "install Java 17+ and Maven (Debian/Ubuntu, as ro
 /// Broker failures carry the broker log's path and tail, so that the message
 /// of a failed test is enough to see why.
 ///
-/// `Debug` shows the same text as `Display`: tests `expect` these errors, and
-/// a log tail is only readable with its line breaks.
+/// `Display` leaves the cause out (it is the `source()`); `Debug` shows the
+/// message and its cause as text: tests `expect` these errors, and a log tail
+/// is only readable with its line breaks.
 #[derive(thiserror::Error)]
 pub enum HarnessError {
     /// A program the local broker needs is not installed.
@@ -29,7 +30,7 @@ pub enum HarnessError {
     },
 
     /// A file-system or process operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -82,7 +83,7 @@ pub enum HarnessError {
     StopTimeout { pid: u32, waited: Duration },
 
     /// A Kafka client call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Kafka {
         context: String,
         #[source]
@@ -106,8 +107,14 @@ pub enum HarnessError {
 }
 
 impl std::fmt::Debug for HarnessError {
+    /// One level of cause is the whole chain: the causes are `io::Error` and
+    /// `KafkaError`, whose messages name their own causes.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
+        std::fmt::Display::fmt(self, f)?;
+        match std::error::Error::source(self) {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
     }
 }
 

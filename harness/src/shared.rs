@@ -45,7 +45,7 @@ pub fn shared_bootstrap() -> String {
             }
             Err(error) => Err(format!(
                 "could not start the local Kafka broker for the tests \
-                 (set {BOOTSTRAP_ENV} to use an existing one): {error}"
+                 (set {BOOTSTRAP_ENV} to use an existing one): {error:?}"
             )),
         }
     });

@@ -1262,7 +1262,8 @@ fn show_id(id: Option<TransferId>) -> String {
 }
 
 /// Why the audit could not reach a verdict. Messages carry their cause and
-/// no variant has a `source`, so `{:#}` prints each cause once.
+/// only `Store` has a `source` (the store error's own), so
+/// `ledger::telemetry::chain` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("could not create a Kafka consumer for {bootstrap}: {error}")]
@@ -1311,7 +1312,7 @@ pub enum AuditError {
     Shard { url: String, detail: String },
     // Boxed: sled's errors are large, and every `Result` here carries the size
     // of its largest error.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(Box<StoreError>),
     #[error("reading the balances in {path} failed: {error}")]
     Sled {

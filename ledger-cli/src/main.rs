@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", ledger::telemetry::chain(error.as_ref()));
             ExitCode::from(2)
         }
     }

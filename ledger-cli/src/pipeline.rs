@@ -31,7 +31,7 @@ pub enum PipelineError {
          (`cargo build --workspace`, or `--release`)"
     )]
     MissingBinary { name: &'static str, dir: PathBuf },
-    #[error("could not start {what}: {source}")]
+    #[error("could not start {what}")]
     Spawn {
         what: String,
         #[source]
@@ -49,9 +49,9 @@ pub enum PipelineError {
         status: ExitStatus,
         log: PathBuf,
     },
-    #[error("Kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("I/O: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -426,18 +426,18 @@ impl Pipeline {
         let config = &self.config;
         let child = Command::new(&self.binaries.producer)
             .env(kafka::ENV_BOOTSTRAP, &config.bootstrap_servers)
-            .env(names::KAFKA_TOPIC, &config.topics.transactions)
-            .env(names::PRODUCER_PARTITIONS, config.partitions.to_string())
+            .env(names::TXLEDGER_TRANSFERS_TOPIC, &config.topics.transactions)
+            .env(names::TXLEDGER_PARTITIONS, config.partitions.to_string())
             .env(
-                names::PRODUCER_TRANSACTIONAL_ID,
+                names::TXLEDGER_PRODUCER_TRANSACTIONAL_ID,
                 &config.producer_transactional_id,
             )
-            .env(names::PRODUCER_COUNT, run.count.to_string())
-            .env(names::PRODUCER_RATE, run.rate.to_string())
-            .env(names::PRODUCER_SEED, run.seed.to_string())
-            .env(names::PRODUCER_ACCOUNTS, run.accounts.to_string())
-            .env(names::PRODUCER_BATCH_MS, run.batch_ms.to_string())
-            .env(names::PRODUCER_PROGRESS_SECS, "5")
+            .env(names::TXLEDGER_PRODUCER_COUNT, run.count.to_string())
+            .env(names::TXLEDGER_PRODUCER_RATE, run.rate.to_string())
+            .env(names::TXLEDGER_PRODUCER_SEED, run.seed.to_string())
+            .env(names::TXLEDGER_PRODUCER_ACCOUNTS, run.accounts.to_string())
+            .env(names::TXLEDGER_PRODUCER_BATCH_MS, run.batch_ms.to_string())
+            .env(names::TXLEDGER_PRODUCER_PROGRESS_SECS, "5")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

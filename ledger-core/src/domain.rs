@@ -40,14 +40,44 @@ pub const ACCOUNT_ID_LEN_MAX: usize = 64;
 /// metrics and DLQ headers); the message is for humans.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
-    #[error("invalid account id {0:?}: use 1-64 characters of A-Z a-z 0-9 _ - . :")]
+    #[error(
+        "invalid account id {0:?}: use 1-{ACCOUNT_ID_LEN_MAX} characters of A-Z a-z 0-9 _ - . :"
+    )]
     Account(String),
     #[error("invalid amount {0:?}: {1}")]
-    Amount(String, &'static str),
+    Amount(String, AmountProblem),
     #[error("invalid currency {0:?}: use a three-letter ISO 4217 code such as EUR")]
     Currency(String),
     #[error("a transfer needs two different accounts, got {0:?} twice")]
     SameAccount(String),
+}
+
+/// What is wrong with an amount; its message names the limit it breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountProblem {
+    /// Not `digits[.d[d]]`.
+    Shape,
+    /// More decimals than `SCALE`.
+    Precision,
+    /// Zero or negative.
+    NotPositive,
+    /// Above `AMOUNT_MAX_MINOR`.
+    TooLarge,
+}
+
+impl fmt::Display for AmountProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AmountProblem::Shape => f.write_str("must be a decimal string like \"142.50\""),
+            AmountProblem::Precision => write!(f, "has more than {SCALE} decimals"),
+            AmountProblem::NotPositive => f.write_str("must be positive"),
+            AmountProblem::TooLarge => write!(
+                f,
+                "exceeds the maximum of {}",
+                Money(AMOUNT_MAX_MINOR.into())
+            ),
+        }
+    }
 }
 
 /// An account identifier, e.g. `acc-000042` or `world`.
@@ -201,13 +231,13 @@ impl Amount {
         if minor <= 0 {
             return Err(DomainError::Amount(
                 Money(minor.into()).to_string(),
-                "must be positive",
+                AmountProblem::NotPositive,
             ));
         }
         if minor > AMOUNT_MAX_MINOR {
             return Err(DomainError::Amount(
                 Money(minor.into()).to_string(),
-                "exceeds the maximum of 1000000000.00",
+                AmountProblem::TooLarge,
             ));
         }
         Ok(Amount(minor))
@@ -219,37 +249,34 @@ impl Amount {
     /// has one spelling, so two systems can never read the same record as
     /// two different amounts.
     pub fn parse(text: &str) -> Result<Self, DomainError> {
-        const SHAPE: &str = "must be a decimal string like \"142.50\"";
-        const TOO_LARGE: &str = "exceeds the maximum of 1000000000.00";
+        use AmountProblem::{NotPositive, Precision, Shape, TooLarge};
         let refuse = |why| DomainError::Amount(text.to_owned(), why);
         match plain_decimal_decimals(text) {
-            Some(decimals) if decimals > SCALE as usize => {
-                return Err(refuse("has more than 2 decimals"))
-            }
+            Some(decimals) if decimals > SCALE as usize => return Err(refuse(Precision)),
             Some(_) => {}
             // A minus in front of a plain decimal says more than "bad shape".
             None if text
                 .strip_prefix('-')
                 .is_some_and(|rest| plain_decimal_decimals(rest).is_some()) =>
             {
-                return Err(refuse("must be positive"))
+                return Err(refuse(NotPositive))
             }
-            None => return Err(refuse(SHAPE)),
+            None => return Err(refuse(Shape)),
         }
         // Beyond this many digits no amount is below the maximum; it also
         // bounds the decimal parser's work.
         if text.len() > AMOUNT_TEXT_LEN_MAX {
-            return Err(refuse(TOO_LARGE));
+            return Err(refuse(TooLarge));
         }
-        let decimal = Decimal::from_str_exact(text).map_err(|_| refuse(TOO_LARGE))?;
+        let decimal = Decimal::from_str_exact(text).map_err(|_| refuse(TooLarge))?;
         if decimal.is_zero() {
-            return Err(refuse("must be positive"));
+            return Err(refuse(NotPositive));
         }
         let minor = decimal
             .checked_mul(Decimal::from(MINOR_PER_MAJOR))
             .and_then(|scaled| i64::try_from(scaled.normalize()).ok())
-            .ok_or_else(|| refuse(TOO_LARGE))?;
-        Amount::from_minor(minor).map_err(|_| refuse(TOO_LARGE))
+            .ok_or_else(|| refuse(TooLarge))?;
+        Amount::from_minor(minor).map_err(|_| refuse(TooLarge))
     }
 
     pub fn minor(self) -> i64 {
@@ -547,11 +574,9 @@ mod tests {
             ("abc", "must be a decimal string like \"142.50\""),
             ("", "must be a decimal string like \"142.50\""),
         ] {
-            assert_eq!(
-                Amount::parse(text),
-                Err(DomainError::Amount(text.into(), why)),
-                "{text}"
-            );
+            let error = Amount::parse(text).unwrap_err();
+            assert!(matches!(&error, DomainError::Amount(refused, _) if refused == text));
+            assert_eq!(error.to_string(), format!("invalid amount {text:?}: {why}"));
         }
     }
 

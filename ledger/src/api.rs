@@ -1,6 +1,8 @@
 //! The JSON views of a shard's state, shared by the shard's HTTP API and
 //! the `ledger query` CLI, so online and offline answers look the same.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Stats, TransferStatus};
@@ -37,38 +39,70 @@ pub struct BalancesPageView {
 pub struct TransferView {
     pub transfer_id: String,
     pub shard: u32,
-    /// `accepted`, `rejected` or `unknown` (not decided here, or older than
-    /// the idempotency window).
-    pub status: String,
+    pub status: DecisionStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Whether this shard applied the transfer's credit.
     pub credited: bool,
 }
 
+/// What one shard knows of a transfer's decision; `accepted`, `rejected`
+/// or `unknown` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionStatus {
+    Accepted,
+    Rejected,
+    /// Not decided here, or older than the idempotency window.
+    Unknown,
+}
+
+impl DecisionStatus {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionStatus::Accepted => "accepted",
+            DecisionStatus::Rejected => "rejected",
+            DecisionStatus::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for DecisionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TransferView {
-    /// The decision this view reports, read back from its status and reason.
+    /// The decision this view reports, read back from its status and reason
+    /// (`None` for a reason code this version does not know).
     pub fn decision(&self) -> Option<Decision> {
-        match (self.status.as_str(), self.reason.as_deref()) {
-            ("accepted", _) => Some(Decision::Accepted),
-            ("rejected", Some(code)) => RejectReason::ALL
-                .into_iter()
-                .find(|reason| reason.code() == code)
-                .map(Decision::Rejected),
-            _ => None,
+        match self.status {
+            DecisionStatus::Accepted => Some(Decision::Accepted),
+            DecisionStatus::Rejected => {
+                let code = self.reason.as_deref()?;
+                RejectReason::ALL
+                    .into_iter()
+                    .find(|reason| reason.code() == code)
+                    .map(Decision::Rejected)
+            }
+            DecisionStatus::Unknown => None,
         }
     }
 
     pub fn new(transfer_id: String, shard: u32, status: TransferStatus) -> Self {
-        let (status_text, reason) = match status.decision {
-            Some(Decision::Accepted) => ("accepted", None),
-            Some(Decision::Rejected(reason)) => ("rejected", Some(reason.code().to_owned())),
-            None => ("unknown", None),
+        let (decision, reason) = match status.decision {
+            Some(Decision::Accepted) => (DecisionStatus::Accepted, None),
+            Some(Decision::Rejected(reason)) => {
+                (DecisionStatus::Rejected, Some(reason.code().to_owned()))
+            }
+            None => (DecisionStatus::Unknown, None),
         };
         TransferView {
             transfer_id,
             shard,
-            status: status_text.to_owned(),
+            status: decision,
             reason,
             credited: status.credited,
         }
@@ -149,4 +183,47 @@ impl AccountView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorView {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON of a view is what clients parse: the status names must not
+    /// change with the type.
+    #[test]
+    fn transfer_views_keep_their_json_and_read_back_their_decision() {
+        for (decision, status, reason) in [
+            (Some(Decision::Accepted), "accepted", None),
+            (
+                Some(Decision::Rejected(RejectReason::InsufficientFunds)),
+                "rejected",
+                Some("insufficient_funds"),
+            ),
+            (None, "unknown", None),
+        ] {
+            let view = TransferView::new(
+                "t".to_owned(),
+                2,
+                TransferStatus {
+                    decision,
+                    credited: true,
+                },
+            );
+            let mut expected = serde_json::json!({
+                "transfer_id": "t", "shard": 2, "status": status, "credited": true,
+            });
+            if let Some(reason) = reason {
+                expected["reason"] = reason.into();
+            }
+            assert_eq!(serde_json::to_value(&view).unwrap(), expected);
+            assert_eq!(view.status.to_string(), status);
+            let parsed: TransferView = serde_json::from_value(expected).unwrap();
+            assert_eq!(parsed.decision(), decision);
+        }
+        let refused = serde_json::from_value::<TransferView>(serde_json::json!({
+            "transfer_id": "t", "shard": 0, "status": "maybe", "credited": false,
+        }));
+        assert!(refused.is_err());
+    }
 }

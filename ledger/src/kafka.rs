@@ -91,7 +91,9 @@ pub fn read_committed_consumer_config(bootstrap_servers: &str, group_id: &str) -
         .set("fetch.wait.max.ms", "100")
         // Off: a shard polls on and never asks whether it is caught up.
         // Readers that stop at the end of each partition (the audit, the
-        // tests) turn it on themselves, with an `EofReaderContext`.
+        // demo's probe, the tests, the bench) turn it on themselves, the
+        // audit and the probe with an `EofReaderContext`, which keeps the
+        // events out of the error log.
         .set("enable.partition.eof", "false");
     config
 }
@@ -114,13 +116,13 @@ pub fn prefetch_metadata<C: ConsumerContext>(
 /// Why topics could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
-    #[error("could not create an admin client for {bootstrap}: {source}")]
+    #[error("could not create an admin client for {bootstrap}")]
     Client {
         bootstrap: String,
         #[source]
         source: KafkaError,
     },
-    #[error("the broker at {bootstrap} did not answer within {timeout:?}: {source}")]
+    #[error("the broker at {bootstrap} did not answer within {timeout:?}")]
     Unreachable {
         bootstrap: String,
         timeout: Duration,
@@ -224,7 +226,7 @@ impl rdkafka::client::ClientContext for EofReaderContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         );
         if !end_of_partition {
-            tracing::warn!(message = "Kafka client error.", error = %error, reason);
+            tracing::warn!(message = "Kafka client error.", error = %crate::telemetry::chain(&error), reason);
         }
     }
 }

@@ -1,5 +1,8 @@
-//! Logging and metrics setup shared by every long-running binary.
+//! Logging and metrics setup shared by every long-running binary, and the
+//! one way an error is printed with its causes.
 
+use std::error::Error;
+use std::fmt;
 use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -27,6 +30,38 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, each
+/// once: the form of every error a binary prints or logs.
+///
+/// The project's errors leave their cause out of their own message (it is
+/// their `source()`), so printing an error without its chain would drop the
+/// reason. Some libraries' errors do both (rdkafka's `KafkaError` names its
+/// code in its message and returns it as its source), so a cause whose text
+/// the line already ends with is not repeated.
+pub fn chain<'a>(error: &'a (dyn Error + 'static)) -> ErrorChain<'a> {
+    ErrorChain(error)
+}
+
+/// See [`chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let text = error.to_string();
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = error.source();
+        }
+        f.write_str(&line)
+    }
 }
 
 /// Installs the global Prometheus recorder once per process and returns the
@@ -88,7 +123,48 @@ pub async fn serve_metrics(
 
 #[cfg(test)]
 mod tests {
-    use super::metrics_handle;
+    use super::{chain, metrics_handle};
+
+    /// A caller's context around a library error, as `anyhow` adds it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting shard 0")]
+    struct Context(#[source] crate::kafka::TopicError);
+
+    #[test]
+    fn a_chain_names_every_cause_once_outermost_first() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+        let code = RDKafkaErrorCode::BrokerTransportFailure;
+        // rdkafka's error both names its code and returns it as its source.
+        let kafka = KafkaError::MetadataFetch(code);
+        assert_eq!(
+            std::error::Error::source(&kafka).map(ToString::to_string),
+            Some(code.to_string())
+        );
+        let error = Context(crate::kafka::TopicError::Unreachable {
+            bootstrap: "127.0.0.1:1".to_owned(),
+            timeout: std::time::Duration::from_secs(2),
+            source: kafka,
+        });
+        let line = chain(&error).to_string();
+        assert_eq!(
+            line,
+            format!(
+                "starting shard 0: the broker at 127.0.0.1:1 did not answer within 2s: \
+                 Meta data fetch error: {code}"
+            )
+        );
+        assert_eq!(line.matches(&code.to_string()).count(), 1, "{line}");
+
+        let error = crate::store::StoreError::Sled {
+            path: "/data/shard-0".into(),
+            source: sled::Error::Io(std::io::Error::other("disk full")),
+        };
+        assert_eq!(
+            chain(&error).to_string(),
+            "sled error on /data/shard-0: IO error: disk full"
+        );
+    }
 
     /// The `le` bucket line of `metric` in a rendering, as (bound, count).
     fn buckets(rendered: &str, metric: &str) -> Vec<(String, u64)> {

@@ -16,6 +16,57 @@ use ledger_core::domain::Currency;
 /// (`queue.buffering.max.messages`, 100 000 by default) must hold them all.
 pub const BATCH_RECORDS_MAX: usize = 100_000;
 
+/// The environment variables renamed in 0.2, as (old, new), so that every
+/// setting is spelt `TXLEDGER_...` and the settings the shards have too are
+/// named as theirs: read under the old names for one release, with a warning
+/// (`Config::from_env_and_args`). The old `PRODUCER_TRANSACTION_TIMEOUT_SECS`,
+/// in another unit, is an argument of its own.
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("KAFKA_TOPIC", names::TXLEDGER_TRANSFERS_TOPIC),
+    ("PRODUCER_PARTITIONS", names::TXLEDGER_PARTITIONS),
+    ("PRODUCER_CURRENCY", names::TXLEDGER_CURRENCY),
+    ("PRODUCER_ACCOUNTS", names::TXLEDGER_PRODUCER_ACCOUNTS),
+    ("PRODUCER_BATCH_MS", names::TXLEDGER_PRODUCER_BATCH_MS),
+    (
+        "PRODUCER_BATCH_RECORDS",
+        names::TXLEDGER_PRODUCER_BATCH_RECORDS,
+    ),
+    (
+        "PRODUCER_CONNECT_TIMEOUT_SECS",
+        names::TXLEDGER_PRODUCER_CONNECT_TIMEOUT_SECS,
+    ),
+    ("PRODUCER_COUNT", names::TXLEDGER_PRODUCER_COUNT),
+    (
+        "PRODUCER_DUPLICATE_SHARE",
+        names::TXLEDGER_PRODUCER_DUPLICATE_SHARE,
+    ),
+    ("PRODUCER_FAIL_SHARE", names::TXLEDGER_PRODUCER_FAIL_SHARE),
+    ("PRODUCER_FORMAT", names::TXLEDGER_PRODUCER_FORMAT),
+    ("PRODUCER_FROM_FILE", names::TXLEDGER_PRODUCER_FROM_FILE),
+    (
+        "PRODUCER_METRICS_ADDR",
+        names::TXLEDGER_PRODUCER_METRICS_ADDR,
+    ),
+    (
+        "PRODUCER_NO_TRANSACTIONS",
+        names::TXLEDGER_PRODUCER_NO_TRANSACTIONS,
+    ),
+    ("PRODUCER_ON_INVALID", names::TXLEDGER_PRODUCER_ON_INVALID),
+    (
+        "PRODUCER_PROGRESS_SECS",
+        names::TXLEDGER_PRODUCER_PROGRESS_SECS,
+    ),
+    ("PRODUCER_RATE", names::TXLEDGER_PRODUCER_RATE),
+    ("PRODUCER_SEED", names::TXLEDGER_PRODUCER_SEED),
+    (
+        "PRODUCER_TRANSACTIONAL_ID",
+        names::TXLEDGER_PRODUCER_TRANSACTIONAL_ID,
+    ),
+];
+
+/// The transaction timeout when none is given.
+const TRANSACTION_TIMEOUT_DEFAULT_MS: u64 = 60_000;
+
 /// The prefix of the default `transactional.id`, followed by the hostname.
 pub const TRANSACTIONAL_ID_PREFIX: &str = "txledger-producer-";
 
@@ -33,13 +84,19 @@ pub struct Config {
     #[arg(long, env = kafka::ENV_BOOTSTRAP, default_value = "localhost:9092")]
     pub bootstrap_servers: String,
 
-    /// Topic the transfers are written to; created at start if missing.
-    #[arg(long, env = names::KAFKA_TOPIC, default_value = names::TOPIC_TRANSFERS)]
-    pub topic: String,
+    /// Topic the transfers are written to; created at start if missing
+    /// [default: transactions].
+    #[arg(long, env = names::TXLEDGER_TRANSFERS_TOPIC)]
+    transfers_topic: Option<String>,
+
+    /// --transfers-topic under its name before 0.2: read for one release,
+    /// with a warning.
+    #[arg(long = "topic", hide = true)]
+    topic: Option<String>,
 
     /// Partition count used when the topic is created. An existing topic with
     /// another count is refused: shards map accounts to partitions.
-    #[arg(long, env = names::PRODUCER_PARTITIONS, default_value_t = 6,
+    #[arg(long, env = names::TXLEDGER_PARTITIONS, default_value_t = 6,
           value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
 
@@ -48,100 +105,106 @@ pub struct Config {
     /// transaction. Default: txledger-producer-<hostname>.
     #[arg(
         long,
-        env = names::PRODUCER_TRANSACTIONAL_ID,
+        env = names::TXLEDGER_PRODUCER_TRANSACTIONAL_ID,
         conflicts_with = "no_transactions"
     )]
     pub transactional_id: Option<String>,
 
     /// Idempotent writes without transactions (no transactional.id): for
     /// benchmarks only, since a crash can leave part of a batch visible.
-    #[arg(long, env = names::PRODUCER_NO_TRANSACTIONS)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_NO_TRANSACTIONS)]
     pub no_transactions: bool,
 
     /// Most records in one transaction. High by default so that the time
     /// cap (--batch-ms) ends transactions: each commit costs a fixed ~15 ms,
     /// which 1,000-record transactions pay every 2 ms of sending.
-    #[arg(long, env = names::PRODUCER_BATCH_RECORDS, default_value_t = 100_000,
+    #[arg(long, env = names::TXLEDGER_PRODUCER_BATCH_RECORDS, default_value_t = 100_000,
           value_parser = parse_batch_records)]
     pub batch_records: usize,
 
     /// Longest time a transaction stays open, in milliseconds, counted from
     /// its first record.
-    #[arg(long, env = names::PRODUCER_BATCH_MS, default_value_t = 100,
+    #[arg(long, env = names::TXLEDGER_PRODUCER_BATCH_MS, default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub batch_ms: u64,
 
-    /// Kafka's transaction.timeout.ms, in seconds: the broker aborts a
-    /// transaction left open longer (a crashed producer's). Must exceed
-    /// --batch-ms by at least 5 s.
-    #[arg(long, env = names::PRODUCER_TRANSACTION_TIMEOUT_SECS, default_value_t = 60,
+    /// Kafka's transaction.timeout.ms: the broker aborts a transaction left
+    /// open longer (a crashed producer's). Must exceed --batch-ms by at least
+    /// 5000 ms [default: 60000].
+    #[arg(long, env = names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1_000..=900_000))]
+    transaction_timeout_ms: Option<u64>,
+
+    /// The transaction timeout in seconds, under its name before 0.2: read
+    /// for one release, with a warning. --transaction-timeout-ms wins.
+    #[arg(long, env = "PRODUCER_TRANSACTION_TIMEOUT_SECS", hide = true,
           value_parser = clap::value_parser!(u64).range(1..=900))]
-    pub transaction_timeout_secs: u64,
+    transaction_timeout_secs: Option<u64>,
 
     /// Bound on reaching the broker at start (topic creation, transactional
     /// initialization); an unreachable broker is an error after this long.
-    #[arg(long, env = names::PRODUCER_CONNECT_TIMEOUT_SECS, default_value_t = 30,
+    #[arg(long, env = names::TXLEDGER_PRODUCER_CONNECT_TIMEOUT_SECS, default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub connect_timeout_secs: u64,
 
     /// Records per second; 0 means as fast as possible.
-    #[arg(long, env = names::PRODUCER_RATE, default_value_t = 0)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_RATE, default_value_t = 0)]
     pub rate: u64,
 
     /// Records to send before exiting; 0 means endless (or, with
     /// --from-file, the whole file).
-    #[arg(long, env = names::PRODUCER_COUNT, default_value_t = 0)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_COUNT, default_value_t = 0)]
     pub count: u64,
 
     /// Generation: number of customer accounts (acc-000000, acc-000001, ...),
     /// at most one million (the generator keeps each in memory). Each gets an opening deposit from `world` before any other transfer.
-    #[arg(long, env = names::PRODUCER_ACCOUNTS, default_value_t = 1000,
+    #[arg(long, env = names::TXLEDGER_PRODUCER_ACCOUNTS, default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     pub accounts: u32,
 
     /// Generation: share of transfers (0 to 1) that exceed the sender's
     /// balance, so that the ledger rejects them with insufficient_funds.
-    #[arg(long, env = names::PRODUCER_FAIL_SHARE, default_value_t = 0.02, value_parser = parse_share)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_FAIL_SHARE, default_value_t = 0.02, value_parser = parse_share)]
     pub fail_share: f64,
 
     /// Generation: share of records (0 to 1) that resubmit an earlier
     /// transfer with the same id and content, to exercise idempotency.
-    #[arg(long, env = names::PRODUCER_DUPLICATE_SHARE, default_value_t = 0.01, value_parser = parse_share)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_DUPLICATE_SHARE, default_value_t = 0.01, value_parser = parse_share)]
     pub duplicate_share: f64,
 
     /// Generation: seed of the random stream; the same seed gives the same
     /// transfers (ids, accounts, amounts). Default: random, logged at start.
-    #[arg(long, env = names::PRODUCER_SEED)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_SEED)]
     pub seed: Option<u64>,
 
     /// Generation: currency of every transfer (the ledger's currency).
-    #[arg(long, env = names::PRODUCER_CURRENCY, default_value = "EUR", value_parser = parse_currency)]
+    #[arg(long, env = names::TXLEDGER_CURRENCY, default_value = "EUR", value_parser = parse_currency)]
     pub currency: Currency,
 
     /// Import mode: read transfers from this file (JSON lines, or CSV with a
     /// header row id,from,to,amount,currency,created_at) instead of
     /// generating them.
-    #[arg(long, env = names::PRODUCER_FROM_FILE)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_FROM_FILE)]
     pub from_file: Option<PathBuf>,
 
     /// Import mode: file format; `auto` picks CSV for a .csv file, JSON lines
     /// otherwise.
-    #[arg(long, env = names::PRODUCER_FORMAT, value_enum, default_value_t = FileFormat::Auto)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_FORMAT, value_enum, default_value_t = FileFormat::Auto)]
     pub format: FileFormat,
 
     /// Import mode: what an invalid line does. `abort` checks the whole file
     /// first and sends nothing if any line is invalid; `skip` sends the valid
     /// lines. Either way every invalid line is reported with its number.
-    #[arg(long, env = names::PRODUCER_ON_INVALID, value_enum, default_value_t = OnInvalid::Abort)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_ON_INVALID, value_enum, default_value_t = OnInvalid::Abort)]
     pub on_invalid: OnInvalid,
 
     /// Serve Prometheus metrics on http://ADDRESS/metrics (e.g.
     /// 0.0.0.0:9100). Off when not given.
-    #[arg(long, env = names::PRODUCER_METRICS_ADDR)]
+    #[arg(long, env = names::TXLEDGER_PRODUCER_METRICS_ADDR)]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Seconds between progress log lines.
-    #[arg(long, env = names::PRODUCER_PROGRESS_SECS, default_value_t = 10,
+    #[arg(long, env = names::TXLEDGER_PRODUCER_PROGRESS_SECS, default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub progress_secs: u64,
 
@@ -173,11 +236,11 @@ pub enum OnInvalid {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "--transaction-timeout-secs ({timeout_secs} s) must exceed --batch-ms ({batch_ms} ms) \
-         by at least {} s, or the broker aborts transactions that are still filling",
-        TRANSACTION_TIMEOUT_SLACK_MS / 1000
+        "--transaction-timeout-ms ({timeout_ms} ms) must exceed --batch-ms ({batch_ms} ms) \
+         by at least {TRANSACTION_TIMEOUT_SLACK_MS} ms, or the broker aborts transactions \
+         that are still filling"
     )]
-    TimeoutTooShort { timeout_secs: u64, batch_ms: u64 },
+    TimeoutTooShort { timeout_ms: u64, batch_ms: u64 },
     #[error("--fail-share ({fail}) plus --duplicate-share ({duplicate}) must not exceed 1")]
     SharesTooLarge { fail: f64, duplicate: f64 },
     #[error("the hostname could not be read ({0}); pass --transactional-id")]
@@ -191,12 +254,68 @@ pub enum ConfigError {
 const TRANSACTION_TIMEOUT_SLACK_MS: u64 = 5000;
 
 impl Config {
+    /// `Config::parse`, reading the variables of `RENAMED_ENV` under their
+    /// old names too; returns the warnings to log once logging is set up,
+    /// one per old name in use. Call it first thing in `main`, while no
+    /// other thread exists: it changes the process environment.
+    pub fn from_env_and_args() -> (Config, Vec<String>) {
+        let mut warnings = names::adopt_renamed(RENAMED_ENV);
+        let config = Config::try_parse().unwrap_or_else(|error| {
+            // Logging is not set up yet; a bad value may come from an old name.
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            error.exit()
+        });
+        warnings.extend(config.deprecations());
+        (config, warnings)
+    }
+
+    /// Warnings about deprecated arguments in use, naming what replaces them.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(secs) = self.transaction_timeout_secs {
+            warnings.push(names::renamed_warning(
+                "--transaction-timeout-secs (PRODUCER_TRANSACTION_TIMEOUT_SECS)",
+                &format!(
+                    "--transaction-timeout-ms ({}) = {}",
+                    names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
+                    secs * 1000
+                ),
+                self.transaction_timeout_ms.is_some(),
+            ));
+        }
+        if self.topic.is_some() {
+            warnings.push(names::renamed_warning(
+                "--topic",
+                &format!("--transfers-topic ({})", names::TXLEDGER_TRANSFERS_TOPIC),
+                self.transfers_topic.is_some(),
+            ));
+        }
+        warnings
+    }
+
+    /// The topic the transfers are written to.
+    pub fn transfers_topic(&self) -> &str {
+        self.transfers_topic
+            .as_deref()
+            .or(self.topic.as_deref())
+            .unwrap_or(names::TOPIC_TRANSFERS)
+    }
+
+    fn transaction_timeout_ms(&self) -> u64 {
+        self.transaction_timeout_ms
+            .or(self.transaction_timeout_secs.map(|secs| secs * 1000))
+            .unwrap_or(TRANSACTION_TIMEOUT_DEFAULT_MS)
+    }
+
     /// Checks what clap cannot check flag by flag. `run` calls it, so a
     /// `Config` built in code is held to the same rules as the command line.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.transaction_timeout_secs * 1000 < self.batch_ms + TRANSACTION_TIMEOUT_SLACK_MS {
+        let timeout_ms = self.transaction_timeout_ms();
+        if timeout_ms < self.batch_ms + TRANSACTION_TIMEOUT_SLACK_MS {
             return Err(ConfigError::TimeoutTooShort {
-                timeout_secs: self.transaction_timeout_secs,
+                timeout_ms,
                 batch_ms: self.batch_ms,
             });
         }
@@ -232,7 +351,7 @@ impl Config {
     }
 
     pub fn transaction_timeout(&self) -> Duration {
-        Duration::from_secs(self.transaction_timeout_secs)
+        Duration::from_millis(self.transaction_timeout_ms())
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -280,7 +399,7 @@ mod tests {
     fn defaults_are_valid() {
         let config = parse(&["--bootstrap-servers", "b:9092"]).unwrap();
         config.validate().unwrap();
-        assert_eq!(config.topic, "transactions");
+        assert_eq!(config.transfers_topic(), "transactions");
         assert_eq!(config.partitions, 6);
         assert_eq!(config.batch_records, 100_000);
         assert_eq!(config.batch_ms, 100);
@@ -306,8 +425,42 @@ mod tests {
     }
 
     #[test]
+    fn the_timeout_in_seconds_is_read_for_one_release_with_a_warning() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.transaction_timeout(), Duration::from_secs(60));
+        assert!(config.deprecations().is_empty());
+
+        let config = parse(&["--transaction-timeout-secs", "7"]).unwrap();
+        assert_eq!(config.transaction_timeout(), Duration::from_millis(7_000));
+        let warnings = config.deprecations();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .contains("use --transaction-timeout-ms (TXLEDGER_TRANSACTION_TIMEOUT_MS) = 7000"),
+            "{warnings:?}"
+        );
+
+        let config = parse(&[
+            "--transaction-timeout-secs",
+            "7",
+            "--transaction-timeout-ms",
+            "9000",
+        ])
+        .unwrap();
+        assert_eq!(config.transaction_timeout(), Duration::from_millis(9_000));
+        assert!(config.deprecations()[0].contains("is ignored"));
+
+        let config = parse(&["--topic", "old"]).unwrap();
+        assert_eq!(config.transfers_topic(), "old");
+        assert!(config.deprecations()[0].contains("use --transfers-topic"));
+        let config = parse(&["--topic", "old", "--transfers-topic", "new"]).unwrap();
+        assert_eq!(config.transfers_topic(), "new");
+        assert!(config.deprecations()[0].starts_with("--topic is ignored"));
+    }
+
+    #[test]
     fn combinations_are_checked() {
-        let config = parse(&["--batch-ms", "60000", "--transaction-timeout-secs", "60"]).unwrap();
+        let config = parse(&["--batch-ms", "60000", "--transaction-timeout-ms", "60000"]).unwrap();
         assert!(matches!(
             config.validate(),
             Err(ConfigError::TimeoutTooShort { .. })

@@ -39,7 +39,7 @@ impl fmt::Display for InvalidLine {
 /// Why an import cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -333,6 +333,19 @@ mod tests {
                 Line::Invalid(invalid) => Err((invalid.line, invalid.reason.clone())),
             })
             .collect()
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named_with_its_cause_once() {
+        let Err(error) = Importer::open(Path::new("/nonexistent/t.jsonl"), FileFormat::Auto) else {
+            panic!("opened a file that does not exist");
+        };
+        let line = ledger::telemetry::chain(&crate::ProducerError::from(error)).to_string();
+        assert!(
+            line.starts_with("cannot read /nonexistent/t.jsonl: "),
+            "{line}"
+        );
+        assert_eq!(line.matches("No such file").count(), 1, "{line}");
     }
 
     #[test]

@@ -50,7 +50,8 @@ use crate::progress::{per_second, Progress, StopSignal};
 use crate::send::{Sender, Settings};
 use crate::source::Source;
 
-/// Why a run failed. Each message names what to check.
+/// Why a run failed. Each message names what to check and leaves its cause
+/// out (it is the `source()`): print it with `ledger::telemetry::chain`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error(transparent)]
@@ -59,12 +60,9 @@ pub enum ProducerError {
     Import(#[from] ImportError),
     #[error(transparent)]
     Topic(#[from] TopicError),
-    #[error("could not create the Kafka producer: {0}")]
+    #[error("could not create the Kafka producer")]
     Client(#[source] KafkaError),
-    #[error(
-        "could not initialize transactions with the broker at {bootstrap} within {timeout:?}: \
-         {source}"
-    )]
+    #[error("could not initialize transactions with the broker at {bootstrap} within {timeout:?}")]
     Connect {
         bootstrap: String,
         timeout: Duration,
@@ -72,8 +70,8 @@ pub enum ProducerError {
         source: KafkaError,
     },
     #[error(
-        "fatal Kafka error in {operation} (transactional.id {}): {source}; the producer \
-         stopped rather than risk writing a batch twice",
+        "the producer stopped rather than risk writing a batch twice after a fatal Kafka \
+         error in {operation} (transactional.id {})",
         transactional_id.as_deref().unwrap_or("none")
     )]
     Fatal {
@@ -83,8 +81,8 @@ pub enum ProducerError {
         source: KafkaError,
     },
     #[error(
-        "{operation} failed with an abortable error (transactional.id {}): {source}; the \
-         producer stopped, since nothing here redoes this call",
+        "the producer stopped, since nothing here redoes {operation}, after an abortable \
+         error in it (transactional.id {})",
         transactional_id.as_deref().unwrap_or("none")
     )]
     Abortable {
@@ -93,7 +91,7 @@ pub enum ProducerError {
         #[source]
         source: KafkaError,
     },
-    #[error("{operation} still failed after {attempts} attempts: {source}")]
+    #[error("{operation} still failed after {attempts} attempts")]
     GaveUp {
         operation: &'static str,
         attempts: u32,
@@ -102,7 +100,7 @@ pub enum ProducerError {
     },
     #[error("{count} record(s) were not delivered; the first failed with: {reason}")]
     Undelivered { count: u64, reason: String },
-    #[error("the metrics server on {address} failed: {source}")]
+    #[error("the metrics server on {address} failed")]
     Metrics {
         address: SocketAddr,
         #[source]
@@ -166,7 +164,7 @@ pub async fn run(
     log_start(&config, transactional_id.as_deref(), seed);
 
     let topic = TopicSpec {
-        name: &config.topic,
+        name: config.transfers_topic(),
         partitions: config.partitions,
         exact: true,
     };
@@ -247,7 +245,7 @@ async fn send(
 fn log_start(config: &Config, transactional_id: Option<&str>, seed: Option<u64>) {
     info!(
         bootstrap_servers = %config.bootstrap_servers,
-        topic = %config.topic,
+        topic = %config.transfers_topic(),
         transactional_id = transactional_id.unwrap_or("none (--no-transactions)"),
         from_file = config.from_file.as_ref().map(|path| path.display().to_string()),
         seed,
@@ -263,7 +261,7 @@ fn log_start(config: &Config, transactional_id: Option<&str>, seed: Option<u64>)
 fn sender_settings(config: &Config, transactional_id: Option<String>) -> Settings {
     Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
-        topic: config.topic.clone(),
+        topic: config.transfers_topic().to_owned(),
         transactional_id,
         batch_records: config.batch_records,
         batch_duration: config.batch_duration(),
@@ -298,7 +296,7 @@ fn start_metrics(
     let failure = async move {
         if let Some(server) = server {
             if let Ok((address, Err(source))) = server.await {
-                error!(%address, error = %source, "The metrics server failed.");
+                error!(%address, error = %ledger::telemetry::chain(&source), "The metrics server failed.");
                 return ProducerError::Metrics { address, source };
             }
         }

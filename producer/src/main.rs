@@ -3,25 +3,42 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ledger::signal::shutdown_signal;
 use producer::Config;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config = Config::parse();
+fn main() -> ExitCode {
+    // Before the runtime's threads exist: reading the renamed variables
+    // changes the process environment.
+    let (config, deprecations) = Config::from_env_and_args();
     ledger::telemetry::init_logging(config.log_format);
+    for warning in deprecations {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(error) => {
-            eprintln!("error: cannot install the signal handlers: {error:#}");
+            eprintln!("error: cannot install the signal handlers: {error}");
             return ExitCode::FAILURE;
         }
     };
     match producer::run(config, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {:#}", anyhow::Error::new(error));
+            eprintln!("error: {}", ledger::telemetry::chain(&error));
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ledger::kafka;
+use ledger::telemetry::chain;
 use ledger::txn::{self, classify, ErrorClass, Failed};
 use ledger_core::wire::encode_transfer;
 use rdkafka::client::ClientContext;
@@ -63,7 +64,7 @@ impl ClientContext for Deliveries {
     // librdkafka reports connection trouble here, then retries by itself: a
     // warning, since nothing is lost until a call fails.
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(error = %error, reason, "Kafka client error.");
+        warn!(error = %chain(&error), reason, "Kafka client error.");
     }
 }
 
@@ -213,7 +214,7 @@ impl Sender {
             || self.stop.is_set(),
             |left| txn::init_transactions(producer, &self.settings.topic, left),
             |error, attempt| {
-                warn!(error = %error, attempt, "Initializing transactions failed; retrying.");
+                warn!(error = %chain(error), attempt, "Initializing transactions failed; retrying.");
             },
         )
         .map_err(|Failed { error, .. }| ProducerError::Connect {
@@ -348,10 +349,11 @@ impl Sender {
         for attempt in 1..=BATCH_ATTEMPTS_MAX {
             let outcome = match failure.take() {
                 Some(error) => Err(error),
-                // Never time out: librdkafka advises an infinite timeout, a
-                // finite one can fail with an unclassified flush timeout. The
-                // wait is still bounded: undelivered records fail after
-                // message.timeout.ms, which fails the commit (abortable).
+                // `Timeout::Never` passes -1, which librdkafka reads as the
+                // transaction's remaining time, the use it recommends: a
+                // shorter one can fail with an unclassified flush timeout.
+                // Undelivered records fail sooner, after message.timeout.ms,
+                // which fails the commit (abortable).
                 None => {
                     self.settle(producer);
                     self.retrying("commit_transaction", || {
@@ -369,7 +371,7 @@ impl Sender {
                 Err(error) if classify(&error) == ErrorClass::Abortable => error,
                 Err(error) => return Err(self.failed("commit_transaction", error)),
             };
-            warn!(error = %error, attempt, records, "Transaction failed; aborting it.");
+            warn!(error = %chain(&error), attempt, records, "Transaction failed; aborting it.");
             self.abort(producer)?;
             if self.stop.is_set() {
                 warn!(records, "Stopping: the aborted batch is not resent.");
@@ -439,7 +441,7 @@ impl Sender {
         call: impl FnMut() -> KafkaResult<()>,
     ) -> Result<(), Failed> {
         txn::retrying(step, call, |error, attempt| {
-            warn!(error = %error, attempt, "Retriable Kafka error; retrying.");
+            warn!(error = %chain(error), attempt, "Retriable Kafka error; retrying.");
         })
     }
 
@@ -451,7 +453,7 @@ impl Sender {
             operation,
             class = class.name(),
             transactional_id = self.settings.transactional_id.as_deref(),
-            error = %source,
+            error = %chain(&source),
             "Kafka call failed; the producer stops."
         );
         match class {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use common::{read, run_binary, spawn, stderr, Until, DEADLINE, PARTITIONS};
+use common::{read, run_binary, spawn, spawn_with_env, stderr, Until, DEADLINE, PARTITIONS};
 use ledger_core::domain::{Currency, Transfer, TransferId};
 use producer::generate::{Generator, GeneratorConfig};
 use producer::{Config, ProducerError};
@@ -30,7 +30,7 @@ fn args(bootstrap: &str, topic: &str, extra: &[&str]) -> Vec<String> {
     let base = [
         "--bootstrap-servers",
         bootstrap,
-        "--topic",
+        "--transfers-topic",
         topic,
         "--partitions",
         &partitions,
@@ -309,8 +309,8 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
             "240000",
             "--batch-records",
             "100000",
-            "--transaction-timeout-secs",
-            "300",
+            "--transaction-timeout-ms",
+            "300000",
         ],
     ));
     read(&bootstrap, &topic, "read_uncommitted", Until::AtLeast(5));
@@ -393,8 +393,8 @@ fn sigterm_commits_the_open_transaction_and_exits_zero() {
             "100",
             "--batch-ms",
             "60000",
-            "--transaction-timeout-secs",
-            "120",
+            "--transaction-timeout-ms",
+            "120000",
         ],
     ));
     read(&bootstrap, &topic, "read_uncommitted", Until::AtLeast(5));
@@ -466,7 +466,13 @@ fn bad_flags_are_refused_with_the_reason() {
         (
             &["--batch-ms", "60000"][..],
             1,
-            "--transaction-timeout-secs",
+            "--transaction-timeout-ms (60000 ms)",
+        ),
+        // The name before 0.2, in seconds, still read.
+        (
+            &["--transaction-timeout-secs", "3"][..],
+            1,
+            "--transaction-timeout-ms (3000 ms)",
         ),
         (
             &["--from-file", "/nonexistent/transfers.jsonl"][..],
@@ -478,6 +484,50 @@ fn bad_flags_are_refused_with_the_reason() {
         let stderr = stderr(&output);
         assert_eq!(output.status.code(), Some(code), "{flags:?}: {stderr}");
         assert!(stderr.contains(says), "{flags:?}: {says:?} in {stderr}");
+    }
+}
+
+#[test]
+fn the_environment_names_before_0_2_are_read_with_a_warning() {
+    // A 60 s batch leaves a 61 s timeout too short: the refusal shows that
+    // both old names were read, the timeout in its old unit.
+    let output = spawn_with_env(
+        &[] as &[&str],
+        &[
+            ("PRODUCER_BATCH_MS", "60000"),
+            ("PRODUCER_TRANSACTION_TIMEOUT_SECS", "61"),
+        ],
+    )
+    .finish(DEADLINE);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    for expected in [
+        "--transaction-timeout-ms (61000 ms) must exceed --batch-ms (60000 ms)",
+        "PRODUCER_BATCH_MS is deprecated and will be ignored in the next release: \
+         use TXLEDGER_PRODUCER_BATCH_MS",
+        "use --transaction-timeout-ms (TXLEDGER_TRANSACTION_TIMEOUT_MS) = 61000",
+    ] {
+        assert!(said.contains(expected), "{expected:?} in:\n{said}");
+    }
+
+    // The new name wins, and the warning says the old one is ignored.
+    let output = spawn_with_env(
+        &[] as &[&str],
+        &[
+            ("PRODUCER_BATCH_MS", "60000"),
+            ("TXLEDGER_PRODUCER_BATCH_MS", "100"),
+            ("TXLEDGER_TRANSACTION_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .finish(DEADLINE);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    for expected in [
+        "--transaction-timeout-ms (5000 ms) must exceed --batch-ms (100 ms)",
+        "PRODUCER_BATCH_MS is ignored: it was renamed TXLEDGER_PRODUCER_BATCH_MS, which is given \
+         too",
+    ] {
+        assert!(said.contains(expected), "{expected:?} in:\n{said}");
     }
 }
 
@@ -503,6 +553,12 @@ fn an_unreachable_broker_is_an_error_within_the_connect_timeout() {
             started.elapsed()
         );
         assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+        // The cause is librdkafka's time-out, printed once after the context.
+        let error = stderr
+            .lines()
+            .find(|line| line.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line in {stderr}"));
+        assert_eq!(error.matches("timed out").count(), 1, "{error}");
     }
 }
 

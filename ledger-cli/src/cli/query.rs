@@ -24,7 +24,9 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{
+    AccountView, BalancesPageView, DecisionStatus, ErrorView, StatsView, TopView, TransferView,
+};
 use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_core::domain::{AccountId, TransferId};
 use ledger_core::routing::{partition_for, shard_for};
@@ -602,10 +604,7 @@ fn top(shards: &[Shard], limit: usize, json: bool) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Serialize)]
 struct TransferAnswer {
     transfer_id: String,
-    /// `accepted` or `rejected` (one shard decided it); `unknown` (no shard
-    /// asked did); `conflicting` (several did: the same id was submitted
-    /// from source accounts of different shards).
-    status: String,
+    status: AnswerStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     decided_by: Vec<u32>,
@@ -613,16 +612,29 @@ struct TransferAnswer {
     shards: Vec<TransferView>,
 }
 
+/// The status of a transfer over the shards asked: in JSON `accepted` or
+/// `rejected` (one shard decided it), `unknown` (no shard asked did), or
+/// `conflicting` (several did: the same id was submitted from source
+/// accounts of different shards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum AnswerStatus {
+    Conflicting,
+    /// What the one deciding shard says, or `unknown`.
+    #[serde(untagged)]
+    Decided(DecisionStatus),
+}
+
 impl TransferAnswer {
     fn merge(transfer_id: TransferId, shards: Vec<TransferView>) -> Self {
         let decided: Vec<&TransferView> = shards
             .iter()
-            .filter(|view| view.status != "unknown")
+            .filter(|view| view.status != DecisionStatus::Unknown)
             .collect();
         let (status, reason) = match decided.as_slice() {
-            [] => ("unknown".to_owned(), None),
-            [one] => (one.status.clone(), one.reason.clone()),
-            _ => ("conflicting".to_owned(), None),
+            [] => (AnswerStatus::Decided(DecisionStatus::Unknown), None),
+            [one] => (AnswerStatus::Decided(one.status), one.reason.clone()),
+            _ => (AnswerStatus::Conflicting, None),
         };
         TransferAnswer {
             transfer_id: transfer_id.to_string(),
@@ -644,15 +656,17 @@ impl TransferAnswer {
 
     /// One sentence for humans: who decided what, and where the credit is.
     fn summary(&self) -> String {
-        let decision = match self.status.as_str() {
-            "unknown" => "not decided by any shard asked (not processed yet, never submitted, \
-                          or older than the idempotency window)"
-                .to_owned(),
-            "conflicting" => {
+        let decision = match self.status {
+            AnswerStatus::Decided(DecisionStatus::Unknown) => {
+                "not decided by any shard asked (not processed yet, never submitted, \
+                 or older than the idempotency window)"
+                    .to_owned()
+            }
+            AnswerStatus::Conflicting => {
                 let each: Vec<String> = self
                     .shards
                     .iter()
-                    .filter(|view| view.status != "unknown")
+                    .filter(|view| view.status != DecisionStatus::Unknown)
                     .map(|view| format!("shard {} {}", view.shard, describe(view)))
                     .collect();
                 format!(
@@ -661,14 +675,14 @@ impl TransferAnswer {
                     each.join(", ")
                 )
             }
-            status => match &self.reason {
+            AnswerStatus::Decided(status) => match &self.reason {
                 Some(reason) => format!("{status} ({reason}) by {}", shard_list(&self.decided_by)),
                 None => format!("{status} by {}", shard_list(&self.decided_by)),
             },
         };
         let credit = if !self.credited_by.is_empty() {
             format!("; credit applied on {}", shard_list(&self.credited_by))
-        } else if self.status == "accepted" {
+        } else if self.status == AnswerStatus::Decided(DecisionStatus::Accepted) {
             "; credit not applied on any shard asked (still in flight on ledger-credits, or \
              the destination account's shard was not asked)"
                 .to_owned()
@@ -682,7 +696,7 @@ impl TransferAnswer {
 fn describe(view: &TransferView) -> String {
     match &view.reason {
         Some(reason) => format!("{} ({reason})", view.status),
-        None => view.status.clone(),
+        None => view.status.to_string(),
     }
 }
 
@@ -712,7 +726,7 @@ fn transfer(shards: &[Shard], id: TransferId, json: bool) -> anyhow::Result<Exit
         for view in &answer.shards {
             table.row(vec![
                 view.shard.to_string(),
-                view.status.clone(),
+                view.status.to_string(),
                 view.reason.clone().unwrap_or_else(|| "-".to_owned()),
                 if view.credited { "yes" } else { "no" }.to_owned(),
             ]);
@@ -1007,7 +1021,7 @@ mod tests {
         TransferView {
             transfer_id: "t".to_owned(),
             shard,
-            status: status.to_owned(),
+            status: serde_json::from_value(status.into()).unwrap(),
             reason: reason.map(str::to_owned),
             credited,
         }
@@ -1023,7 +1037,7 @@ mod tests {
             view(0, "accepted", None, false),
             view(1, "unknown", None, true),
         ]);
-        assert_eq!(answer.status, "accepted");
+        assert_eq!(serde_json::to_value(answer.status).unwrap(), "accepted");
         assert_eq!(
             (answer.decided_by.as_slice(), answer.credited_by.as_slice()),
             (&[0][..], &[1][..])
@@ -1046,8 +1060,11 @@ mod tests {
             view(1, "rejected", Some("insufficient_funds"), false),
         ]);
         assert_eq!(
-            (answer.status.as_str(), answer.reason.as_deref()),
-            ("rejected", Some("insufficient_funds"))
+            (
+                serde_json::to_value(answer.status).unwrap(),
+                answer.reason.as_deref()
+            ),
+            ("rejected".into(), Some("insufficient_funds"))
         );
         assert!(answer
             .summary()
@@ -1060,14 +1077,14 @@ mod tests {
             view(0, "unknown", None, false),
             view(1, "unknown", None, false),
         ]);
-        assert_eq!(answer.status, "unknown");
+        assert_eq!(serde_json::to_value(answer.status).unwrap(), "unknown");
         assert!(!answer.known());
 
         let answer = merged(vec![
             view(0, "accepted", None, false),
             view(1, "rejected", Some("insufficient_funds"), false),
         ]);
-        assert_eq!(answer.status, "conflicting");
+        assert_eq!(serde_json::to_value(answer.status).unwrap(), "conflicting");
         assert_eq!(answer.decided_by, [0, 1]);
         assert!(answer
             .summary()

@@ -113,8 +113,15 @@ pub struct Running {
 
 /// Starts the `producer` binary with `args`.
 pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+    spawn_with_env(args, &[])
+}
+
+/// Starts the `producer` binary with `args` and the variables `env` added
+/// to the test's environment.
+pub fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_producer"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
