@@ -133,7 +133,8 @@ fn a_producer_with_another_partitioner_gets_misrouted_outcomes_and_the_ledger_st
     // What the shards must have done, from where each record really sits.
     let written =
         deposits.len() + scenario.transfers.len() + foreign_transfers.len() + also_fed.len();
-    let mut inputs = TopicReader::new(&topics, &topics.transfers)
+    let mut inputs = topics
+        .reader(&topics.transfers)
         .read_at_least(written)
         .to_vec();
     assert_eq!(inputs.len(), written, "every record written once");
@@ -166,7 +167,8 @@ fn a_producer_with_another_partitioner_gets_misrouted_outcomes_and_the_ledger_st
     );
     wait_for_balances(&urls, &model.balances);
 
-    let results = TopicReader::new(&topics, &topics.results)
+    let results = topics
+        .reader(&topics.results)
         .read_at_least(inputs.len())
         .to_vec();
     running.stop_all();

@@ -198,7 +198,7 @@ fn bad_input_is_rejected_dead_lettered_and_passed() {
     assert_eq!(balance.balance, "123.45");
     running.stop_all();
 
-    let mut results = TopicReader::new(&topics, &topics.results);
+    let mut results = topics.reader(&topics.results);
     let mut outcomes = outcomes_of(results.read_at_least(inputs.len()));
     assert_eq!(outcomes.len(), inputs.len());
     outcomes.sort_by_key(|o| o.offset);
@@ -214,7 +214,7 @@ fn bad_input_is_rejected_dead_lettered_and_passed() {
     assert_eq!(outcomes.last().map(|o| o.kind), Some(OutcomeKind::Accepted));
 
     let dead: usize = bad.iter().filter(|(_, _, dlq)| *dlq).count();
-    let mut dlq = TopicReader::new(&topics, &topics.dlq);
+    let mut dlq = topics.reader(&topics.dlq);
     let letters = dlq.read_at_least(dead).to_vec();
     assert_eq!(letters.len(), dead);
     let expected: Vec<_> = bad.iter().filter(|(_, _, dlq)| *dlq).collect();
@@ -371,7 +371,7 @@ fn the_skip_seek_back_mutant_loses_records() {
         std::thread::sleep(Duration::from_millis(200));
     }
     running.stop_all();
-    let mut results = TopicReader::new(&topics, &topics.results);
+    let mut results = topics.reader(&topics.results);
     let outcomes = outcomes_of(results.drain());
     let decided: BTreeSet<i64> = outcomes.iter().map(|o| o.offset).collect();
     assert!(

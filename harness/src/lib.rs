@@ -23,6 +23,8 @@
 //!   the panic hook that prints its log when a test fails.
 //! - [`topics`]: [`unique_name`] and [`create_topics`], what tests need to
 //!   stay out of each other's way.
+//! - [`testkit`]: what the Kafka-backed tests share: topics read back to
+//!   their end, waits for open transactions to settle, bounded waits.
 //! - [`daemon`]: a broker that outlives its starter, behind the
 //!   `txledger-kafka` binary (`src/main.rs`).
 //! - [`error`]: the error type, [`HarnessError`].
@@ -41,6 +43,7 @@ pub mod daemon;
 pub mod error;
 mod process;
 pub mod shared;
+pub mod testkit;
 pub mod topics;
 
 pub use broker::{Broker, BrokerOptions};

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{payloads, read_all, send, transactional_producer, wait_settled, DEADLINE};
+use harness::testkit::Isolation;
 use harness::{create_topics, unique_name, Broker, BrokerOptions};
 use rdkafka::producer::Producer;
 
@@ -46,7 +47,10 @@ fn restart_keeps_the_address_and_the_committed_records() {
     let mut expected = payloads("before", 4);
     expected.extend(payloads("after", 2));
     expected.sort();
-    assert_eq!(read_all(&bootstrap, &topic, 2, "read_committed"), expected);
+    assert_eq!(
+        read_all(&bootstrap, &topic, 2, Isolation::ReadCommitted),
+        expected
+    );
 
     broker.stop().expect("stop");
     assert_eq!(broker.pid(), None);

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{payloads, read_all, send, transactional_producer, wait_settled, DEADLINE};
+use harness::testkit::Isolation;
 use harness::{create_topics, shared_bootstrap, unique_name};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,7 +29,7 @@ fn committed_records_are_visible_to_read_committed() {
 
     wait_settled(&bootstrap, &topic, 3);
     assert_eq!(
-        read_all(&bootstrap, &topic, 3, "read_committed"),
+        read_all(&bootstrap, &topic, 3, Isolation::ReadCommitted),
         payloads("c", 10)
     );
 }
@@ -65,14 +66,14 @@ fn aborted_records_are_invisible_to_read_committed_only() {
 
     wait_settled(&bootstrap, &topic, 2);
     assert_eq!(
-        read_all(&bootstrap, &topic, 2, "read_committed"),
+        read_all(&bootstrap, &topic, 2, Isolation::ReadCommitted),
         payloads("committed", 3)
     );
     let mut everything = payloads("aborted", 7);
     everything.extend(payloads("committed", 3));
     everything.sort();
     assert_eq!(
-        read_all(&bootstrap, &topic, 2, "read_uncommitted"),
+        read_all(&bootstrap, &topic, 2, Isolation::ReadUncommitted),
         everything
     );
 }
@@ -177,7 +178,7 @@ fn offsets_sent_with_a_committed_transaction_become_the_group_offsets() {
 
     wait_settled(&bootstrap, &output, 1);
     assert_eq!(
-        read_all(&bootstrap, &output, 1, "read_committed"),
+        read_all(&bootstrap, &output, 1, Isolation::ReadCommitted),
         [
             "processed-a",
             "processed-b",
@@ -222,11 +223,11 @@ fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
 
     wait_settled(&bootstrap, &topic, 1);
     assert_eq!(
-        read_all(&bootstrap, &topic, 1, "read_committed"),
+        read_all(&bootstrap, &topic, 1, Isolation::ReadCommitted),
         ["successor"]
     );
     assert_eq!(
-        read_all(&bootstrap, &topic, 1, "read_uncommitted"),
+        read_all(&bootstrap, &topic, 1, Isolation::ReadUncommitted),
         ["successor", "zombie"]
     );
 }

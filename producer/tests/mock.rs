@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use common::{read, Until};
+use harness::testkit::Isolation;
 use ledger_core::domain::{Currency, TransferId};
 use producer::generate::{Generator, GeneratorConfig};
 use producer::progress::{Progress, StopSignal};
@@ -87,7 +88,7 @@ fn an_abortable_error_aborts_and_resends_the_same_batch() {
     let written: HashSet<TransferId> = read(
         &bootstrap,
         topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(300),
     )
     .iter()

@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use common::{read, run_binary, spawn, spawn_with_env, stderr, Until, DEADLINE, PARTITIONS};
+use common::{read, run_binary, spawn, spawn_with_env, stderr, Until, PARTITIONS};
+use harness::testkit::{Isolation, DEADLINE};
 use ledger_core::domain::{Currency, Transfer, TransferId};
 use producer::generate::{Generator, GeneratorConfig};
 use producer::{Config, ProducerError};
@@ -96,7 +97,7 @@ fn generated_transfers_are_committed_exactly_once() {
     let committed = read(
         &bootstrap,
         &topic,
-        "read_committed",
+        Isolation::ReadCommitted,
         Until::AtLeastThenEnd(3000),
     );
     assert_eq!(committed.len(), 3000, "exactly the committed records");
@@ -124,7 +125,7 @@ fn generated_transfers_are_committed_exactly_once() {
     let uncommitted = read(
         &bootstrap,
         &topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(3000),
     );
     assert_eq!(uncommitted.len(), 3000, "nothing was aborted and resent");
@@ -154,7 +155,7 @@ fn without_transactions_every_record_is_written_once() {
     let read_back = read(
         &bootstrap,
         &topic,
-        "read_committed",
+        Isolation::ReadCommitted,
         Until::AtLeastThenEnd(1000),
     );
     assert_eq!(read_back.len(), 1000);
@@ -229,7 +230,7 @@ fn an_import_sends_the_valid_lines_and_reports_the_invalid_ones() {
     let read_back = read(
         &bootstrap,
         &topic,
-        "read_committed",
+        Isolation::ReadCommitted,
         Until::AtLeastThenEnd(50),
     );
     let read_ids: HashSet<TransferId> = read_back.iter().map(|r| r.transfer.id).collect();
@@ -283,7 +284,7 @@ fn an_import_with_invalid_lines_aborts_before_sending_anything() {
     assert!(read(
         &bootstrap,
         &topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(0)
     )
     .is_empty());
@@ -313,7 +314,12 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
             "300000",
         ],
     ));
-    read(&bootstrap, &topic, "read_uncommitted", Until::AtLeast(5));
+    read(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        Until::AtLeast(5),
+    );
     killed.signal(Signal::KILL);
     let output = killed.finish(DEADLINE);
     assert!(!output.status.success(), "killed: {}", stderr(&output));
@@ -321,7 +327,7 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
     let open: HashSet<TransferId> = read(
         &bootstrap,
         &topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(5),
     )
     .iter()
@@ -331,7 +337,7 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
         read(
             &bootstrap,
             &topic,
-            "read_committed",
+            Isolation::ReadCommitted,
             Until::AtLeastThenEnd(0)
         )
         .is_empty(),
@@ -357,7 +363,7 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
     let committed = read(
         &bootstrap,
         &topic,
-        "read_committed",
+        Isolation::ReadCommitted,
         Until::AtLeastThenEnd(500),
     );
     assert!(
@@ -372,7 +378,7 @@ fn a_killed_producers_transaction_is_aborted_when_its_successor_starts() {
     let all = read(
         &bootstrap,
         &topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(500 + open.len()),
     );
     assert_eq!(all.len(), 500 + open.len());
@@ -397,7 +403,12 @@ fn sigterm_commits_the_open_transaction_and_exits_zero() {
             "120000",
         ],
     ));
-    read(&bootstrap, &topic, "read_uncommitted", Until::AtLeast(5));
+    read(
+        &bootstrap,
+        &topic,
+        Isolation::ReadUncommitted,
+        Until::AtLeast(5),
+    );
     running.signal(Signal::TERM);
     let output = running.finish(DEADLINE);
     let stderr = stderr(&output);
@@ -407,14 +418,14 @@ fn sigterm_commits_the_open_transaction_and_exits_zero() {
     let sent = read(
         &bootstrap,
         &topic,
-        "read_uncommitted",
+        Isolation::ReadUncommitted,
         Until::AtLeastThenEnd(5),
     )
     .len();
     let committed = read(
         &bootstrap,
         &topic,
-        "read_committed",
+        Isolation::ReadCommitted,
         Until::AtLeastThenEnd(sent),
     );
     assert_eq!(committed.len(), sent, "the open transaction was committed");
@@ -434,7 +445,12 @@ fn a_running_producer_is_fenced_by_a_new_instance_and_fails() {
         ),
         std::future::pending(),
     ));
-    read(&bootstrap, &topic, "read_committed", Until::AtLeast(1));
+    read(
+        &bootstrap,
+        &topic,
+        Isolation::ReadCommitted,
+        Until::AtLeast(1),
+    );
 
     let second = runtime
         .block_on(producer::run(
@@ -585,7 +601,12 @@ fn metrics_are_served_on_the_given_address() {
             &address,
         ],
     ));
-    read(&bootstrap, &topic, "read_committed", Until::AtLeast(1));
+    read(
+        &bootstrap,
+        &topic,
+        Isolation::ReadCommitted,
+        Until::AtLeast(1),
+    );
     let metrics = http_get(&address, "/metrics");
     running.signal(Signal::TERM);
     let output = running.finish(DEADLINE);

@@ -22,24 +22,21 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use consumer::Config;
+use harness::testkit::Isolation;
 use ledger::api::{StatsView, TopView, TransferView};
 use ledger_core::domain::{
     AccountId, Amount, Currency, Decision, OutcomeKind, RejectReason, Transfer, TransferId,
 };
 use ledger_core::wire::{self, Outcome};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Headers, Message};
+use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use time::OffsetDateTime;
 
-/// Every wait for a condition is bounded by this; generous for small CI
-/// machines.
-pub const DEADLINE: Duration = Duration::from_secs(180);
+pub use harness::testkit::{free_port, tail, wait_until, Record, TopicReader, DEADLINE};
 
 pub fn bootstrap() -> String {
     harness::shared_bootstrap()
@@ -115,6 +112,16 @@ impl Topics {
         .iter()
         .map(|s| (*s).to_owned())
         .collect()
+    }
+
+    /// A `read_committed` reader of one of these topics, from the beginning.
+    pub fn reader(&self, topic: &str) -> TopicReader {
+        TopicReader::new(
+            &self.bootstrap,
+            topic,
+            self.partitions,
+            Isolation::ReadCommitted,
+        )
     }
 
     pub fn config(&self, shard: u32, shards: u32, data_dir: &Path, extra: &[&str]) -> Config {
@@ -219,133 +226,6 @@ pub fn feed(topics: &Topics, inputs: &[Input]) {
 }
 
 // ---------------------------------------------------------------- reading
-
-/// A record read back from a topic.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
-}
-
-/// The reader asks for end-of-partition events; they are not errors.
-pub struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            eprintln!("reader: {error}: {reason}");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
-
-/// Reads a topic from the beginning with `read_committed`, keeping what it
-/// read; `drain` reads up to the current end of every partition.
-pub struct TopicReader {
-    consumer: BaseConsumer<QuietEof>,
-    partitions: i32,
-    pub records: Vec<Record>,
-}
-
-impl TopicReader {
-    pub fn new(topics: &Topics, topic: &str) -> TopicReader {
-        let consumer: BaseConsumer<QuietEof> = ledger::kafka::read_committed_consumer_config(
-            &topics.bootstrap,
-            &harness::unique_name("reader"),
-        )
-        .set("enable.partition.eof", "true")
-        .create_with_context(QuietEof)
-        .expect("reader");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..topics.partitions {
-            list.add_partition_offset(topic, partition, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&list).expect("assign");
-        TopicReader {
-            consumer,
-            partitions: topics.partitions,
-            records: Vec::new(),
-        }
-    }
-
-    fn poll_once(&mut self, wait: Duration) -> Option<i32> {
-        match self.consumer.poll(wait) {
-            Some(Ok(message)) => {
-                let headers = message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.records.push(Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-                None
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => Some(partition),
-            Some(Err(error)) => panic!("reading back failed: {error}"),
-            None => None,
-        }
-    }
-
-    /// Reads until every partition has reported its end, or nothing new
-    /// arrived for `QUIET` (librdkafka sometimes reports an end of
-    /// partition as a global error without the partition).
-    pub fn drain(&mut self) -> &[Record] {
-        const QUIET: Duration = Duration::from_secs(3);
-        let deadline = Instant::now() + DEADLINE;
-        let mut ended = BTreeSet::new();
-        let mut last_news = Instant::now();
-        while ended.len() < self.partitions as usize && last_news.elapsed() < QUIET {
-            assert!(Instant::now() < deadline, "topic not drained in time");
-            let before = self.records.len();
-            if let Some(partition) = self.poll_once(Duration::from_millis(100)) {
-                ended.insert(partition);
-            }
-            if self.records.len() > before {
-                last_news = Instant::now();
-            }
-        }
-        &self.records
-    }
-
-    /// Reads until at least `count` records are in, then drains.
-    pub fn read_at_least(&mut self, count: usize) -> &[Record] {
-        let deadline = Instant::now() + DEADLINE;
-        while self.records.len() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {count} records arrived in time",
-                self.records.len()
-            );
-            self.poll_once(Duration::from_millis(200));
-        }
-        self.drain()
-    }
-}
 
 pub fn outcomes_of(records: &[Record]) -> Vec<Outcome> {
     records
@@ -575,14 +455,6 @@ pub fn wait_for_balances(urls: &[String], expected: &BTreeMap<String, i128>) {
     }
 }
 
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 pub fn is_ready(url: &str) -> bool {
     http()
         .get(format!("{url}/readyz"))
@@ -643,14 +515,6 @@ impl InProcess {
         }
         self.urls.clear();
     }
-}
-
-/// A free local port (bound then released: a small race, fine in tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A shard as a child process of the real binary, for tests that kill it.
@@ -783,12 +647,12 @@ pub fn verify_served(model: &Model, urls: &[String]) {
 /// exactly one credit per accepted transfer; the fold of the outcomes equals
 /// the model's balances.
 pub fn verify_topics(topics: &Topics, inputs_count: usize, model: &Model) {
-    let mut input_reader = TopicReader::new(topics, &topics.transfers);
+    let mut input_reader = topics.reader(&topics.transfers);
     let mut inputs = input_reader.read_at_least(inputs_count).to_vec();
     assert_eq!(inputs.len(), inputs_count, "input records in the topic");
     inputs.sort_by_key(|r| (r.partition, r.offset));
 
-    let mut results = TopicReader::new(topics, &topics.results);
+    let mut results = topics.reader(&topics.results);
     let outcomes = outcomes_of(results.read_at_least(inputs_count));
     let mut by_position: BTreeMap<(i32, i64), &Outcome> = BTreeMap::new();
     for outcome in &outcomes {
@@ -832,7 +696,7 @@ pub fn verify_topics(topics: &Topics, inputs_count: usize, model: &Model) {
         .filter(|(_, d)| **d == Decision::Accepted)
         .map(|(id, _)| *id)
         .collect();
-    let mut credits = TopicReader::new(topics, &topics.credits);
+    let mut credits = topics.reader(&topics.credits);
     let mut emitted: BTreeMap<TransferId, usize> = BTreeMap::new();
     for record in credits.read_at_least(accepted.len()) {
         let credit =
@@ -866,11 +730,6 @@ pub fn verify_topics(topics: &Topics, inputs_count: usize, model: &Model) {
 
 /// The temporary directory of a test, kept when the test fails so that
 /// shard logs and sled directories can be read.
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 pub fn test_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("consumer-test-")

@@ -4,22 +4,14 @@
 // Each test crate that includes this module uses only part of it.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::io;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::testkit::{Isolation, TopicReader};
 use ledger_core::domain::Transfer;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rustix::process::{kill_process, Pid, Signal};
-
-/// Bound on every wait of a test. Generous: CI runs on a loaded 2-core
-/// machine, and a healthy broker answers in milliseconds anyway.
-pub const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Partitions of every test topic.
 pub const PARTITIONS: i32 = 3;
@@ -44,65 +36,28 @@ pub enum Until {
     AtLeastThenEnd(usize),
 }
 
-/// Reads `topic` from the beginning with `isolation` (`read_committed` or
-/// `read_uncommitted`) until `until` holds; panics after [`DEADLINE`]. Every
-/// record must decode with the shards' decoder.
-pub fn read(bootstrap: &str, topic: &str, isolation: &str, until: Until) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", harness::unique_name("reader"))
-        // A reader must leave no offsets behind.
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("create a reader");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("add a partition");
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut at_end = HashSet::new();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let done = match until {
-            Until::AtLeast(count) => records.len() >= count,
-            Until::AtLeastThenEnd(count) => {
-                records.len() >= count && at_end.len() == PARTITIONS as usize
-            }
-        };
-        if done {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} ({isolation}): {} records read and partitions {at_end:?} at their end \
-             after {DEADLINE:?}, waiting for {until:?}",
-            records.len()
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => {
-                at_end.remove(&message.partition());
-                let payload = message.payload().expect("a payload");
-                let transfer = ledger_core::wire::decode_transfer(payload)
-                    .unwrap_or_else(|error| panic!("undecodable record: {error}"));
-                records.push(Read {
-                    key: message.key().expect("a key").to_vec(),
-                    partition: message.partition(),
-                    transfer,
-                });
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition);
-            }
-            // The topic may not exist yet while a producer is starting.
-            Some(Err(error)) => eprintln!("reading {topic}: {error}"),
-        }
-    }
+/// Reads `topic` from the beginning with `isolation` until `until` holds;
+/// panics after `harness::testkit::DEADLINE`. Every record must decode with the shards'
+/// decoder.
+pub fn read(bootstrap: &str, topic: &str, isolation: Isolation, until: Until) -> Vec<Read> {
+    let mut reader = TopicReader::new(bootstrap, topic, PARTITIONS, isolation);
+    let records = match until {
+        Until::AtLeast(count) => reader.read_until(&format!("{count} records"), |reader| {
+            reader.records.len() >= count
+        }),
+        Until::AtLeastThenEnd(count) => reader.read_at_least_then_end(count),
+    };
+    records
+        .iter()
+        .map(|record| Read {
+            key: record.key.clone().expect("a key"),
+            partition: record.partition,
+            transfer: ledger_core::wire::decode_transfer(
+                record.payload.as_deref().expect("a payload"),
+            )
+            .unwrap_or_else(|error| panic!("undecodable record: {error}")),
+        })
+        .collect()
 }
 
 /// The `producer` binary, running, its output captured.
