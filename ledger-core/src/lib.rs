@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`audit`]: the audit's judge: facts folded from the topics in, a
+//!   verdict per check out.
 //! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
 //!   transfers, credits, outcomes).
 //! - [`wire`]: the JSON messages on the topics, decoded strictly.
@@ -13,6 +15,7 @@
 //! - [`routing`]: which partition and shard own an account (Kafka's murmur2
 //!   partitioner, exactly).
 
+pub mod audit;
 pub mod domain;
 pub mod machine;
 pub mod recovery;

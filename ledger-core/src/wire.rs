@@ -16,6 +16,15 @@ use crate::domain::{
     TransferId,
 };
 
+/// Transfers, keyed by source account.
+pub const TOPIC_TRANSFERS: &str = "transactions";
+/// Credits between shards, keyed by destination account.
+pub const TOPIC_CREDITS: &str = "ledger-credits";
+/// One outcome per input transfer record.
+pub const TOPIC_RESULTS: &str = "ledger-results";
+/// Undecodable input, with the reason in headers.
+pub const TOPIC_DEAD_LETTERS: &str = "ledger-dlq";
+
 /// Header names on dead-letter records.
 pub const DLQ_HEADER_REASON: &str = "txledger-reason";
 pub const DLQ_HEADER_DETAIL: &str = "txledger-detail";

@@ -8,14 +8,8 @@
 //! `TXLEDGER_...`. The brokers' variable is `kafka::ENV_BOOTSTRAP`, with the
 //! security settings it goes with.
 
-/// Transfers, keyed by source account.
-pub const TOPIC_TRANSFERS: &str = "transactions";
-/// Credits between shards, keyed by destination account.
-pub const TOPIC_CREDITS: &str = "ledger-credits";
-/// One outcome per input transfer record.
-pub const TOPIC_RESULTS: &str = "ledger-results";
-/// Undecodable input, with the reason in headers.
-pub const TOPIC_DEAD_LETTERS: &str = "ledger-dlq";
+/// The topics' default names, defined with the wire format they carry.
+pub use ledger_core::wire::{TOPIC_CREDITS, TOPIC_DEAD_LETTERS, TOPIC_RESULTS, TOPIC_TRANSFERS};
 
 /// Read by every binary.
 pub const TXLEDGER_LOG_FORMAT: &str = "TXLEDGER_LOG_FORMAT";
