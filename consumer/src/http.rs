@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{
+    self, AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView,
+};
 use ledger::store::StoreReader;
 use ledger_core::domain::{AccountId, TransferId};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,14 +24,11 @@ use crate::measure::{self, ErrorEvent};
 use crate::shard::Shared;
 
 /// Most accounts one `?top=N` query returns: it bounds the answer's size,
-/// not the work (the shard reads and sorts every balance whatever N), and
-/// lets `ledger audit --url` list every balance of a shard of up to this
-/// many accounts in one answer.
+/// not the work (the shard reads and sorts every balance whatever N).
+/// Readers of every balance (`ledger audit --url`, `ledger query balances`)
+/// page through `/v1/balances` instead.
 pub const TOP_MAX: usize = 10_000_000;
 const TOP_DEFAULT: usize = 10;
-/// Most balances in one page of `/v1/balances`: bounds the answer's size;
-/// an export asks page after page.
-pub const BALANCES_PAGE_MAX: usize = 10_000;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -191,8 +190,8 @@ async fn balances_page(
     let limit = count_param(
         "limit",
         params.limit.as_deref(),
-        BALANCES_PAGE_MAX,
-        BALANCES_PAGE_MAX,
+        api::BALANCES_PAGE_MAX,
+        api::BALANCES_PAGE_MAX,
     )?;
     let shard = state.shard;
     read(&state, move |reader| {

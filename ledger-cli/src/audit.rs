@@ -19,7 +19,7 @@ use rdkafka::message::{BorrowedHeaders, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 
-use ledger::api::{StatsView, TopView};
+use ledger::api::{self, AccountView, BalancesPageView, StatsView, BALANCES_PAGE_MAX};
 use ledger::kafka::{EofReader, EofReaderContext};
 use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_core::domain::{AccountId, Money, SCALE};
@@ -617,42 +617,58 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, Au
     let stats: StatsView = get("/v1/stats")?
         .json()
         .map_err(|e| fail(format!("GET /v1/stats: {e}")))?;
-    if stats.accounts == 0 {
-        return Ok(Vec::new());
-    }
-    let path = format!("/v1/accounts?top={}", stats.accounts);
-    let listing: TopView = get(&path)?
-        .json()
-        .map_err(|e| fail(format!("GET {path}: {e}")))?;
-    if listing.accounts.len() as u64 != stats.accounts {
+    // Page by page: one answer per page, whatever the shard holds. The next
+    // page's `after` is an account of this page, which `parse_balance` has
+    // validated (URL-safe characters only) before it is asked for.
+    let mut balances = Vec::new();
+    let limit = BALANCES_PAGE_MAX.to_string();
+    api::page_through(
+        BALANCES_PAGE_MAX,
+        |after| {
+            let mut path = format!("/v1/balances?limit={limit}");
+            if let Some(after) = after {
+                path.push_str("&after=");
+                path.push_str(after);
+            }
+            let page: BalancesPageView = get(&path)?
+                .json()
+                .map_err(|e| fail(format!("GET {path}: {e}")))?;
+            Ok(page.accounts)
+        },
+        |page| {
+            for entry in page {
+                balances.push(parse_balance(&entry).map_err(fail)?);
+            }
+            Ok(())
+        },
+    )?;
+    if balances.len() as u64 != stats.accounts {
         return Err(fail(format!(
             "listed {} accounts but its stats count {} (is the shard still processing?)",
-            listing.accounts.len(),
+            balances.len(),
             stats.accounts
         )));
     }
-    listing
-        .accounts
-        .into_iter()
-        .map(|entry| {
-            let account = AccountId::parse(&entry.account)
-                .map_err(|e| fail(format!("account {:?}: {e}", entry.account)))?;
-            let decimal: Decimal = entry
-                .balance
-                .parse()
-                .map_err(|e| fail(format!("balance {:?} of {account}: {e}", entry.balance)))?;
-            let balance = to_money(decimal).ok_or_else(|| {
-                fail(format!(
-                    "balance {} of {account} has more than {SCALE} decimals",
-                    entry.balance
-                ))
-            })?;
-            Ok((account, balance))
-        })
-        .collect()
+    Ok(balances)
 }
 
-/// A balance in minor units; `None` for sub-cent precision.
+/// An account and its balance as a shard's API shows them.
+fn parse_balance(entry: &AccountView) -> Result<(AccountId, Money), String> {
+    let account = AccountId::parse(&entry.account)
+        .map_err(|e| format!("account {:?}: {e}", entry.account))?;
+    let decimal: Decimal = entry
+        .balance
+        .parse()
+        .map_err(|e| format!("balance {:?} of {account}: {e}", entry.balance))?;
+    let balance = to_money(decimal).ok_or_else(|| {
+        format!(
+            "balance {} of {account} has more than {SCALE} decimals",
+            entry.balance
+        )
+    })?;
+    Ok((account, balance))
+}
+
 fn to_money(mut decimal: Decimal) -> Option<Money> {
     if decimal.scale() > SCALE {
         return None;

@@ -2,12 +2,16 @@
 //! directory, or a running shard's HTTP API (served here by a stand-in with
 //! the shard's JSON shapes).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use ledger::api::BALANCES_PAGE_MAX;
 use ledger::store::{Store, StoreOptions};
 use ledger_cli::audit::{fetch_balances, AuditError, BalanceSource};
 use ledger_core::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
@@ -85,18 +89,49 @@ fn a_missing_directory_is_an_error() {
     assert!(error.to_string().contains("does not exist"), "{error}");
 }
 
-/// A stand-in shard API on a free port: `/v1/stats` answers `stats`,
-/// `/v1/accounts` answers `accounts` with `status`.
-fn serve(stats: Value, status: StatusCode, accounts: Value) -> SocketAddr {
+/// A stand-in shard API on a free port: `/v1/stats` answers `stats`;
+/// `/v1/balances?after=A&limit=N` answers with `status` and, when that is
+/// 200, the page of `accounts` (sorted by account) after `A`, as the shard
+/// pages; otherwise with `error`. Every request's query is kept in
+/// `requests`.
+struct StandIn {
+    address: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn serve(stats: Value, status: StatusCode, accounts: Vec<Value>, error: Value) -> StandIn {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
+    let page = move |Query(query): Query<HashMap<String, String>>| {
+        let accounts = accounts.clone();
+        let error = error.clone();
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut keys: Vec<_> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            keys.sort();
+            seen.lock().unwrap().push(keys.join("&"));
+            if status != StatusCode::OK {
+                return (status, Json(error));
+            }
+            let limit: usize = query["limit"].parse().unwrap();
+            let page: Vec<Value> = accounts
+                .into_iter()
+                .filter(|entry| {
+                    query
+                        .get("after")
+                        .is_none_or(|after| entry["account"].as_str().unwrap() > after.as_str())
+                })
+                .take(limit)
+                .collect();
+            (status, Json(json!({"shard": 0, "accounts": page})))
+        }
+    };
     let app = Router::new()
         .route("/v1/stats", get(move || async move { Json(stats) }))
-        .route(
-            "/v1/accounts",
-            get(move || async move { (status, Json(accounts)) }),
-        );
+        .route("/v1/balances", get(page));
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -107,7 +142,7 @@ fn serve(stats: Value, status: StatusCode, accounts: Value) -> SocketAddr {
             axum::serve(listener, app).await.unwrap();
         });
     });
-    address
+    StandIn { address, requests }
 }
 
 /// The shapes the consumer's API answers: `ledger::api` views.
@@ -116,20 +151,23 @@ fn stats(accounts: u64) -> Value {
            "offsets": [], "pending": null, "remembered_ids": 2})
 }
 
+fn entry(account: &str, balance: &str) -> Value {
+    json!({"account": account, "balance": balance, "shard": 0})
+}
+
 #[test]
 fn a_running_shard_lists_its_balances() {
-    let address = serve(
+    let shard = serve(
         stats(2),
         StatusCode::OK,
-        json!({"shard": 0, "accounts": [
-            {"account": "alice", "balance": "12.5", "shard": 0},
-            {"account": "world", "balance": "-12.50", "shard": 0}]}),
+        vec![entry("alice", "12.5"), entry("world", "-12.50")],
+        Value::Null,
     );
-    let url = format!("http://{address}/");
-    let shard = fetch_balances(&BalanceSource::Url(url.clone()), TIMEOUT).unwrap();
-    assert_eq!(shard.source, url);
+    let url = format!("http://{}/", shard.address);
+    let balances = fetch_balances(&BalanceSource::Url(url.clone()), TIMEOUT).unwrap();
+    assert_eq!(balances.source, url);
     assert_eq!(
-        shard.balances,
+        balances.balances,
         vec![
             (AccountId::parse("alice").unwrap(), Money(1250)),
             (AccountId::world(), Money(-1250)),
@@ -138,15 +176,43 @@ fn a_running_shard_lists_its_balances() {
 }
 
 #[test]
+fn a_large_shard_is_read_page_by_page() {
+    let count = BALANCES_PAGE_MAX + 1;
+    let accounts: Vec<Value> = (0..count)
+        .map(|n| entry(&format!("acc-{n:06}"), "1.00"))
+        .collect();
+    let shard = serve(stats(count as u64), StatusCode::OK, accounts, Value::Null);
+    let balances = fetch_balances(
+        &BalanceSource::Url(format!("http://{}", shard.address)),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(balances.balances.len(), count);
+    assert_eq!(balances.balances[count - 1].0.as_str(), "acc-010000");
+    // The second page starts after the last account of the first.
+    assert_eq!(
+        *shard.requests.lock().unwrap(),
+        vec![
+            format!("limit={BALANCES_PAGE_MAX}"),
+            format!("after=acc-009999&limit={BALANCES_PAGE_MAX}"),
+        ]
+    );
+}
+
+#[test]
 fn a_partial_listing_is_an_error_not_a_partial_audit() {
-    let address = serve(
+    let shard = serve(
         stats(3),
         StatusCode::OK,
-        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.00", "shard": 0}]}),
+        vec![entry("alice", "1.00")],
+        Value::Null,
     );
-    let error = fetch_balances(&BalanceSource::Url(format!("http://{address}")), TIMEOUT)
-        .unwrap_err()
-        .to_string();
+    let error = fetch_balances(
+        &BalanceSource::Url(format!("http://{}", shard.address)),
+        TIMEOUT,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         error.contains("listed 1 accounts but its stats count 3"),
         "{error}"
@@ -155,30 +221,38 @@ fn a_partial_listing_is_an_error_not_a_partial_audit() {
 
 #[test]
 fn a_refused_listing_says_why() {
-    let address = serve(
+    let shard = serve(
         stats(5000),
         StatusCode::BAD_REQUEST,
-        json!({"error": "top must be between 1 and 1000, got 5000"}),
+        Vec::new(),
+        json!({"error": "limit must be between 1 and 10000, got 20000"}),
     );
-    let error = fetch_balances(&BalanceSource::Url(format!("http://{address}")), TIMEOUT)
-        .unwrap_err()
-        .to_string();
+    let error = fetch_balances(
+        &BalanceSource::Url(format!("http://{}", shard.address)),
+        TIMEOUT,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
-        error.contains("400 Bad Request") && error.contains("top must be between 1 and 1000"),
+        error.contains("400 Bad Request") && error.contains("limit must be between 1 and 10000"),
         "{error}"
     );
 }
 
 #[test]
 fn sub_cent_balances_are_refused() {
-    let address = serve(
+    let shard = serve(
         stats(1),
         StatusCode::OK,
-        json!({"shard": 0, "accounts": [{"account": "alice", "balance": "1.005", "shard": 0}]}),
+        vec![entry("alice", "1.005")],
+        Value::Null,
     );
-    let error = fetch_balances(&BalanceSource::Url(format!("http://{address}")), TIMEOUT)
-        .unwrap_err()
-        .to_string();
+    let error = fetch_balances(
+        &BalanceSource::Url(format!("http://{}", shard.address)),
+        TIMEOUT,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("more than 2 decimals"), "{error}");
 }
 

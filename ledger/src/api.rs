@@ -25,6 +25,11 @@ pub struct TopView {
     pub accounts: Vec<AccountView>,
 }
 
+/// Most balances in one page of `GET /v1/balances`: bounds one answer's
+/// size; a reader of every balance asks page after page
+/// ([`page_through`]).
+pub const BALANCES_PAGE_MAX: usize = 10_000;
+
 /// `GET /v1/balances?after=ACCOUNT&limit=N`: a page of every committed
 /// balance, in account order. A page shorter than the limit is the last;
 /// otherwise the next one starts after its last account.
@@ -32,6 +37,27 @@ pub struct TopView {
 pub struct BalancesPageView {
     pub shard: u32,
     pub accounts: Vec<AccountView>,
+}
+
+/// Every balance of a shard, page by page in account order: asks `fetch`
+/// for the page after the last account seen (none at first) until a page
+/// comes back shorter than `page_len`, and hands each page to `each`.
+/// Memory stays at one page whatever the shard holds.
+pub fn page_through<E>(
+    page_len: usize,
+    mut fetch: impl FnMut(Option<&str>) -> Result<Vec<AccountView>, E>,
+    mut each: impl FnMut(Vec<AccountView>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = fetch(after.as_deref())?;
+        let last_page = page.len() < page_len;
+        after = page.last().map(|view| view.account.clone());
+        each(page)?;
+        if last_page {
+            return Ok(());
+        }
+    }
 }
 
 /// `GET /v1/transfers/{id}`: what this shard knows about a transfer id.

@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use ledger::api::{
-    AccountView, BalancesPageView, DecisionStatus, ErrorView, StatsView, TopView, TransferView,
+    self, AccountView, BalancesPageView, DecisionStatus, ErrorView, StatsView, TopView,
+    TransferView, BALANCES_PAGE_MAX,
 };
 use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_core::domain::{AccountId, TransferId};
@@ -41,9 +42,6 @@ const SHARDS_MAX: usize = 1024;
 /// `top` is a table for a person: at most this many rows. Every balance,
 /// for reconciling, is `balances`, streamed page by page.
 const TOP_LIMIT_MAX: u64 = 1000;
-/// Balances per page of `balances`: what one answer holds in memory (the
-/// shards' API serves pages up to `consumer`'s `BALANCES_PAGE_MAX`, 10,000).
-const BALANCES_PAGE: usize = 10_000;
 const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A shard answers `stats` by scanning its balances: allow for a large one.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -379,7 +377,7 @@ impl Shard {
                     |after| {
                         let after = after.map(AccountId::parse).transpose()?;
                         let page = reader
-                            .balances_page(after.as_ref(), BALANCES_PAGE)
+                            .balances_page(after.as_ref(), BALANCES_PAGE_MAX)
                             .with_context(|| format!("reading {}", dir.display()))?;
                         Ok(page
                             .into_iter()
@@ -393,7 +391,7 @@ impl Shard {
             }
             Source::Http(api) => self.page_through(
                 |after| {
-                    let limit = BALANCES_PAGE.to_string();
+                    let limit = BALANCES_PAGE_MAX.to_string();
                     let mut query = vec![("limit", limit.as_str())];
                     query.extend(after.map(|account| ("after", account)));
                     let page: BalancesPageView = api.get_required(&["v1", "balances"], &query)?;
@@ -405,26 +403,19 @@ impl Shard {
         }
     }
 
-    /// Asks `fetch` for the page after the last account seen until a page
-    /// comes back short.
+    /// [`api::page_through`], each account checked for this shard's
+    /// ordinal.
     fn page_through(
         &self,
-        mut fetch: impl FnMut(Option<&str>) -> anyhow::Result<Vec<AccountView>>,
+        fetch: impl FnMut(Option<&str>) -> anyhow::Result<Vec<AccountView>>,
         mut each: impl FnMut(Vec<AccountView>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut after: Option<String> = None;
-        loop {
-            let page = fetch(after.as_deref())?;
+        api::page_through(BALANCES_PAGE_MAX, fetch, |page| {
             for view in &page {
                 self.check_ordinal(view.shard)?;
             }
-            let last_page = page.len() < BALANCES_PAGE;
-            after = page.last().map(|view| view.account.clone());
-            each(page)?;
-            if last_page {
-                return Ok(());
-            }
-        }
+            each(page)
+        })
     }
 
     /// Routing and merging trust the command-line order of the shards: a
