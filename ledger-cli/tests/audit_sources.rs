@@ -99,6 +99,18 @@ struct StandIn {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+impl StandIn {
+    /// What the audit reads from this shard, which must fail: its error.
+    fn audit_error(&self) -> String {
+        fetch_balances(
+            &BalanceSource::Url(format!("http://{}", self.address)),
+            TIMEOUT,
+        )
+        .unwrap_err()
+        .to_string()
+    }
+}
+
 fn serve(stats: Value, status: StatusCode, accounts: Vec<Value>, error: Value) -> StandIn {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -207,12 +219,7 @@ fn a_partial_listing_is_an_error_not_a_partial_audit() {
         vec![entry("alice", "1.00")],
         Value::Null,
     );
-    let error = fetch_balances(
-        &BalanceSource::Url(format!("http://{}", shard.address)),
-        TIMEOUT,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = shard.audit_error();
     assert!(
         error.contains("listed 1 accounts but its stats count 3"),
         "{error}"
@@ -227,12 +234,7 @@ fn a_refused_listing_says_why() {
         Vec::new(),
         json!({"error": "limit must be between 1 and 10000, got 20000"}),
     );
-    let error = fetch_balances(
-        &BalanceSource::Url(format!("http://{}", shard.address)),
-        TIMEOUT,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = shard.audit_error();
     assert!(
         error.contains("400 Bad Request") && error.contains("limit must be between 1 and 10000"),
         "{error}"
@@ -247,12 +249,7 @@ fn sub_cent_balances_are_refused() {
         vec![entry("alice", "1.005")],
         Value::Null,
     );
-    let error = fetch_balances(
-        &BalanceSource::Url(format!("http://{}", shard.address)),
-        TIMEOUT,
-    )
-    .unwrap_err()
-    .to_string();
+    let error = shard.audit_error();
     assert!(error.contains("more than 2 decimals"), "{error}");
 }
 
