@@ -133,7 +133,9 @@ pub struct Config {
     #[arg(
         long,
         env = names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
-        default_value_t = 60_000
+        default_value_t = kafka::TRANSACTION_TIMEOUT_DEFAULT_MS,
+        value_parser = clap::value_parser!(u64)
+            .range(kafka::TRANSACTION_TIMEOUT_MS_MIN..=kafka::TRANSACTION_TIMEOUT_MS_MAX)
     )]
     pub transaction_timeout_ms: u64,
 
@@ -349,5 +351,21 @@ mod tests {
         ));
         assert!(Config::try_parse_from(["consumer", "--currency", "euro"]).is_err());
         assert!(Config::try_parse_from(["consumer", "--batch-records", "0"]).is_err());
+    }
+
+    /// The producer's bounds: one setting, one range, in both binaries.
+    #[test]
+    fn the_transaction_timeout_is_bounded_like_the_producers() {
+        let timeout = |ms: &str| {
+            Config::try_parse_from(["consumer", "--transaction-timeout-ms", ms])
+                .map(|config| config.transaction_timeout_ms)
+        };
+        assert_eq!(parse(&[]).transaction_timeout_ms, 60_000);
+        assert_eq!(timeout("1000").unwrap(), 1_000);
+        assert_eq!(timeout("900000").unwrap(), 900_000);
+        for refused in ["999", "900001"] {
+            let error = timeout(refused).unwrap_err().to_string();
+            assert!(error.contains("1000..=900000"), "{refused}: {error}");
+        }
     }
 }

@@ -43,6 +43,15 @@ pub fn client_config(bootstrap_servers: &str) -> ClientConfig {
     config
 }
 
+/// Kafka's `transaction.timeout.ms` of the producer's and the shards'
+/// transactions when none is given (`TXLEDGER_TRANSACTION_TIMEOUT_MS`).
+pub const TRANSACTION_TIMEOUT_DEFAULT_MS: u64 = 60_000;
+/// The bounds both binaries accept for it: librdkafka refuses less than a
+/// second, and the broker's default `transaction.max.timeout.ms` refuses
+/// more than 15 minutes at `init_transactions`.
+pub const TRANSACTION_TIMEOUT_MS_MIN: u64 = 1_000;
+pub const TRANSACTION_TIMEOUT_MS_MAX: u64 = 900_000;
+
 /// A transactional, idempotent producer's configuration.
 pub fn transactional_producer_config(
     bootstrap_servers: &str,

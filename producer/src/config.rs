@@ -64,9 +64,6 @@ pub const RENAMED_ENV: &[(&str, &str)] = &[
     ),
 ];
 
-/// The transaction timeout when none is given.
-const TRANSACTION_TIMEOUT_DEFAULT_MS: u64 = 60_000;
-
 /// The prefix of the default `transactional.id`, followed by the hostname.
 pub const TRANSACTIONAL_ID_PREFIX: &str = "txledger-producer-";
 
@@ -132,13 +129,14 @@ pub struct Config {
     /// open longer (a crashed producer's). Must exceed --batch-ms by at least
     /// 5000 ms [default: 60000].
     #[arg(long, env = names::TXLEDGER_TRANSACTION_TIMEOUT_MS,
-          value_parser = clap::value_parser!(u64).range(1_000..=900_000))]
+          value_parser = clap::value_parser!(u64)
+              .range(kafka::TRANSACTION_TIMEOUT_MS_MIN..=kafka::TRANSACTION_TIMEOUT_MS_MAX))]
     transaction_timeout_ms: Option<u64>,
 
     /// The transaction timeout in seconds, under its name before 0.2: read
     /// for one release, with a warning. --transaction-timeout-ms wins.
     #[arg(long, env = "PRODUCER_TRANSACTION_TIMEOUT_SECS", hide = true,
-          value_parser = clap::value_parser!(u64).range(1..=900))]
+          value_parser = clap::value_parser!(u64).range(1..=kafka::TRANSACTION_TIMEOUT_MS_MAX / 1000))]
     transaction_timeout_secs: Option<u64>,
 
     /// Bound on reaching the broker at start (topic creation, transactional
@@ -306,7 +304,7 @@ impl Config {
     fn transaction_timeout_ms(&self) -> u64 {
         self.transaction_timeout_ms
             .or(self.transaction_timeout_secs.map(|secs| secs * 1000))
-            .unwrap_or(TRANSACTION_TIMEOUT_DEFAULT_MS)
+            .unwrap_or(kafka::TRANSACTION_TIMEOUT_DEFAULT_MS)
     }
 
     /// Checks what clap cannot check flag by flag. `run` calls it, so a
