@@ -141,21 +141,36 @@ struct TransferFact {
 }
 
 impl TransferFact {
-    /// A transfer's fact is the one of the credit it gives: `Credit::of`
-    /// keeps every field a fact compares. Its copy of the two account ids
-    /// is dropped at once; decoding the record allocated more.
     fn of_transfer(transfer: &Transfer, accounts: &mut Accounts) -> Self {
-        Self::of_credit(&Credit::of(transfer), accounts)
+        let parts = (transfer.amount, transfer.currency, transfer.created_at);
+        Self::of_parts(transfer.id, [&transfer.from, &transfer.to], parts, accounts)
     }
 
     fn of_credit(credit: &Credit, accounts: &mut Accounts) -> Self {
+        let parts = (credit.amount, credit.currency, credit.created_at);
+        Self::of_parts(
+            credit.transfer_id,
+            [&credit.from, &credit.to],
+            parts,
+            accounts,
+        )
+    }
+
+    /// One constructor for both, from borrowed parts: it runs for every
+    /// input record and outcome the audit reads, so it copies no account id.
+    fn of_parts(
+        id: TransferId,
+        [from, to]: [&AccountId; 2],
+        (amount, currency, created_at): (Amount, Currency, OffsetDateTime),
+        accounts: &mut Accounts,
+    ) -> Self {
         TransferFact {
-            id: credit.transfer_id,
-            from: accounts.intern(&credit.from),
-            to: accounts.intern(&credit.to),
-            amount: credit.amount,
-            currency: credit.currency,
-            created_at: credit.created_at,
+            id,
+            from: accounts.intern(from),
+            to: accounts.intern(to),
+            amount,
+            currency,
+            created_at,
         }
     }
 
