@@ -12,7 +12,7 @@
 //! | `balances` | each shard balance equals the fold of accepted debits and credits |
 //! | `conservation` | the balances of all shards sum to zero (double entry) |
 //! | `negative` | no account but `world` is negative |
-//! | `decisions` | each outcome is one the ledger rules allow for its input |
+//! | `decisions` | each outcome is one the ledger rules allow for its input; funds replayed exactly in the ledger's order |
 //! | `unreadable` | every record on `ledger-results` and `ledger-credits` decodes |
 //! | `dead_letters` | exactly one dead letter per undecodable input or credit, naming it in its `txledger-source` header; none for anything else |
 //!
@@ -38,17 +38,16 @@ use crate::domain::{
     TransferId,
 };
 use crate::machine::{self, InputPartition, InputRecord, LedgerView, Output, Rules, Source};
-use crate::wire;
+use crate::order::{OrderKey, PartitionOrder};
+use crate::wire::{self, CreditsRecord};
 
 /// Findings kept per check; the count covers all of them.
 pub const FINDINGS_MAX: usize = 10;
 
-/// The balance the reference model gives every account. Whether a transfer
-/// finds funds depends on when its credits arrived, which the topics do not
-/// record; with unlimited funds the model decides everything that does not
-/// depend on timing, and `audit` allows `insufficient_funds` where the model
-/// accepts. Far above any reachable sum (see `AMOUNT_MAX_MINOR`), far below
-/// `i128` overflow.
+/// The balance the reference model gives every account, so that it decides
+/// all but funds record by record; funds are then replayed exactly, in the
+/// ledger's order (see `check_funds`). Far above any reachable sum (see
+/// `AMOUNT_MAX_MINOR`), far below `i128` overflow.
 const UNLIMITED_FUNDS: Money = Money(1_000_000_000_000_000_000_000_000_000_000);
 
 /// The pipeline's topic names.
@@ -233,6 +232,8 @@ struct OutcomeFact {
     id: Option<TransferId>,
     kind: OutcomeKind,
     transfer: Option<TransferFact>,
+    /// Where the transfer stood in the order, when re-timed.
+    effective_at: Option<OffsetDateTime>,
 }
 
 /// A `ledger-credits` record.
@@ -262,6 +263,11 @@ impl LedgerView for Model {
     fn credited(&self, _id: TransferId) -> bool {
         // The model is fed transfers only.
         false
+    }
+    fn order(&self, _partition: i32) -> PartitionOrder {
+        // With unlimited funds nothing waits, and where a transfer stands
+        // in the order is read from its outcome (see `check_funds`).
+        PartitionOrder::default()
     }
 }
 
@@ -420,6 +426,7 @@ impl AuditInput {
                         id: outcome.transfer_id,
                         kind: outcome.kind,
                         transfer,
+                        effective_at: outcome.effective_at,
                     });
             }
             Err(detail) => self.unreadable.push(Unreadable {
@@ -434,9 +441,14 @@ impl AuditInput {
     pub fn push_credit(&mut self, at: Position, payload: Option<&[u8]>) {
         let decoded = payload
             .ok_or_else(|| "record has no value".to_owned())
-            .and_then(|bytes| wire::decode_credit(bytes).map_err(|error| error.to_string()));
+            .and_then(|bytes| {
+                wire::decode_credits_record(bytes).map_err(|error| error.to_string())
+            });
         match decoded {
-            Ok(credit) => {
+            // Marks carry no money; the shards' decisions they allowed are
+            // judged by replaying the order itself.
+            Ok(CreditsRecord::Mark(_)) => {}
+            Ok(CreditsRecord::Credit(credit)) => {
                 let credit = TransferFact::of_credit(&credit, &mut self.accounts);
                 self.credits
                     .entry(at.partition)
@@ -754,6 +766,7 @@ pub fn audit(input: &AuditInput) -> AuditReport {
     judge.match_outcomes();
     judge.walk_inputs();
     judge.check_decisions();
+    judge.check_funds();
     let expected = judge.check_credits();
     judge.check_balances(&expected);
     judge.check_outputs();
@@ -937,9 +950,10 @@ impl<'a> Judge<'a> {
                         real == model
                     }
                     (OutcomeKind::Duplicate, Some(_)) => real == OutcomeKind::Duplicate,
+                    // Funds are judged by check_funds.
                     (OutcomeKind::Accepted, Some(transfer)) => {
                         real == OutcomeKind::Accepted
-                            || (real == OutcomeKind::Rejected(RejectReason::InsufficientFunds)
+                            || (is_funds_rejection(real)
                                 && !input.accounts.get(transfer.from).is_world())
                             || (real == OutcomeKind::Duplicate && decided_elsewhere())
                     }
@@ -964,6 +978,96 @@ impl<'a> Judge<'a> {
                         )
                     });
                 }
+            }
+        }
+    }
+
+    /// Replays every decision that depends on funds, in the ledger's order:
+    /// by `(effective_at, id)`, each transfer against the balance its
+    /// source has from the transfers ordered before it (see
+    /// [`crate::order`]). `insufficient_funds` must be exactly where the
+    /// source lacks the amount; `hold_expired` (a timeout the topics do not
+    /// record) is allowed anywhere a shortage was possible, and the replay
+    /// goes on from what the shards decided. Each partition's keys must also
+    /// grow with its offsets, and never sit before the transfer's own.
+    fn check_funds(&mut self) {
+        let input = self.input;
+        let mut replay: Vec<(OrderKey, Position, TransferFact, OutcomeKind)> = Vec::new();
+        for (partition, facts) in &input.inputs {
+            let mut previous: Option<OrderKey> = None;
+            for (slot, fact) in facts.iter().enumerate() {
+                let (OutcomeKind::Accepted, Some(transfer), Some(outcome)) =
+                    (fact.model, fact.transfer, self.first_outcome(*partition, slot))
+                else {
+                    continue;
+                };
+                let real = outcome.kind;
+                if real != OutcomeKind::Accepted && !is_funds_rejection(real) {
+                    continue;
+                }
+                let here = Position {
+                    partition: *partition,
+                    offset: fact.offset,
+                };
+                let own = OrderKey {
+                    at: transfer.created_at,
+                    id: transfer.id,
+                };
+                let key = OrderKey {
+                    at: outcome.effective_at.unwrap_or(transfer.created_at),
+                    id: transfer.id,
+                };
+                if key < own || previous.is_some_and(|previous| key <= previous) {
+                    self.tally.note(Check::Decisions, || {
+                        finding(
+                            Some(input.locate(&input.topics.transactions, here)),
+                            fact.id,
+                            format!(
+                                "ordered at {} although created at {} and after a transfer \
+                                 of its partition ordered at {}",
+                                key.at,
+                                transfer.created_at,
+                                previous.map_or("nothing".to_owned(), |p| p.at.to_string())
+                            ),
+                        )
+                    });
+                }
+                previous = Some(key);
+                replay.push((key, here, transfer, real));
+            }
+        }
+        replay.sort_unstable_by_key(|(key, ..)| *key);
+        let mut balances: HashMap<AccountIx, i128> = HashMap::new();
+        for (_, here, transfer, real) in replay {
+            let from = input.accounts.get(transfer.from);
+            let balance = balances.get(&transfer.from).copied().unwrap_or(0);
+            let amount = transfer.amount.money().0;
+            let expected = if from.is_world() || balance >= amount {
+                OutcomeKind::Accepted
+            } else {
+                OutcomeKind::Rejected(RejectReason::InsufficientFunds)
+            };
+            let forced =
+                real == OutcomeKind::Rejected(RejectReason::HoldExpired) && !from.is_world();
+            if real != expected && !forced {
+                self.tally.note(Check::Decisions, || {
+                    finding(
+                        Some(input.locate(&input.topics.transactions, here)),
+                        Some(transfer.id),
+                        format!(
+                            "the shard answered {}; in the ledger's order {from} had {} for \
+                             {}, so the rules give {}",
+                            show_kind(real),
+                            Money(balance),
+                            transfer.amount,
+                            show_kind(expected)
+                        ),
+                    )
+                });
+            }
+            if real == OutcomeKind::Accepted {
+                *balances.entry(transfer.from).or_default() -= amount;
+                *balances.entry(transfer.to).or_default() += amount;
             }
         }
     }
@@ -1233,6 +1337,14 @@ impl<'a> Judge<'a> {
             misrouted: misrouted.into_iter().take(FINDINGS_MAX).collect(),
         }
     }
+}
+
+/// A rejection for want of funds: proven, or given up waiting.
+fn is_funds_rejection(kind: OutcomeKind) -> bool {
+    matches!(
+        kind,
+        OutcomeKind::Rejected(RejectReason::InsufficientFunds | RejectReason::HoldExpired)
+    )
 }
 
 /// Every committed transfer that sits in a partition not owning its source

@@ -399,10 +399,21 @@ pub struct Credit {
     pub amount: Amount,
     pub currency: Currency,
     pub created_at: OffsetDateTime,
+    /// Where the transfer stands in the ledger's order: its `created_at`,
+    /// unless it arrived after a later transfer of its partition and was
+    /// re-timed (see `order`). The receiving shard counts the credit for
+    /// transfers ordered after `(effective_at, transfer_id)` only.
+    pub effective_at: OffsetDateTime,
 }
 
 impl Credit {
+    /// The credit of a transfer that kept its `created_at`.
     pub fn of(transfer: &Transfer) -> Self {
+        Self::at(transfer, transfer.created_at)
+    }
+
+    /// The credit of a transfer ordered at `effective_at`.
+    pub fn at(transfer: &Transfer, effective_at: OffsetDateTime) -> Self {
         Credit {
             transfer_id: transfer.id,
             from: transfer.from.clone(),
@@ -410,6 +421,7 @@ impl Credit {
             amount: transfer.amount,
             currency: transfer.currency,
             created_at: transfer.created_at,
+            effective_at,
         }
     }
 }
@@ -436,10 +448,14 @@ pub enum RejectReason {
     /// The record sits in a partition that does not own its source account
     /// (another partitioner than murmur2, a missing or wrong key).
     Misrouted = 11,
+    /// The source lacked funds and the shard could not yet rule out an
+    /// earlier credit still on its way; it waited `--hold-max-ms` and gave
+    /// up. Unlike `insufficient_funds`, this depends on timing.
+    HoldExpired = 12,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Malformed,
         RejectReason::UnknownSchema,
         RejectReason::InvalidId,
@@ -451,6 +467,7 @@ impl RejectReason {
         RejectReason::CurrencyMismatch,
         RejectReason::InsufficientFunds,
         RejectReason::Misrouted,
+        RejectReason::HoldExpired,
     ];
 
     pub fn code(self) -> &'static str {
@@ -466,6 +483,7 @@ impl RejectReason {
             RejectReason::CurrencyMismatch => "currency_mismatch",
             RejectReason::InsufficientFunds => "insufficient_funds",
             RejectReason::Misrouted => "misrouted",
+            RejectReason::HoldExpired => "hold_expired",
         }
     }
 

@@ -8,6 +8,8 @@
 //!   transfers, credits, outcomes).
 //! - [`wire`]: the JSON messages on the topics, decoded strictly.
 //! - [`machine`]: the pure ledger state machine (batch in, effects out).
+//! - [`order`]: the ledger's order: which credits a decision counts, held
+//!   transfers, and the marks that prove a shortage.
 //! - [`recovery`]: the pure rule that decides, after a crash, whether the
 //!   last batch happened.
 //! - [`replay`]: encoded input and a shard's own credits fed back, for
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod domain;
 pub mod machine;
+pub mod order;
 pub mod recovery;
 pub mod replay;
 pub mod routing;

@@ -6,15 +6,16 @@
 //! after an aborted transaction and get exactly the records it would have
 //! written the first time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     AccountId, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
+use crate::order::{Held, Mark, OrderKey, PartitionOrder};
 use crate::routing;
-use crate::wire::{self, DecodeError, Outcome};
+use crate::wire::{self, CreditsRecord, DecodeError, Outcome};
 
 /// The two input topics of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,6 +85,8 @@ pub trait LedgerView {
     fn decision(&self, id: TransferId) -> Option<Decision>;
     /// Whether the credit of this transfer was already applied here.
     fn credited(&self, id: TransferId) -> bool;
+    /// The order state of a partition number (see [`crate::order`]).
+    fn order(&self, partition: i32) -> PartitionOrder;
 }
 
 /// The ledger's fixed rules.
@@ -96,14 +99,29 @@ pub struct Rules {
     /// partitions` of both ([`routing::partition_for`]), and a record
     /// anywhere else is not applied.
     pub partitions: i32,
+    /// How long a transfer that lacks funds may wait for credits ordered
+    /// before it that may still arrive; then it is rejected `hold_expired`.
+    /// 0: it is rejected at once (`hold_expired` unless the shortage is
+    /// already proven).
+    pub hold_max_ms: u64,
 }
 
 impl Rules {
-    /// The ledger's currency (EUR) over `partitions` input partitions.
+    /// The ledger's currency (EUR) over `partitions` input partitions,
+    /// holding nothing (`hold_max_ms` 0; see [`Rules::holding`]).
     pub fn new(partitions: i32) -> Self {
         Rules {
             currency: Currency::EUR,
             partitions,
+            hold_max_ms: 0,
+        }
+    }
+
+    /// The same rules, holding transfers short of funds up to `hold_max_ms`.
+    pub fn holding(self, hold_max_ms: u64) -> Self {
+        Rules {
+            hold_max_ms,
+            ..self
         }
     }
 
@@ -166,6 +184,15 @@ pub struct BatchCounts {
     pub dead_letters: u64,
     /// Transfers rejected as `misrouted` (also counted in `rejected`).
     pub misrouted: u64,
+    /// Transfers newly held for funds.
+    pub held: u64,
+    /// Held transfers decided (also counted as accepted or rejected).
+    pub released: u64,
+    /// Transfers rejected `hold_expired` (also counted in `rejected`).
+    pub hold_expired: u64,
+    /// Transfers that arrived after a later one of their partition and were
+    /// re-timed.
+    pub retimed: u64,
 }
 
 /// Everything a batch changes and emits.
@@ -180,6 +207,11 @@ pub struct BatchEffects {
     pub credited: Vec<TransferId>,
     /// Next offset of every input partition the batch read from.
     pub offsets: Offsets,
+    /// New order state of every partition number the batch touched.
+    pub orders: BTreeMap<i32, PartitionOrder>,
+    /// Marks to publish on every `ledger-credits` partition, after the
+    /// batch's credits (same transaction).
+    pub marks: Vec<Mark>,
     pub outputs: Vec<Output>,
     pub counts: BatchCounts,
 }
@@ -196,23 +228,58 @@ impl BatchEffects {
     }
 }
 
-/// Runs the batch. Pure: reads `view`, never writes it.
+/// What a batch needs from outside the input: the clock, for
+/// `hold_max_ms`, and what the shard knows about its partitions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tick<'a> {
+    /// The shard's clock, ms since the epoch.
+    pub now_ms: u64,
+    /// Partitions whose `transactions` partition has nothing left to read
+    /// (no record and no open transaction): their floor may jump.
+    pub idle: &'a [i32],
+    /// Partitions whose mark must be published even if unchanged (after a
+    /// restart, or to wake a held transfer whose time is up).
+    pub publish: &'a [i32],
+}
+
+/// Runs the batch at time zero, with no partition idle: for tests and
+/// tools that feed the machine themselves.
 ///
 /// # Errors
 ///
-/// A credit that sits on a partition not owning its destination account
-/// refuses the whole batch (see [`MisroutedCredit`]).
+/// As [`process_batch_at`].
 pub fn process_batch(
     view: &impl LedgerView,
     rules: &Rules,
     records: &[InputRecord<'_>],
 ) -> Result<BatchEffects, MisroutedCredit> {
+    process_batch_at(view, rules, records, Tick::default())
+}
+
+/// Runs the batch. Pure: reads `view`, never writes it.
+///
+/// Held transfers are decided only in a batch with records: its offsets
+/// move, and the recovery rule can then tell whether it committed. A batch
+/// without records only moves idle floors and publishes marks.
+///
+/// # Errors
+///
+/// A credit that sits on a partition not owning its destination account
+/// refuses the whole batch (see [`MisroutedCredit`]).
+pub fn process_batch_at(
+    view: &impl LedgerView,
+    rules: &Rules,
+    records: &[InputRecord<'_>],
+    tick: Tick<'_>,
+) -> Result<BatchEffects, MisroutedCredit> {
     let mut batch = Batch {
         view,
         rules,
+        tick,
         balances: HashMap::new(),
         decided_here: HashMap::new(),
         credited_here: HashMap::new(),
+        orders: BTreeMap::new(),
         effects: BatchEffects::default(),
     };
     for record in records {
@@ -223,7 +290,27 @@ pub fn process_batch(
         let next = batch.effects.offsets.entry(record.at).or_insert(0);
         *next = (*next).max(record.offset + 1);
     }
+    if !records.is_empty() {
+        let touched: Vec<i32> = batch.orders.keys().copied().collect();
+        for partition in touched {
+            batch.release(partition);
+        }
+    }
+    for partition in tick.idle {
+        batch.order(*partition).state.jump();
+    }
+    for partition in tick.publish {
+        batch.order(*partition);
+    }
     let mut effects = batch.effects;
+    for (partition, mut order) in batch.orders {
+        order.state.prune();
+        let mark = order.state.mark(partition);
+        if mark != order.published || tick.publish.contains(&partition) {
+            effects.marks.extend(mark);
+        }
+        effects.orders.insert(partition, order.state);
+    }
     effects.balances = batch.balances.into_iter().collect();
     for (account, balance) in &effects.balances {
         // Invariant 2, checked on every state the machine produces: a bug
@@ -236,12 +323,30 @@ pub fn process_batch(
     Ok(effects)
 }
 
+/// A partition's order state while the batch changes it.
+struct Ordering {
+    state: PartitionOrder,
+    /// The mark of the state the batch started from.
+    published: Option<Mark>,
+    /// Accounts with a held transfer, and held ids.
+    held_accounts: HashSet<AccountId>,
+    held_ids: HashSet<TransferId>,
+}
+
+/// What a funds decision came to.
+enum Funds {
+    Decided(Decision),
+    Wait,
+}
+
 struct Batch<'v, V> {
     view: &'v V,
     rules: &'v Rules,
+    tick: Tick<'v>,
     balances: HashMap<AccountId, Money>,
     decided_here: HashMap<TransferId, Decision>,
     credited_here: HashMap<TransferId, ()>,
+    orders: BTreeMap<i32, Ordering>,
     effects: BatchEffects,
 }
 
@@ -265,16 +370,32 @@ impl<V: LedgerView> Batch<'_, V> {
             .or_else(|| self.view.decision(id))
     }
 
+    fn order(&mut self, partition: i32) -> &mut Ordering {
+        let view = self.view;
+        self.orders.entry(partition).or_insert_with(|| {
+            let state = view.order(partition);
+            let (held_accounts, held_ids) = state.held_index();
+            Ordering {
+                published: state.mark(partition),
+                state,
+                held_accounts,
+                held_ids,
+            }
+        })
+    }
+
     fn transfer(&mut self, record: &InputRecord<'_>) {
         let Some(transfer) = self.decode_or_reject(record) else {
             return;
         };
+        let partition = record.at.partition;
         let owner = self.rules.partition_of(&transfer.from);
-        if owner != record.at.partition {
+        if owner != partition {
             self.reject_misrouted(record, transfer, owner);
             return;
         }
-        if self.decision(transfer.id).is_some() {
+        let held_here = self.order(partition).held_ids.contains(&transfer.id);
+        if held_here || self.decision(transfer.id).is_some() {
             self.outcome(
                 record,
                 Some(transfer.id),
@@ -284,22 +405,119 @@ impl<V: LedgerView> Batch<'_, V> {
             );
             return;
         }
-        let decision = self.decide(&transfer);
+        let order = self.order(partition);
+        let key = OrderKey::after(order.state.floor, &transfer);
+        order.state.floor = Some(key);
+        if key.at != transfer.created_at {
+            self.effects.counts.retimed += 1;
+        }
+        let held = Held {
+            key,
+            transfer,
+            offset: record.offset,
+            since_ms: self.tick.now_ms,
+        };
+        let behind_held = self.order(partition).held_accounts.contains(&held.transfer.from);
+        let funds = if held.transfer.currency != self.rules.currency {
+            Funds::Decided(Decision::Rejected(RejectReason::CurrencyMismatch))
+        } else if behind_held {
+            Funds::Wait
+        } else {
+            self.funds(partition, &held)
+        };
+        match funds {
+            Funds::Decided(decision) => self.decide(record.at.partition, held, decision),
+            Funds::Wait => {
+                self.effects.counts.held += 1;
+                let order = self.order(partition);
+                order.held_accounts.insert(held.transfer.from.clone());
+                order.held_ids.insert(held.transfer.id);
+                order.state.held.push(held);
+            }
+        }
+    }
+
+    /// Whether the source can pay, counting the credits ordered before the
+    /// transfer and no other; or that this is not known yet.
+    fn funds(&mut self, partition: i32, held: &Held) -> Funds {
+        let transfer = &held.transfer;
+        if transfer.from.is_world() {
+            return Funds::Decided(Decision::Accepted);
+        }
+        let balance = self.balance(&transfer.from);
+        let partitions = self.rules.partitions;
+        let order = &self.order(partition).state;
+        let later = order.credits_after(&transfer.from, held.key);
+        if balance - later >= transfer.amount.money() {
+            return Funds::Decided(Decision::Accepted);
+        }
+        if order
+            .proven_until(partitions)
+            .is_some_and(|proven| held.key <= proven)
+        {
+            return Funds::Decided(Decision::Rejected(RejectReason::InsufficientFunds));
+        }
+        if self.tick.now_ms.saturating_sub(held.since_ms) >= self.rules.hold_max_ms {
+            self.effects.counts.hold_expired += 1;
+            return Funds::Decided(Decision::Rejected(RejectReason::HoldExpired));
+        }
+        Funds::Wait
+    }
+
+    /// Decides the held transfers of `partition` that can be, in key order;
+    /// an account's later transfers wait behind its first undecided one.
+    fn release(&mut self, partition: i32) {
+        let waiting = std::mem::take(&mut self.order(partition).state.held);
+        let mut blocked: HashSet<AccountId> = HashSet::new();
+        let mut still = Vec::with_capacity(waiting.len());
+        for held in waiting {
+            if blocked.contains(&held.transfer.from) {
+                still.push(held);
+                continue;
+            }
+            match self.funds(partition, &held) {
+                Funds::Decided(decision) => {
+                    self.effects.counts.released += 1;
+                    let order = self.order(partition);
+                    order.held_ids.remove(&held.transfer.id);
+                    self.decide(partition, held, decision);
+                }
+                Funds::Wait => {
+                    blocked.insert(held.transfer.from.clone());
+                    still.push(held);
+                }
+            }
+        }
+        let order = self.order(partition);
+        order.held_accounts = blocked;
+        order.state.held = still;
+    }
+
+    fn decide(&mut self, partition: i32, held: Held, decision: Decision) {
+        let Held {
+            key,
+            transfer,
+            offset,
+            ..
+        } = held;
         if decision == Decision::Accepted {
             self.add(&transfer.from, Money::ZERO - transfer.amount.money());
             self.effects
                 .outputs
-                .push(Output::Credit(Credit::of(&transfer)));
+                .push(Output::Credit(Credit::at(&transfer, key.at)));
         }
         self.decided_here.insert(transfer.id, decision);
         self.effects.decided.push((transfer.id, decision));
-        self.outcome(
-            record,
-            Some(transfer.id),
-            decision.into(),
-            None,
-            Some(transfer),
-        );
+        let effective_at = (key.at != transfer.created_at).then_some(key.at);
+        self.push_outcome(Outcome {
+                transfer_id: Some(transfer.id),
+                kind: decision.into(),
+                detail: None,
+                transfer: Some(transfer),
+                effective_at,
+            partition,
+            offset,
+        });
     }
 
     /// The record's transfer; or, when it does not decode, its dead letter
@@ -350,19 +568,9 @@ impl<V: LedgerView> Batch<'_, V> {
         );
     }
 
-    fn decide(&self, transfer: &Transfer) -> Decision {
-        if transfer.currency != self.rules.currency {
-            return Decision::Rejected(RejectReason::CurrencyMismatch);
-        }
-        if !transfer.from.is_world() && self.balance(&transfer.from) < transfer.amount.money() {
-            return Decision::Rejected(RejectReason::InsufficientFunds);
-        }
-        Decision::Accepted
-    }
-
     fn credit(&mut self, record: &InputRecord<'_>) -> Result<(), MisroutedCredit> {
         let decoded = match record.payload {
-            Some(bytes) => wire::decode_credit(bytes),
+            Some(bytes) => wire::decode_credits_record(bytes),
             None => Err(DecodeError {
                 reason: RejectReason::Malformed,
                 detail: "credit has no value".to_owned(),
@@ -370,7 +578,11 @@ impl<V: LedgerView> Batch<'_, V> {
             }),
         };
         let credit = match decoded {
-            Ok(credit) => credit,
+            Ok(CreditsRecord::Credit(credit)) => credit,
+            Ok(CreditsRecord::Mark(mark)) => {
+                self.order(record.at.partition).state.read_mark(mark);
+                return Ok(());
+            }
             Err(error) => {
                 self.dead_letter(record, record.payload.unwrap_or_default(), &error);
                 return Ok(());
@@ -392,6 +604,15 @@ impl<V: LedgerView> Batch<'_, V> {
             return Ok(());
         }
         self.add(&credit.to, credit.amount.money());
+        let key = OrderKey {
+            at: credit.effective_at,
+            id,
+        };
+        self.order(record.at.partition).state.note_credit(
+            &credit.to,
+            key,
+            credit.amount.money(),
+        );
         self.credited_here.insert(id, ());
         self.effects.credited.push(id);
         self.effects.counts.credits_applied += 1;
@@ -410,6 +631,7 @@ impl<V: LedgerView> Batch<'_, V> {
         }));
     }
 
+    /// The outcome of a record decided without its funds.
     fn outcome(
         &mut self,
         record: &InputRecord<'_>,
@@ -418,20 +640,26 @@ impl<V: LedgerView> Batch<'_, V> {
         detail: Option<String>,
         transfer: Option<Transfer>,
     ) {
-        let counts = &mut self.effects.counts;
-        match kind {
-            OutcomeKind::Accepted => counts.accepted += 1,
-            OutcomeKind::Rejected(_) => counts.rejected += 1,
-            OutcomeKind::Duplicate => counts.duplicate += 1,
-        }
-        self.effects.outputs.push(Output::Outcome(Outcome {
+        let outcome = Outcome {
             transfer_id,
             kind,
             detail,
             transfer,
+            effective_at: None,
             partition: record.at.partition,
             offset: record.offset,
-        }));
+        };
+        self.push_outcome(outcome);
+    }
+
+    fn push_outcome(&mut self, outcome: Outcome) {
+        let counts = &mut self.effects.counts;
+        match outcome.kind {
+            OutcomeKind::Accepted => counts.accepted += 1,
+            OutcomeKind::Rejected(_) => counts.rejected += 1,
+            OutcomeKind::Duplicate => counts.duplicate += 1,
+        }
+        self.effects.outputs.push(Output::Outcome(outcome));
     }
 }
 
@@ -443,6 +671,7 @@ pub struct MemoryLedger {
     pub decided: HashMap<TransferId, Decision>,
     pub credited: HashMap<TransferId, ()>,
     pub offsets: Offsets,
+    pub orders: BTreeMap<i32, PartitionOrder>,
 }
 
 impl MemoryLedger {
@@ -455,6 +684,8 @@ impl MemoryLedger {
             .extend(effects.credited.iter().map(|id| (*id, ())));
         self.offsets
             .extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
+        self.orders
+            .extend(effects.orders.iter().map(|(k, v)| (*k, v.clone())));
     }
 
     pub fn sum(&self) -> Money {
@@ -471,5 +702,8 @@ impl LedgerView for MemoryLedger {
     }
     fn credited(&self, id: TransferId) -> bool {
         self.credited.contains_key(&id)
+    }
+    fn order(&self, partition: i32) -> PartitionOrder {
+        self.orders.get(&partition).cloned().unwrap_or_default()
     }
 }

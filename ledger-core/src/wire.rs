@@ -15,6 +15,7 @@ use crate::domain::{
     AccountId, Amount, Credit, Currency, DomainError, OutcomeKind, RejectReason, Transfer,
     TransferId,
 };
+use crate::order::{Mark, OrderKey};
 
 /// Transfers, keyed by source account.
 pub const TOPIC_TRANSFERS: &str = "transactions";
@@ -102,7 +103,7 @@ fn parse_id(text: &str) -> Result<TransferId, DecodeError> {
     })
 }
 
-fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
+pub(crate) fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map(|at| at.to_offset(time::UtcOffset::UTC))
         .map_err(|_| {
@@ -113,7 +114,7 @@ fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
         })
 }
 
-fn format_timestamp(at: OffsetDateTime) -> String {
+pub(crate) fn format_timestamp(at: OffsetDateTime) -> String {
     // Formatting a UTC timestamp as RFC 3339 fails only for years outside
     // 0..=9999, which parse_timestamp never produces.
     at.format(&Rfc3339).unwrap_or_default()
@@ -238,6 +239,15 @@ struct CreditWire<'a> {
     currency: Cow<'a, str>,
     #[serde(borrow)]
     created_at: Cow<'a, str>,
+    /// Absent when equal to `created_at`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    effective_at: Option<Cow<'a, str>>,
+}
+
+/// `Some(effective)` when a transfer was re-timed, for the optional
+/// `effective_at` fields.
+fn retimed(created_at: OffsetDateTime, effective_at: OffsetDateTime) -> Option<Cow<'static, str>> {
+    (effective_at != created_at).then(|| Cow::Owned(format_timestamp(effective_at)))
 }
 
 pub fn encode_credit(credit: &Credit) -> Vec<u8> {
@@ -248,6 +258,7 @@ pub fn encode_credit(credit: &Credit) -> Vec<u8> {
         amount: Cow::Owned(credit.amount.to_string()),
         currency: Cow::Borrowed(credit.currency.as_str()),
         created_at: Cow::Owned(format_timestamp(credit.created_at)),
+        effective_at: retimed(credit.created_at, credit.effective_at),
     })
 }
 
@@ -261,13 +272,18 @@ pub fn decode_credit(bytes: &[u8]) -> Result<Credit, DecodeError> {
         )
     })?;
     let build = || -> Result<Credit, DecodeError> {
+        let created_at = parse_timestamp(&wire.created_at)?;
         Ok(Credit {
             transfer_id: wire.transfer_id,
             from: AccountId::parse(&wire.from)?,
             to: AccountId::parse(&wire.to)?,
             amount: Amount::parse(&wire.amount)?,
             currency: Currency::parse(&wire.currency)?,
-            created_at: parse_timestamp(&wire.created_at)?,
+            created_at,
+            effective_at: match &wire.effective_at {
+                Some(text) => parse_timestamp(text)?,
+                None => created_at,
+            },
         })
     };
     build().map_err(|error| DecodeError {
@@ -287,6 +303,9 @@ pub struct Outcome {
     pub detail: Option<String>,
     /// The transfer as decoded; absent when decoding failed.
     pub transfer: Option<Transfer>,
+    /// Where the transfer stood in the ledger's order when it differs from
+    /// its `created_at` (it arrived late and was re-timed).
+    pub effective_at: Option<OffsetDateTime>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -310,6 +329,8 @@ struct OutcomeWire<'a> {
     currency: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     created_at: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    effective_at: Option<Cow<'a, str>>,
     partition: i32,
     offset: i64,
 }
@@ -326,6 +347,9 @@ pub fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
         amount: transfer.map(|t| Cow::Owned(t.amount.to_string())),
         currency: transfer.map(|t| Cow::Borrowed(t.currency.as_str())),
         created_at: transfer.map(|t| Cow::Owned(format_timestamp(t.created_at))),
+        effective_at: outcome
+            .effective_at
+            .map(|at| Cow::Owned(format_timestamp(at))),
         partition: outcome.partition,
         offset: outcome.offset,
     })
@@ -375,9 +399,76 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, DecodeError> {
         kind,
         detail: wire.detail.map(Cow::into_owned),
         transfer,
+        effective_at: wire
+            .effective_at
+            .as_deref()
+            .map(parse_timestamp)
+            .transpose()?,
         partition: wire.partition,
         offset: wire.offset,
     })
+}
+
+/// A record of `ledger-credits`: a credit, or a shard's order mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreditsRecord {
+    Credit(Credit),
+    Mark(Mark),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkWire<'a> {
+    /// The `transactions` partition the mark speaks for.
+    mark_of: i32,
+    #[serde(borrow)]
+    floor_at: Cow<'a, str>,
+    floor_id: TransferId,
+    #[serde(borrow)]
+    low_at: Cow<'a, str>,
+    low_id: TransferId,
+}
+
+/// Encodes a mark; the shard writes it to every `ledger-credits` partition.
+pub fn encode_mark(mark: &Mark) -> Vec<u8> {
+    to_json(&MarkWire {
+        mark_of: mark.partition,
+        floor_at: Cow::Owned(format_timestamp(mark.floor.at)),
+        floor_id: mark.floor.id,
+        low_at: Cow::Owned(format_timestamp(mark.low.at)),
+        low_id: mark.low.id,
+    })
+}
+
+/// Decodes one `ledger-credits` message: a credit, or failing that a mark.
+/// A message that is neither is reported with the credit's error, since
+/// credits are what the topic is for.
+pub fn decode_credits_record(bytes: &[u8]) -> Result<CreditsRecord, DecodeError> {
+    let credit_error = match decode_credit(bytes) {
+        Ok(credit) => return Ok(CreditsRecord::Credit(credit)),
+        Err(error) => error,
+    };
+    let Ok(wire) = serde_json::from_slice::<MarkWire>(bytes) else {
+        return Err(credit_error);
+    };
+    let key = |at: &str, id| -> Result<OrderKey, DecodeError> {
+        Ok(OrderKey {
+            at: parse_timestamp(at)?,
+            id,
+        })
+    };
+    let mark = Mark {
+        partition: wire.mark_of,
+        floor: key(&wire.floor_at, wire.floor_id)?,
+        low: key(&wire.low_at, wire.low_id)?,
+    };
+    if mark.low > mark.floor {
+        return Err(DecodeError::new(
+            RejectReason::UnknownSchema,
+            format!("mark of partition {} has its low above its floor", mark.partition),
+        ));
+    }
+    Ok(CreditsRecord::Mark(mark))
 }
 
 #[cfg(test)]
@@ -547,17 +638,25 @@ mod tests {
     fn credits_and_outcomes_round_trip() {
         let transfer = decode_transfer(transfer_json("\"9.99\"").as_bytes()).unwrap();
         let credit = Credit::of(&transfer);
-        assert_eq!(decode_credit(&encode_credit(&credit)).unwrap(), credit);
-        for kind in [
-            OutcomeKind::Accepted,
-            OutcomeKind::Duplicate,
-            OutcomeKind::Rejected(RejectReason::InsufficientFunds),
+        let encoded = encode_credit(&credit);
+        assert!(!String::from_utf8_lossy(&encoded).contains("effective_at"));
+        assert_eq!(decode_credit(&encoded).unwrap(), credit);
+        let later = transfer.created_at + time::Duration::nanoseconds(1);
+        let retimed = Credit::at(&transfer, later);
+        assert_eq!(decode_credit(&encode_credit(&retimed)).unwrap(), retimed);
+        for (kind, effective_at) in [
+            (OutcomeKind::Accepted, None),
+            (OutcomeKind::Accepted, Some(later)),
+            (OutcomeKind::Duplicate, None),
+            (OutcomeKind::Rejected(RejectReason::InsufficientFunds), None),
+            (OutcomeKind::Rejected(RejectReason::HoldExpired), Some(later)),
         ] {
             let outcome = Outcome {
                 transfer_id: Some(transfer.id),
                 kind,
                 detail: None,
                 transfer: Some(transfer.clone()),
+                effective_at,
                 partition: 3,
                 offset: 42,
             };
@@ -568,6 +667,7 @@ mod tests {
             kind: OutcomeKind::Rejected(RejectReason::Malformed),
             detail: Some("not JSON".into()),
             transfer: None,
+            effective_at: None,
             partition: 0,
             offset: 7,
         };
@@ -576,6 +676,31 @@ mod tests {
             undecodable
         );
         assert!(decode_credit(b"{}").is_err());
+        assert!(decode_credits_record(b"{}").is_err());
+        // A mark whose low is above its floor promises the impossible.
+        assert!(
+            decode_credits_record(
+                br#"{"mark_of":0,"floor_at":"2026-01-01T00:00:00Z","floor_id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b","low_at":"2026-01-02T00:00:00Z","low_id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b"}"#
+            )
+            .is_err()
+        );
+        let key = OrderKey {
+            at: transfer.created_at,
+            id: transfer.id,
+        };
+        let mark = Mark {
+            partition: 2,
+            floor: OrderKey { at: later, ..key },
+            low: key,
+        };
+        assert_eq!(
+            decode_credits_record(&encode_mark(&mark)).unwrap(),
+            CreditsRecord::Mark(mark)
+        );
+        assert_eq!(
+            decode_credits_record(&encode_credit(&credit)).unwrap(),
+            CreditsRecord::Credit(credit)
+        );
         assert!(
             decode_outcome(br#"{"transfer_id":null,"status":"odd","partition":0,"offset":0}"#)
                 .is_err()

@@ -11,6 +11,7 @@
 //! | `b:` account                  | balance, i128 big-endian minor units    |
 //! | `i:` batch seq (u64 BE)       | ids the batch decided or credited, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
+//! | `q:` partition (i32 BE)       | the partition's order state: floor, held transfers, recent credits, marks (`ledger_core::order`) |
 //! | `m:seq`                       | next batch seq                          |
 //! | `m:pending`                   | the pending record (see `Pending`)      |
 //!
@@ -28,10 +29,12 @@ use sled::IVec;
 
 use ledger_core::domain::{AccountId, Decision, Money, RejectReason, TransferId};
 use ledger_core::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
+use ledger_core::order::PartitionOrder;
 
 const BALANCE_PREFIX: &[u8] = b"b:";
 const IDS_PREFIX: &[u8] = b"i:";
 const OFFSET_PREFIX: &[u8] = b"o:";
+const ORDER_PREFIX: &[u8] = b"q:";
 const SEQ_KEY: &[u8] = b"m:seq";
 const PENDING_KEY: &[u8] = b"m:pending";
 
@@ -263,6 +266,8 @@ pub struct Store {
     /// Balances the loop wrote recently, including the batch in flight.
     balances: BalanceCache,
     offsets: Offsets,
+    /// Order state per partition, as on disk (including a pending batch).
+    orders: HashMap<i32, PartitionOrder>,
     pending: Option<Pending>,
     next_seq: u64,
     /// Id batches that fell out of the window; their keys are deleted with
@@ -361,6 +366,10 @@ fn offset_key(at: InputPartition) -> Vec<u8> {
     key
 }
 
+fn order_key(partition: i32) -> Vec<u8> {
+    [ORDER_PREFIX, &partition.to_be_bytes()].concat()
+}
+
 fn decode_money(bytes: &[u8]) -> Option<Money> {
     Some(Money(i128::from_be_bytes(bytes.try_into().ok()?)))
 }
@@ -388,6 +397,7 @@ impl Store {
             shared: Arc::new(Shared::default()),
             balances: BalanceCache::new(BALANCE_CACHE_CAPACITY),
             offsets: Offsets::new(),
+            orders: HashMap::new(),
             pending: None,
             next_seq: 0,
             evicted: Vec::new(),
@@ -440,6 +450,18 @@ impl Store {
                 .map(i64::from_be_bytes)
                 .map_err(|_| self.corrupt("offset value is not 8 bytes"))?;
             self.offsets.insert(at, offset);
+        }
+        self.orders = HashMap::new();
+        for item in self.db.scan_prefix(ORDER_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let partition = key[ORDER_PREFIX.len()..]
+                .try_into()
+                .map(i32::from_be_bytes)
+                .map_err(|_| self.corrupt("bad order key"))?;
+            let order = PartitionOrder::decode(&value).ok_or_else(|| {
+                self.corrupt(format!("the order state of partition {partition} does not decode"))
+            })?;
+            self.orders.insert(partition, order);
         }
         self.pending = match self.db.get(PENDING_KEY).map_err(|e| self.sled_error(e))? {
             Some(bytes) => Some(
@@ -536,6 +558,9 @@ impl Store {
         if !ids.is_empty() {
             writes.push((ids_key(seq), ids.clone()));
         }
+        for (partition, order) in &effects.orders {
+            writes.push((order_key(*partition), order.encode()));
+        }
         let offsets_before = self.offsets.clone();
         let mut offsets_after = offsets_before.clone();
         for (at, next) in &effects.offsets {
@@ -583,6 +608,9 @@ impl Store {
 
         for (account, balance) in &effects.balances {
             self.balances.insert(account, *balance);
+        }
+        for (partition, order) in &effects.orders {
+            self.orders.insert(*partition, order.clone());
         }
         self.offsets = pending.offsets_after.clone();
         self.next_seq = seq + 1;
@@ -687,6 +715,10 @@ impl LedgerView for Store {
 
     fn credited(&self, id: TransferId) -> bool {
         read(&self.shared.window).credited.contains_key(&id)
+    }
+
+    fn order(&self, partition: i32) -> PartitionOrder {
+        self.orders.get(&partition).cloned().unwrap_or_default()
     }
 }
 

@@ -13,11 +13,11 @@ use ledger_core::domain::{
     AccountId, Amount, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
 use ledger_core::machine::{
-    process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, MemoryLedger, Offsets,
-    Output, Rules, Source,
+    process_batch, process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView,
+    MemoryLedger, Offsets, Output, Rules, Source, Tick,
 };
 use ledger_core::recovery::{self, PendingOffsets, Recovery};
-use ledger_core::wire;
+use ledger_core::wire::{self, CreditsRecord};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -106,6 +106,7 @@ struct Record {
 /// owning the partitions p with p mod N == shard.
 struct Cluster {
     shards: usize,
+    rules: Rules,
     transfers: Vec<Vec<Record>>,
     credits: Vec<Vec<Record>>,
     ledgers: Vec<MemoryLedger>,
@@ -116,8 +117,13 @@ struct Cluster {
 
 impl Cluster {
     fn new(shards: usize) -> Self {
+        Self::with_rules(shards, rules())
+    }
+
+    fn with_rules(shards: usize, rules: Rules) -> Self {
         Cluster {
             shards,
+            rules,
             transfers: vec![Vec::new(); PARTITIONS as usize],
             credits: vec![Vec::new(); PARTITIONS as usize],
             ledgers: vec![MemoryLedger::default(); shards],
@@ -220,8 +226,31 @@ impl Cluster {
                 payload: Some(&record.value),
             })
             .collect();
-        process_batch(&self.ledgers[shard], &rules(), &inputs)
+        process_batch(&self.ledgers[shard], &self.rules, &inputs)
             .expect("credits are written to their owner's partition")
+    }
+
+    fn owned(&self, shard: usize) -> Vec<i32> {
+        (0..PARTITIONS)
+            .filter(|p| *p as usize % self.shards == shard)
+            .collect()
+    }
+
+    /// Every shard, having read everything, lets its floors jump; true when
+    /// that published a mark (which the shards must then read).
+    fn heartbeat(&mut self) -> bool {
+        let mut published = false;
+        for shard in 0..self.shards {
+            let idle = self.owned(shard);
+            let tick = Tick {
+                idle: &idle,
+                ..Tick::default()
+            };
+            let effects = process_batch_at(&self.ledgers[shard], &self.rules, &[], tick).unwrap();
+            published |= !effects.marks.is_empty();
+            self.commit(shard, &effects);
+        }
+        published
     }
 
     fn commit(&mut self, shard: usize, effects: &BatchEffects) {
@@ -238,6 +267,15 @@ impl Cluster {
                 Output::DeadLetter(_) => {}
             }
         }
+        // After the batch's credits, as a shard sends them.
+        for mark in &effects.marks {
+            for partition in &mut self.credits {
+                partition.push(Record {
+                    key: Vec::new(),
+                    value: wire::encode_mark(mark),
+                });
+            }
+        }
     }
 
     /// Credits published but not yet consumed by their shard.
@@ -251,7 +289,11 @@ impl Cluster {
             };
             let next = self.ledgers[shard].offsets.get(&at).copied().unwrap_or(0) as usize;
             for record in &self.credits[partition as usize][next..] {
-                total = total + wire::decode_credit(&record.value).unwrap().amount.money();
+                if let CreditsRecord::Credit(credit) =
+                    wire::decode_credits_record(&record.value).unwrap()
+                {
+                    total = total + credit.amount.money();
+                }
             }
         }
         total
@@ -399,6 +441,91 @@ proptest! {
     }
 }
 
+/// One step of an ordering scenario: only valid transfers, each created
+/// one second after the one before, and batches of random sizes.
+#[derive(Debug, Clone)]
+enum OrderStep {
+    Transfer { from: usize, to: usize, cents: i64 },
+    Process { shard: usize, records: usize },
+}
+
+fn order_step() -> impl Strategy<Value = OrderStep> {
+    prop_oneof![
+        3 => (0..ACCOUNTS, 1i64..50_000).prop_map(|(to, cents)| OrderStep::Transfer { from: ACCOUNTS, to, cents }),
+        8 => (0..ACCOUNTS, 0..=ACCOUNTS, 1i64..40_000).prop_map(|(from, to, cents)| OrderStep::Transfer { from, to, cents }),
+        6 => (0usize..3, 1usize..12).prop_map(|(shard, records)| OrderStep::Process { shard, records }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Issue 17's rule: with holding on, every decision is the one the
+    /// transfers give in the order they were created, whatever the number
+    /// of shards and however the batches fall. Nothing ends up held, and
+    /// nothing is rejected for a shortage the order does not have.
+    #[test]
+    fn decisions_follow_the_order_the_transfers_were_created_in(
+        shards in 1usize..=3,
+        steps in prop::collection::vec(order_step(), 1..120),
+    ) {
+        let mut cluster = Cluster::with_rules(shards, rules().holding(u64::MAX));
+        let mut created = Vec::new();
+        for step in &steps {
+            match *step {
+                OrderStep::Transfer { from, to, cents } => {
+                    let Ok(transfer) = Transfer::new(
+                        TransferId(uuid::Uuid::from_u128(created.len() as u128 + 1)),
+                        account(from),
+                        account(to),
+                        Amount::from_minor(cents).unwrap(),
+                        Currency::EUR,
+                        OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(created.len() as i64),
+                    ) else {
+                        continue;
+                    };
+                    cluster.publish_transfer(&transfer.from, wire::encode_transfer(&transfer), None);
+                    created.push(transfer);
+                }
+                OrderStep::Process { shard, records } => {
+                    let shard = shard % cluster.shards;
+                    let effects = cluster.run_shard(shard, records);
+                    cluster.commit(shard, &effects);
+                }
+            }
+            cluster.check_invariants()?;
+        }
+        loop {
+            cluster.drain()?;
+            if !cluster.heartbeat() {
+                break;
+            }
+        }
+        for ledger in &cluster.ledgers {
+            prop_assert!(ledger.orders.values().all(|order| order.held.is_empty()));
+        }
+        let mut balances: BTreeMap<AccountId, i64> = BTreeMap::new();
+        let decided: BTreeMap<TransferId, OutcomeKind> = cluster
+            .outcomes
+            .iter()
+            .map(|outcome| (outcome.transfer_id.unwrap(), outcome.kind))
+            .collect();
+        prop_assert_eq!(decided.len(), created.len());
+        for transfer in &created {
+            let cents = transfer.amount.minor();
+            let balance = balances.entry(transfer.from.clone()).or_default();
+            let expected = if transfer.from.is_world() || *balance >= cents {
+                *balance -= cents;
+                *balances.entry(transfer.to.clone()).or_default() += cents;
+                OutcomeKind::Accepted
+            } else {
+                OutcomeKind::Rejected(RejectReason::InsufficientFunds)
+            };
+            prop_assert_eq!(decided[&transfer.id], expected, "{:?}", transfer);
+        }
+    }
+}
+
 fn encode_all(effects: &BatchEffects) -> Vec<Vec<u8>> {
     effects
         .outputs
@@ -493,19 +620,31 @@ proptest! {
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let mut kafka = SimulatedKafka::default();
         let mut crash_plan = crashes.into_iter().cycle();
-        let rules = rules();
+        // Holding, so that held transfers and marks go through the store,
+        // its undo and its reload too.
+        let rules = rules().holding(u64::MAX);
         loop {
             // The batch comes from Kafka's committed offsets, as after a
             // restart the shard seeks there.
             prop_assert_eq!(store.offsets(), &kafka.offsets);
-            let mut simulated = Cluster::new(1);
+            let mut simulated = Cluster::with_rules(1, rules);
             simulated.transfers = transfers.clone();
             simulated.credits = vec![Vec::new(); PARTITIONS as usize];
-            for bytes in kafka.outputs.iter().filter_map(|b| wire::decode_credit(b).ok()) {
-                simulated.credits[partition_of(&bytes.to) as usize].push(Record {
-                    key: bytes.to.as_str().as_bytes().to_vec(),
-                    value: wire::encode_credit(&bytes),
-                });
+            for bytes in &kafka.outputs {
+                match wire::decode_credits_record(bytes) {
+                    Ok(CreditsRecord::Credit(credit)) => {
+                        simulated.credits[partition_of(&credit.to) as usize].push(Record {
+                            key: credit.to.as_str().as_bytes().to_vec(),
+                            value: bytes.clone(),
+                        });
+                    }
+                    Ok(CreditsRecord::Mark(_)) => {
+                        for partition in &mut simulated.credits {
+                            partition.push(Record { key: Vec::new(), value: bytes.clone() });
+                        }
+                    }
+                    Err(_) => {}
+                }
             }
             simulated.ledgers[0].offsets = kafka.offsets.clone();
             let unread = simulated.unread(0, batch_records);
@@ -533,6 +672,7 @@ proptest! {
                 Output::Credit(credit) => wire::encode_credit(credit),
                 Output::DeadLetter(_) => unreachable!(),
             }));
+            kafka.outputs.extend(effects.marks.iter().map(wire::encode_mark));
             kafka.offsets.extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
             if crash == Crash::AfterKafkaCommit {
                 store = restart(dir.path(), store, &kafka)?;
@@ -542,7 +682,7 @@ proptest! {
         }
 
         // The same input without crashes, batch by batch in memory.
-        let mut clean = Cluster::new(1);
+        let mut clean = Cluster::with_rules(1, rules);
         clean.transfers = transfers;
         let mut clean_outputs = Vec::new();
         loop {
@@ -551,6 +691,7 @@ proptest! {
                 break;
             }
             clean_outputs.extend(encode_all(&effects).into_iter().zip(&effects.outputs).filter(|(_, o)| !matches!(o, Output::DeadLetter(_))).map(|(bytes, _)| bytes));
+            clean_outputs.extend(effects.marks.iter().map(wire::encode_mark));
             clean.commit(0, &effects);
         }
         prop_assert_eq!(&kafka.outputs, &clean_outputs);
@@ -570,6 +711,9 @@ proptest! {
         }
         prop_assert_eq!(paged, reader.balances().unwrap());
         prop_assert_eq!(store.offsets(), &expected.offsets);
+        for (partition, order) in &expected.orders {
+            prop_assert_eq!(&store.order(*partition), order);
+        }
         for id in expected.decided.keys() {
             prop_assert_eq!(store.decision(*id), expected.decided.get(id).copied());
         }
