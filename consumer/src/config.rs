@@ -143,6 +143,14 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_CURRENCY, default_value = "EUR")]
     pub currency: Currency,
 
+    /// How long a transfer short of funds may wait, in milliseconds, for
+    /// credits ordered before it that may still be on their way; then it is
+    /// rejected `hold_expired`. 0 decides at once: a shortage not yet proven
+    /// is then `hold_expired`, which depends on timing.
+    #[arg(long, env = names::TXLEDGER_HOLD_MAX_MS, default_value_t = HOLD_MAX_MS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub hold_max_ms: u64,
+
     /// How many recent transfer ids are remembered for idempotency; a
     /// resubmission older than that is decided again.
     #[arg(long, env = names::TXLEDGER_IDEMPOTENCY_WINDOW, default_value_t = 1_000_000,
@@ -158,6 +166,11 @@ pub struct Config {
     #[arg(skip)]
     pub faults: Faults,
 }
+
+/// Long enough for a credit to cross the pipeline under load and a shard
+/// restart, short enough that a stuck partition does not freeze payments
+/// for long.
+const HOLD_MAX_MS_DEFAULT: u64 = 30_000;
 
 /// The shortest transaction timeout, and how many batch windows it must
 /// hold at least: a batch must finish well inside its transaction.
@@ -241,6 +254,7 @@ impl Settings {
             rules: Rules {
                 currency: config.currency,
                 partitions: config.partitions,
+                hold_max_ms: config.hold_max_ms,
             },
             store: StoreOptions {
                 idempotency_window: usize::try_from(config.idempotency_window)

@@ -24,6 +24,11 @@ const SLED_FLUSH: &str = "txledger_consumer_sled_flush_seconds";
 const END_TO_END: &str = "txledger_consumer_end_to_end_latency_seconds";
 const BALANCE_SUM: &str = "txledger_consumer_balance_sum";
 const READY: &str = "txledger_consumer_ready";
+const HELD: &str = "txledger_consumer_held_total";
+const RELEASED: &str = "txledger_consumer_released_total";
+const HOLD_EXPIRED: &str = "txledger_consumer_hold_expired_total";
+const RETIMED: &str = "txledger_consumer_retimed_total";
+const HOLDING: &str = "txledger_consumer_holding";
 const ERRORS: &str = "txledger_consumer_errors_total";
 
 /// Registers descriptions; harmless to call more than once.
@@ -71,6 +76,25 @@ pub fn describe() {
         "1 once recovery is done and the shard consumes, else 0."
     );
     describe_counter!(ERRORS, "Errors, by class; each is also logged.");
+    describe_counter!(
+        HELD,
+        "Transfers held for funds: short, with a credit ordered before them possibly on its way."
+    );
+    describe_counter!(RELEASED, "Held transfers decided.");
+    describe_counter!(
+        HOLD_EXPIRED,
+        "Held transfers rejected hold_expired after --hold-max-ms."
+    );
+    describe_counter!(
+        RETIMED,
+        "Transfers that arrived after a later one of their partition and were re-timed (effective_at)."
+    );
+    describe_gauge!(HOLDING, "Transfers held right now, committed state.");
+}
+
+/// Transfers held right now.
+pub fn holding(count: usize) {
+    gauge!(HOLDING).set(count as f64);
 }
 
 pub fn ready(ready: bool) {
@@ -142,6 +166,10 @@ pub fn committed(
     counter!(CREDITS_APPLIED).increment(effects.counts.credits_applied);
     counter!(CREDITS_DUPLICATE).increment(effects.counts.credits_duplicate);
     counter!(DEAD_LETTERS).increment(effects.counts.dead_letters);
+    counter!(HELD).increment(effects.counts.held);
+    counter!(RELEASED).increment(effects.counts.released);
+    counter!(HOLD_EXPIRED).increment(effects.counts.hold_expired);
+    counter!(RETIMED).increment(effects.counts.retimed);
 
     let now = OffsetDateTime::now_utc();
     let end_to_end = histogram!(END_TO_END);

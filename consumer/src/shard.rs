@@ -8,6 +8,7 @@
 //! visible to queries. The pending record stays on disk until the next write
 //! replaces it or an idle round clears it; recovery resolves it after a crash.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,8 +19,10 @@ use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::Money;
 use ledger_core::machine::{
-    process_batch, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output, Source,
+    process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output,
+    Source, Tick,
 };
+use ledger_core::order::Mark;
 use ledger_core::recovery::{self, PendingOffsets, Recovery};
 use ledger_core::wire;
 use rdkafka::client::ClientContext;
@@ -47,6 +50,10 @@ const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_SLICE: Duration = Duration::from_millis(100);
 /// A batch that has records ends when nothing more arrives for this long.
 const IDLE_END: Duration = Duration::from_millis(5);
+/// An idle shard looks this often whether its floors may jump and its
+/// marks need publishing (see `ledger_core::order`): what a held transfer
+/// elsewhere waits for at most, beyond a credits round trip.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 
 /// State shared between the loop thread and the HTTP API.
 #[derive(Debug, Default)]
@@ -170,6 +177,13 @@ struct Shard {
     transactions: u64,
     /// Sum of the committed balances, kept batch by batch for the gauge.
     balance_sum: Money,
+    /// Reads the input's end including open transactions, which the
+    /// read_committed consumer cannot see: a partition with an open
+    /// transaction is not idle.
+    watcher: BaseConsumer,
+    /// The marks this incarnation published, by partition.
+    published: BTreeMap<i32, Mark>,
+    last_heartbeat: Instant,
 }
 
 impl Shard {
@@ -198,6 +212,13 @@ impl Shard {
             error: KafkaError::Subscription("no group metadata".to_owned()),
         })?;
         let reader = store.reader();
+        let watcher = kafka::client_config(&settings.bootstrap_servers)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(|error| Error::Kafka {
+                step: "creating the end-of-input watcher",
+                error,
+            })?;
         let mut shard = Shard {
             settings,
             shared,
@@ -208,6 +229,9 @@ impl Shard {
             batches: 0,
             transactions: 0,
             balance_sum: Money::ZERO,
+            watcher,
+            published: BTreeMap::new(),
+            last_heartbeat: Instant::now(),
         };
         shard.assign_and_open(reader.clone())?;
         // After the shard is ready: the sum only feeds a gauge, and scanning
@@ -269,6 +293,7 @@ impl Shard {
                     faults.check(Step::BeforeClearPending, self.batches);
                     self.store.clear_pending()?;
                 }
+                self.heartbeat()?;
                 continue;
             }
             self.batches += 1;
@@ -345,6 +370,87 @@ impl Shard {
         Ok(batch)
     }
 
+    /// When idle: lets the floors of partitions with nothing left to read
+    /// jump, and publishes marks that changed since this incarnation last
+    /// published them (all of them after a restart), or whose held
+    /// transfers' time is up: reading the mark back is the batch that
+    /// rejects them. A transaction only when there is a mark to send.
+    fn heartbeat(&mut self) -> Result<(), Error> {
+        if self.last_heartbeat.elapsed() < HEARTBEAT_EVERY {
+            return Ok(());
+        }
+        self.last_heartbeat = Instant::now();
+        let now_ms = now_ms();
+        let hold_max_ms = self.settings.rules.hold_max_ms;
+        let idle = self.idle_partitions();
+        let publish: Vec<i32> = self
+            .settings
+            .owned
+            .iter()
+            .copied()
+            .filter(|partition| {
+                let order = self.store.order(*partition);
+                order.mark(*partition) != self.published.get(partition).copied()
+                    || order
+                        .held
+                        .iter()
+                        .any(|held| now_ms.saturating_sub(held.since_ms) >= hold_max_ms)
+            })
+            .collect();
+        if idle.is_empty() && publish.is_empty() {
+            return Ok(());
+        }
+        let tick = Tick {
+            now_ms,
+            idle: &idle,
+            publish: &publish,
+        };
+        let effects = process_batch_at(&self.store, &self.settings.rules, &[], tick)
+            .expect("a batch without records refuses nothing");
+        if effects.marks.is_empty() {
+            return Ok(());
+        }
+        self.run(&[], &effects, Instant::now())
+    }
+
+    /// Owned partitions of `transactions` read to their very end: no record
+    /// left, and none in an open transaction. A partition whose end cannot
+    /// be read now is not idle.
+    fn idle_partitions(&self) -> Vec<i32> {
+        let positions = self.consumer.position().unwrap_or_default();
+        let topic = self.settings.transfers_topic.as_str();
+        self.settings
+            .owned
+            .iter()
+            .copied()
+            .filter(|partition| {
+                let Ok((low, high)) =
+                    self.watcher
+                        .fetch_watermarks(topic, *partition, STARTUP_CALL_TIMEOUT)
+                else {
+                    return false;
+                };
+                let position = match positions
+                    .find_partition(topic, *partition)
+                    .map(|element| element.offset())
+                {
+                    Some(Offset::Offset(next)) => next,
+                    // Nothing consumed since the assignment: where it began.
+                    _ => self
+                        .store
+                        .offsets()
+                        .get(&InputPartition {
+                            source: Source::Transfers,
+                            partition: *partition,
+                        })
+                        .copied()
+                        .unwrap_or(low),
+                };
+                position >= high
+            })
+            .collect()
+    }
+
     fn process(&mut self, polled: &[Polled]) -> Result<(), Error> {
         let started = Instant::now();
         let records: Vec<InputRecord<'_>> = polled
@@ -356,22 +462,44 @@ impl Shard {
                 payload: record.payload.as_deref(),
             })
             .collect();
-        let effects = process_batch(&self.store, &self.settings.rules, &records).inspect_err(|error| {
-            error!(
-                message = "A credit sits on a partition that does not own its account; stopping.",
-                error = %chain(error),
-            );
-        })?;
+        let tick = Tick {
+            now_ms: now_ms(),
+            ..Tick::default()
+        };
+        let effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)
+            .inspect_err(|error| {
+                error!(
+                    message = "A credit sits on a partition that does not own its account; stopping.",
+                    error = %chain(error),
+                );
+            })?;
         if effects.counts.misrouted > 0 {
             warn!(
                 message = "Transfers in a partition that does not own their source account were rejected as misrouted; their producer must use the murmur2 partitioner.",
                 misrouted = effects.counts.misrouted,
             );
         }
+        if effects.counts.hold_expired > 0 {
+            warn!(
+                message = "Transfers short of funds waited --hold-max-ms for credits that may still come, and were rejected hold_expired; a partition may be stuck or the hold too short.",
+                hold_expired = effects.counts.hold_expired,
+                hold_max_ms = self.settings.rules.hold_max_ms,
+            );
+        }
+        self.run(&records, &effects, started)
+    }
+
+    /// The batch's transaction, and what follows its commit or its failure.
+    fn run(
+        &mut self,
+        records: &[InputRecord<'_>],
+        effects: &BatchEffects,
+        started: Instant,
+    ) -> Result<(), Error> {
         let mut written = false;
-        match self.transact(&effects, &mut written) {
+        match self.transact(effects, &mut written) {
             Ok(committed) => {
-                self.committed(&records, &effects, &committed, started);
+                self.committed(records, effects, &committed, started);
                 Ok(())
             }
             Err(interrupted) => self.interrupted(interrupted, written),
@@ -390,6 +518,18 @@ impl Shard {
         self.store.mark_committed();
         self.balance_sum = self.balance_sum + committed.delta;
         measure::balance_sum(self.balance_sum);
+        for mark in &effects.marks {
+            self.published.insert(mark.partition, *mark);
+        }
+        if !effects.orders.is_empty() {
+            let holding = self
+                .settings
+                .owned
+                .iter()
+                .map(|partition| self.store.order(*partition).held.len())
+                .sum();
+            measure::holding(holding);
+        }
         measure::committed(records, effects, committed.flush, started.elapsed());
         debug!(
             message = "Batch committed.",
@@ -474,7 +614,10 @@ impl Shard {
             report = Some(self.write(effects)?);
             *written = true;
         }
-        self.send_offsets(&offsets)?;
+        // A heartbeat consumed nothing: no offsets to commit.
+        if offsets.count() > 0 {
+            self.send_offsets(&offsets)?;
+        }
         faults.check(Step::AfterSendOffsets, self.batches);
         if write_first && faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
@@ -573,6 +716,17 @@ impl Shard {
                     };
                     self.send(record)?;
                 }
+            }
+        }
+        // After the batch's credits, on every partition: a shard that reads
+        // a mark has read the credits it speaks for.
+        for mark in &effects.marks {
+            let payload = wire::encode_mark(mark);
+            for partition in 0..settings.rules.partitions {
+                let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.credits_topic)
+                    .partition(partition)
+                    .payload(payload.as_slice());
+                self.send(record)?;
             }
         }
         // Serve delivery reports so that the queue does not grow unbounded.
@@ -693,6 +847,14 @@ impl Shard {
             error,
         })
     }
+}
+
+/// The shard's clock for held transfers, ms since the epoch.
+fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The shard's transactional producer, once `init_transactions` has fenced

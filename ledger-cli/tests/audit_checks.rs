@@ -422,6 +422,7 @@ fn an_outcome_of_aborted_input_is_an_aborted_read() {
         kind: OutcomeKind::Rejected(RejectReason::InsufficientFunds),
         detail: None,
         transfer: Some(transfer(8, "alice", "erin", "1.00")),
+        effective_at: None,
         partition: aborted.partition,
         offset: aborted.offset,
     }));

@@ -456,6 +456,7 @@ fn an_outcome_of_aborted_input_is_caught_on_a_real_broker() {
         kind: ledger_core::domain::OutcomeKind::Accepted,
         detail: None,
         transfer: Some(transfer(1, "world", "alice", 100)),
+        effective_at: None,
         partition: 0,
         offset: 0,
     };

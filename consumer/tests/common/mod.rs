@@ -27,7 +27,7 @@ use ledger::api::{StatsView, TopView, TransferView};
 use ledger_core::domain::{
     AccountId, Amount, Currency, Decision, OutcomeKind, RejectReason, Transfer, TransferId,
 };
-use ledger_core::wire::{self, Outcome};
+use ledger_core::wire::{self, CreditsRecord, Outcome};
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -696,11 +696,20 @@ pub fn verify_topics(topics: &Topics, inputs_count: usize, model: &Model) {
         .filter(|(_, d)| **d == Decision::Accepted)
         .map(|(id, _)| *id)
         .collect();
+    // The shards' marks share the topic with the credits.
+    let credit_of = |record: &harness::testkit::Record| {
+        match wire::decode_credits_record(record.payload.as_deref().unwrap_or_default()) {
+            Ok(CreditsRecord::Credit(credit)) => Some(credit),
+            Ok(CreditsRecord::Mark(_)) => None,
+            Err(error) => panic!("neither a credit nor a mark: {error}"),
+        }
+    };
     let mut credits = topics.reader(&topics.credits);
+    credits.read_until("a credit per accepted transfer", |reader| {
+        reader.records.iter().filter_map(credit_of).count() >= accepted.len()
+    });
     let mut emitted: BTreeMap<TransferId, usize> = BTreeMap::new();
-    for record in credits.read_at_least(accepted.len()) {
-        let credit =
-            wire::decode_credit(record.payload.as_deref().unwrap_or_default()).expect("credit");
+    for credit in credits.drain().iter().filter_map(credit_of) {
         *emitted.entry(credit.transfer_id).or_default() += 1;
     }
     assert_eq!(

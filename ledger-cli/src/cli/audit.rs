@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         topics,
         Rules {
             currency: args.currency,
-            partitions,
+            ..Rules::new(partitions)
         },
     );
     // Balances first: a shard that cannot be reached fails the audit in
