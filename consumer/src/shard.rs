@@ -50,10 +50,14 @@ const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_SLICE: Duration = Duration::from_millis(100);
 /// A batch that has records ends when nothing more arrives for this long.
 const IDLE_END: Duration = Duration::from_millis(5);
-/// An idle shard looks this often whether its floors may jump and its
-/// marks need publishing (see `ledger_core::order`): what a held transfer
-/// elsewhere waits for at most, beyond a credits round trip.
+/// A shard looks this often, between batches, whether the floors of its
+/// idle partitions may jump and its marks need publishing (see
+/// `ledger_core::order`): about what a shortage elsewhere waits for, beyond
+/// a credits round trip, when input stops.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+/// How long the heartbeat waits for a partition's end; a partition whose
+/// end cannot be read in time counts as not idle until the next beat.
+const END_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// State shared between the loop thread and the HTTP API.
 #[derive(Debug, Default)]
@@ -299,6 +303,9 @@ impl Shard {
             self.batches += 1;
             faults.check(Step::AfterPoll, self.batches);
             self.process(&polled)?;
+            // Also when busy: a partition without input on a busy shard
+            // must not hold back the others' shortages.
+            self.heartbeat()?;
         }
         if self.store.pending().is_some() {
             faults.check(Step::BeforeClearPending, self.batches);
@@ -370,7 +377,7 @@ impl Shard {
         Ok(batch)
     }
 
-    /// When idle: lets the floors of partitions with nothing left to read
+    /// Between batches: lets the floors of partitions with nothing left to read
     /// jump, and publishes marks that changed since this incarnation last
     /// published them (all of them after a restart), or whose held
     /// transfers' time is up: reading the mark back is the batch that
@@ -426,7 +433,7 @@ impl Shard {
             .filter(|partition| {
                 let Ok((low, high)) =
                     self.watcher
-                        .fetch_watermarks(topic, *partition, STARTUP_CALL_TIMEOUT)
+                        .fetch_watermarks(topic, *partition, END_QUERY_TIMEOUT)
                 else {
                     return false;
                 };

@@ -12,7 +12,8 @@ use ledger_core::domain::{
     AccountId, Amount, Currency, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
 use ledger_core::machine::{
-    process_batch, InputPartition, InputRecord, MemoryLedger, Output, Rules, Source,
+    process_batch, process_batch_at, BatchEffects, InputPartition, InputRecord, MemoryLedger,
+    Output, Rules, Source, Tick,
 };
 use ledger_core::wire::{self, Outcome};
 use time::macros::datetime;
@@ -24,8 +25,10 @@ fn account(name: &str) -> AccountId {
     AccountId::parse(name).unwrap()
 }
 
+/// Holding without limit: the pipeline below settles after every record,
+/// so every shortage gets proven.
 fn rules() -> Rules {
-    Rules::new(PARTITIONS)
+    Rules::new(PARTITIONS).holding(u64::MAX)
 }
 
 /// The partition (of both `transactions` and `ledger-credits`) that owns an
@@ -114,6 +117,13 @@ impl Pipeline {
             payload: Some(bytes),
         };
         let effects = process_batch(&self.ledgers[shard], &rules(), &[record]).unwrap();
+        self.commit(shard, effects);
+        self.settle();
+    }
+
+    /// A batch's effects: applied, its outcomes and dead letters published,
+    /// its credits applied at once, its marks read by every partition.
+    fn commit(&mut self, shard: usize, effects: BatchEffects) {
         self.ledgers[shard].apply(&effects);
         for output in effects.outputs {
             match output {
@@ -134,6 +144,11 @@ impl Pipeline {
                 }
             }
         }
+        for mark in &effects.marks {
+            for partition in 0..PARTITIONS {
+                self.apply_credit(partition, &wire::encode_mark(mark));
+            }
+        }
     }
 
     fn apply_credit(&mut self, partition: i32, bytes: &[u8]) {
@@ -148,7 +163,46 @@ impl Pipeline {
             payload: Some(bytes),
         };
         let effects = process_batch(&self.ledgers[shard], &rules(), &[record]).unwrap();
-        self.ledgers[shard].apply(&effects);
+        self.commit(shard, effects);
+    }
+
+    /// Every shard, having read all its input, lets its floors jump, until
+    /// no mark changes: held shortages are proven, as idle shards do.
+    fn settle(&mut self) {
+        loop {
+            let mut published = false;
+            for shard in 0..self.ledgers.len() {
+                let idle: Vec<i32> = (0..PARTITIONS).filter(|p| self.shard(*p) == shard).collect();
+                let tick = Tick {
+                    idle: &idle,
+                    ..Tick::default()
+                };
+                let effects = process_batch_at(&self.ledgers[shard], &rules(), &[], tick).unwrap();
+                published |= !effects.marks.is_empty();
+                self.commit(shard, effects);
+            }
+            if !published {
+                return;
+            }
+        }
+    }
+
+    /// A shard that rejects `transfer` for funds without looking (a mutant):
+    /// its outcome, and nothing else.
+    fn submit_refused(&mut self, transfer: &Transfer) {
+        let partition = home(&transfer.from);
+        let offset = self.take_offset(partition);
+        self.transfers
+            .push((partition, offset, wire::encode_transfer(transfer)));
+        self.outcomes.push(wire::encode_outcome(&Outcome {
+            transfer_id: Some(transfer.id),
+            kind: OutcomeKind::Rejected(RejectReason::InsufficientFunds),
+            detail: None,
+            transfer: Some(transfer.clone()),
+            effective_at: None,
+            partition,
+            offset,
+        }));
     }
 
     /// A record written in a transaction that aborted: no shard saw it.
@@ -624,6 +678,76 @@ fn a_negative_balance_is_named() {
         findings(&report, Check::Negative),
         vec!["account=mallory balance -5.00"]
     );
+}
+
+#[test]
+fn a_shard_that_refuses_a_funded_transfer_for_funds_is_named() {
+    let mut pipeline = busy();
+    // alice has 70.00 in the ledger's order: 100.00 in, 30.00 out.
+    pipeline.submit_refused(&transfer(11, "alice", "erin", "5.00"));
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Decisions]);
+    assert_eq!(
+        findings(&report, Check::Decisions),
+        vec![format!(
+            "{} id={} the shard answered rejected(insufficient_funds); in the ledger's order \
+             alice had 70.00 for 5.00, so the rules give accepted",
+            pipeline.input_at(pipeline.transfers.len() - 1),
+            id(11)
+        )]
+    );
+}
+
+#[test]
+fn a_shortage_is_checked_in_the_order_of_creation_not_of_arrival() {
+    let mut pipeline = Pipeline::new(2);
+    let at = |seconds: i64, mut transfer: Transfer| {
+        transfer.created_at += time::Duration::seconds(seconds);
+        transfer
+    };
+    // The payment arrives first, the deposit that funds it later, but the
+    // deposit was created first: a shard that rejects the payment is wrong.
+    let payment = at(2, transfer(2, "alice", "bob", "30.00"));
+    pipeline.submit_refused(&payment);
+    pipeline.submit(&at(1, transfer(1, "world", "alice", "100.00")));
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Decisions]);
+    // Created after the deposit, the same refusal is right.
+    let mut pipeline = Pipeline::new(2);
+    pipeline.submit_refused(&at(0, transfer(2, "alice", "bob", "30.00")));
+    pipeline.submit(&at(1, transfer(1, "world", "alice", "100.00")));
+    let report = audit(&pipeline.input());
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.totals.insufficient_funds, 1);
+}
+
+#[test]
+fn hold_expired_passes_and_is_counted() {
+    let mut pipeline = busy();
+    // bob's 500.00 to carol, rejected for funds: a shard that gave up
+    // waiting instead is allowed, timing being what it is.
+    let overdraft = outcome_of(&pipeline, 3);
+    edit_outcome(&mut pipeline.outcomes[overdraft], |outcome| {
+        outcome.kind = OutcomeKind::Rejected(RejectReason::HoldExpired);
+    });
+    let report = audit(&pipeline.input());
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.totals.hold_expired, 1);
+    assert_eq!(report.totals.insufficient_funds, 0);
+}
+
+#[test]
+fn keys_that_go_back_along_a_partition_are_named() {
+    let mut pipeline = Pipeline::new(1);
+    pipeline.submit(&transfer(1, "world", "alice", "100.00"));
+    pipeline.submit(&transfer(2, "world", "alice", "1.00"));
+    // The second deposit claims to be ordered before the first.
+    let second = outcome_of(&pipeline, 1);
+    edit_outcome(&mut pipeline.outcomes[second], |outcome| {
+        outcome.effective_at = Some(datetime!(2026-11-25 09:00 UTC));
+    });
+    let report = audit(&pipeline.input());
+    assert_eq!(failing(&report), vec![Check::Decisions]);
 }
 
 #[test]

@@ -24,6 +24,8 @@ use rdkafka::ClientConfig;
 /// stream from the start, so the last one alone delivers all of them.
 const TRANSFERS: u64 = 24_000;
 const SHARDS: u32 = 3;
+/// The producer's default `--fail-share`: transfers meant to overdraw.
+const FAIL_SHARE: f64 = 0.02;
 const SHARD_KILLS_MIN: u32 = 10;
 const PRODUCER_KILLS: u32 = 2;
 const KILL_INTERVAL: Duration = Duration::from_secs(3);
@@ -288,6 +290,18 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         print_logs(&pipeline, &broker);
     }
     assert!(report.passed(), "the audit failed after the chaos run");
+    // Decisions follow the generator's order, kills or not: the ledger
+    // rejects for want of funds what the generator meant to fail, and
+    // nothing for timing (the audit has proven each insufficient_funds).
+    let totals = &report.totals;
+    let decided = (totals.accepted + totals.rejected) as f64;
+    let short = totals.insufficient_funds as f64 / decided;
+    assert!(
+        (short - FAIL_SHARE).abs() <= 0.005,
+        "insufficient_funds is {:.2}% of decided transfers, the generator asked for {:.2}%",
+        100.0 * short,
+        100.0 * FAIL_SHARE
+    );
     assert!(disruptions.shard_kills >= SHARD_KILLS_MIN);
     assert!(producer_kills_mid_transaction >= PRODUCER_KILLS);
     assert!(

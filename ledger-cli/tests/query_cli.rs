@@ -12,9 +12,13 @@
 //! | 1  | world -> alice 100.00  | accepted                     |
 //! | 2  | world -> bob 50.00     | accepted                     |
 //! | 3  | alice -> bob 30.00     | accepted (decided on 1, credited on 0) |
-//! | 4  | bob -> frank 500.00    | rejected, insufficient_funds |
+//! | 4  | bob -> frank 500.00    | rejected, hold_expired       |
 //!
 //! Final balances: world -150.00, bob 80.00, alice 70.00; frank unseen.
+//!
+//! The fixture publishes no order marks, so no shortage is ever proven and
+//! the machine (holding for 0 ms) rejects transfer 4 `hold_expired` at once:
+//! a rejection with a reason, which is all the queries need.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -235,13 +239,17 @@ fn offline_stats_prints_a_table_and_json_of_a_stopped_shard() {
             "SUM",
             "REMEMBERED",
             "IDS",
+            "HELD",
             "PENDING",
             "SOURCE"
         ]
     );
-    // Four decided ids plus three applied credits.
-    assert_eq!(words(lines[1]), ["0", "3", "0.00", "7", "none", path(&db)]);
-    assert_eq!(words(lines[2]), ["total", "3", "0.00", "7", "none"]);
+    // Four decided ids plus three applied credits; nothing held.
+    assert_eq!(
+        words(lines[1]),
+        ["0", "3", "0.00", "7", "0", "none", path(&db)]
+    );
+    assert_eq!(words(lines[2]), ["total", "3", "0.00", "7", "0", "none"]);
     // Amounts and counts are right-aligned under their header.
     let sum_end = lines[0].find("SUM").unwrap() + "SUM".len();
     assert_eq!(lines[1].find("0.00").unwrap() + "0.00".len(), sum_end);
@@ -333,7 +341,7 @@ fn offline_balance_top_and_transfer_of_one_shard() {
     );
     let answer = json(&["query", "transfer", &id(4), "--db", db, "--json"]);
     assert_eq!(answer["status"], "rejected");
-    assert_eq!(answer["reason"], "insufficient_funds");
+    assert_eq!(answer["reason"], "hold_expired");
     assert_eq!(answer["decided_by"], serde_json::json!([0]));
     assert_eq!(answer["credited_by"], serde_json::json!([]));
 }

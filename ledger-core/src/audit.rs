@@ -644,6 +644,10 @@ pub struct Totals {
     pub accepted: u64,
     pub rejected: u64,
     pub duplicate: u64,
+    /// Rejections for a shortage proven in the ledger's order.
+    pub insufficient_funds: u64,
+    /// Rejections after `--hold-max-ms`, which depend on timing.
+    pub hold_expired: u64,
     pub credits: u64,
     pub dead_letters: u64,
     pub balance_sources: u64,
@@ -1042,13 +1046,16 @@ impl<'a> Judge<'a> {
             let from = input.accounts.get(transfer.from);
             let balance = balances.get(&transfer.from).copied().unwrap_or(0);
             let amount = transfer.amount.money().0;
-            let expected = if from.is_world() || balance >= amount {
+            // `world` never lacks funds; a shard refusing it for funds is
+            // named by check_decisions already.
+            let expected = if from.is_world() {
+                real
+            } else if balance >= amount {
                 OutcomeKind::Accepted
             } else {
                 OutcomeKind::Rejected(RejectReason::InsufficientFunds)
             };
-            let forced =
-                real == OutcomeKind::Rejected(RejectReason::HoldExpired) && !from.is_world();
+            let forced = real == OutcomeKind::Rejected(RejectReason::HoldExpired);
             if real != expected && !forced {
                 self.tally.note(Check::Decisions, || {
                     finding(
@@ -1317,6 +1324,10 @@ impl<'a> Judge<'a> {
             accepted: count(|kind| kind == OutcomeKind::Accepted),
             rejected: count(|kind| matches!(kind, OutcomeKind::Rejected(_))),
             duplicate: count(|kind| kind == OutcomeKind::Duplicate),
+            insufficient_funds: count(|kind| {
+                kind == OutcomeKind::Rejected(RejectReason::InsufficientFunds)
+            }),
+            hold_expired: count(|kind| kind == OutcomeKind::Rejected(RejectReason::HoldExpired)),
             credits: input.credits.values().map(|c| c.len() as u64).sum(),
             dead_letters: input.dead_letters.values().sum::<u64>()
                 + input.dead_letters_unattributed,
@@ -1446,6 +1457,16 @@ fn write_totals(out: &mut fmt::Formatter<'_>, totals: &Totals) -> fmt::Result {
         totals.duplicate,
         totals.credits,
         totals.dead_letters
+    )?;
+    let share = |count: u64| 100.0 * count as f64 / totals.outcomes.max(1) as f64;
+    writeln!(
+        out,
+        "funds: {} insufficient_funds ({:.2}% of outcomes), replayed exactly in the ledger's order; \
+         {} hold_expired ({:.2}%), which depend on timing",
+        totals.insufficient_funds,
+        share(totals.insufficient_funds),
+        totals.hold_expired,
+        share(totals.hold_expired)
     )?;
     match totals.balance_sum {
         Some(sum) => writeln!(

@@ -164,6 +164,9 @@ pub struct StatsView {
     pub offsets: Vec<OffsetView>,
     pub pending: Option<PendingView>,
     pub remembered_ids: u64,
+    /// Transfers held for funds right now.
+    #[serde(default)]
+    pub held: u64,
 }
 
 pub fn offset_views(offsets: &Offsets) -> Vec<OffsetView> {
@@ -191,6 +194,7 @@ impl StatsView {
                 keys: p.keys,
             }),
             remembered_ids: stats.remembered_ids,
+            held: stats.held,
         }
     }
 }

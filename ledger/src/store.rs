@@ -108,6 +108,8 @@ pub struct Stats {
     pub offsets: Offsets,
     pub pending: Option<PendingSummary>,
     pub remembered_ids: u64,
+    /// Transfers waiting for funds (see `ledger_core::order`).
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -832,6 +834,13 @@ impl StoreReader {
             }),
             None => None,
         };
+        let mut held = 0u64;
+        for item in self.db.scan_prefix(ORDER_PREFIX) {
+            let (key, _) = item?;
+            if let Some(order) = self.committed(&key)?.and_then(|v| PartitionOrder::decode(&v)) {
+                held += order.held.len() as u64;
+            }
+        }
         let window = read(&self.shared.window);
         Ok(Stats {
             accounts: balances.len() as u64,
@@ -839,6 +848,7 @@ impl StoreReader {
             offsets,
             pending,
             remembered_ids: (window.decided.len() + window.credited.len()) as u64,
+            held,
         })
     }
 }

@@ -745,6 +745,7 @@ struct StatsTotal {
     /// zero here at quiescence when every shard is given.
     sum: String,
     remembered_ids: u64,
+    held: u64,
     pending_batches: u64,
 }
 
@@ -758,6 +759,7 @@ impl StatsAnswer {
             accounts: shards.iter().map(|view| view.accounts).sum(),
             sum: sum.to_string(),
             remembered_ids: shards.iter().map(|view| view.remembered_ids).sum(),
+            held: shards.iter().map(|view| view.held).sum(),
             pending_batches: shards.iter().filter(|view| view.pending.is_some()).count() as u64,
         };
         Ok(StatsAnswer { shards, total })
@@ -786,6 +788,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
         ("ACCOUNTS", Align::Right),
         ("SUM", Align::Right),
         ("REMEMBERED IDS", Align::Right),
+        ("HELD", Align::Right),
         ("PENDING", Align::Left),
         ("SOURCE", Align::Left),
     ]);
@@ -803,6 +806,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
             view.accounts.to_string(),
             view.sum.clone(),
             view.remembered_ids.to_string(),
+            view.held.to_string(),
             view.pending.as_ref().map_or_else(
                 || "none".to_owned(),
                 |pending| format!("seq {}", pending.seq),
@@ -824,6 +828,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
         total.accounts.to_string(),
         total.sum.clone(),
         total.remembered_ids.to_string(),
+        total.held.to_string(),
         match total.pending_batches {
             0 => "none".to_owned(),
             1 => "1 batch".to_owned(),
@@ -1091,12 +1096,14 @@ mod tests {
             offsets: Vec::new(),
             pending: None,
             remembered_ids: 2,
+            held: 1,
         };
         let answer =
             StatsAnswer::total(vec![stats(0, 3, "-150.10"), stats(1, 2, "150.10")]).unwrap();
         assert_eq!(answer.total.accounts, 5);
         assert_eq!(answer.total.sum, "0.00");
         assert_eq!(answer.total.remembered_ids, 4);
+        assert_eq!(answer.total.held, 2);
         assert!(StatsAnswer::total(vec![stats(0, 1, "1e3")]).is_err());
     }
 
