@@ -60,6 +60,10 @@ pub enum Mutant {
     /// Commit the Kafka transaction before the sled write: a crash between
     /// them leaves Kafka ahead of sled with nothing to recover from.
     CommitBeforeSledWrite,
+    /// Reject the first funded payment of every batch `insufficient_funds`,
+    /// consistently (no debit, no credit): a shard deciding funds wrongly,
+    /// which only an exact replay of funds can tell.
+    RefuseFunded,
 }
 
 pub const ENV_FAIL_AT: &str = "TXLEDGER_FAIL_AT";
@@ -129,11 +133,12 @@ impl Faults {
             Some("skip_seek_back") => Some(Mutant::SkipSeekBack),
             Some("skip_undo") => Some(Mutant::SkipUndo),
             Some("commit_before_sled_write") => Some(Mutant::CommitBeforeSledWrite),
+            Some("refuse_funded") => Some(Mutant::RefuseFunded),
             Some(other) => {
                 return Err(invalid(
                     ENV_MUTANT,
                     other.to_owned(),
-                    "use skip_seek_back, skip_undo or commit_before_sled_write",
+                    "use skip_seek_back, skip_undo, commit_before_sled_write or refuse_funded",
                 ))
             }
         };

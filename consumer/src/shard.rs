@@ -17,7 +17,7 @@ use ledger::kafka;
 use ledger::store::{Store, StoreError, StoreReader, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
-use ledger_core::domain::Money;
+use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason};
 use ledger_core::machine::{
     process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output,
     Source, Tick,
@@ -473,13 +473,16 @@ impl Shard {
             now_ms: now_ms(),
             ..Tick::default()
         };
-        let effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)
+        let mut effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)
             .inspect_err(|error| {
                 error!(
                     message = "A credit sits on a partition that does not own its account; stopping.",
                     error = %chain(error),
                 );
             })?;
+        if self.settings.faults.mutant == Some(Mutant::RefuseFunded) {
+            refuse_first_funded(&mut effects);
+        }
         if effects.counts.misrouted > 0 {
             warn!(
                 message = "Transfers in a partition that does not own their source account were rejected as misrouted; their producer must use the murmur2 partitioner.",
@@ -853,6 +856,38 @@ impl Shard {
             step: "assign",
             error,
         })
+    }
+}
+
+/// The `refuse_funded` mutant: the batch's first accepted payment (not from
+/// `world`) becomes `insufficient_funds`, its debit and credit taken back,
+/// so that balances and credits stay consistent with the lie.
+fn refuse_first_funded(effects: &mut BatchEffects) {
+    let refused = Decision::Rejected(RejectReason::InsufficientFunds);
+    let transfer = effects.outputs.iter_mut().find_map(|output| match output {
+        Output::Outcome(outcome)
+            if outcome.kind == OutcomeKind::Accepted
+                && outcome.transfer.as_ref().is_some_and(|t| !t.from.is_world()) =>
+        {
+            outcome.kind = refused.into();
+            outcome.transfer.clone()
+        }
+        _ => None,
+    });
+    let Some(transfer) = transfer else {
+        return;
+    };
+    warn!(message = "Mutant refuse_funded: refusing a funded transfer.", id = %transfer.id);
+    effects
+        .outputs
+        .retain(|output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id));
+    if let Some(balance) = effects.balances.get_mut(&transfer.from) {
+        *balance = *balance + transfer.amount.money();
+    }
+    for (id, decision) in &mut effects.decided {
+        if *id == transfer.id {
+            *decision = refused;
+        }
     }
 }
 

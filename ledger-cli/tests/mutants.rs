@@ -143,3 +143,14 @@ fn the_audit_catches_a_shard_that_does_not_undo_an_aborted_batch() {
     assert_eq!(status(&report, Check::Lost), Status::Fail, "{report}");
     assert_eq!(status(&report, Check::Balances), Status::Fail, "{report}");
 }
+
+#[test]
+fn the_audit_catches_a_shard_that_refuses_funded_transfers() {
+    let report = audited_run(Some("refuse_funded"));
+    assert!(!report.passed());
+    // Balances and credits agree with the refusals; only replaying funds in
+    // the ledger's order shows them wrong.
+    assert_eq!(status(&report, Check::Decisions), Status::Fail, "{report}");
+    assert_eq!(status(&report, Check::Balances), Status::Pass, "{report}");
+    assert_eq!(status(&report, Check::Credits), Status::Pass, "{report}");
+}
