@@ -867,7 +867,10 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
     let transfer = effects.outputs.iter_mut().find_map(|output| match output {
         Output::Outcome(outcome)
             if outcome.kind == OutcomeKind::Accepted
-                && outcome.transfer.as_ref().is_some_and(|t| !t.from.is_world()) =>
+                && outcome
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| !t.from.is_world()) =>
         {
             outcome.kind = refused.into();
             outcome.transfer.clone()
@@ -878,9 +881,9 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
         return;
     };
     warn!(message = "Mutant refuse_funded: refusing a funded transfer.", id = %transfer.id);
-    effects
-        .outputs
-        .retain(|output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id));
+    effects.outputs.retain(
+        |output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id),
+    );
     if let Some(balance) = effects.balances.get_mut(&transfer.from) {
         *balance = *balance + transfer.amount.money();
     }

@@ -97,13 +97,19 @@ fn decided_in_the_order_of_creation(shards: u32) {
         .values()
         .filter(|decision| **decision != ledger_core::domain::Decision::Accepted)
         .count();
-    assert_eq!(rejected, RUNS, "one overdraft per run, everything else funded");
+    assert_eq!(
+        rejected, RUNS,
+        "one overdraft per run, everything else funded"
+    );
     wait_for_balances(&running.urls, &model.balances);
     // Every decision exactly as the model's, which folds in creation order.
     verify_served(&model, &running.urls);
     // The race happened: payments reached their shard before their funds.
     let held = held_so_far(&running.urls[0]) - held_before;
-    assert!(held > 0.0, "no transfer was ever held: the imports did not race");
+    assert!(
+        held > 0.0,
+        "no transfer was ever held: the imports did not race"
+    );
     running.stop_all();
     verify_topics(&topics, count, &model);
 }

@@ -172,7 +172,9 @@ impl Pipeline {
         loop {
             let mut published = false;
             for shard in 0..self.ledgers.len() {
-                let idle: Vec<i32> = (0..PARTITIONS).filter(|p| self.shard(*p) == shard).collect();
+                let idle: Vec<i32> = (0..PARTITIONS)
+                    .filter(|p| self.shard(*p) == shard)
+                    .collect();
                 let tick = Tick {
                     idle: &idle,
                     ..Tick::default()

@@ -1000,9 +1000,11 @@ impl<'a> Judge<'a> {
         for (partition, facts) in &input.inputs {
             let mut previous: Option<OrderKey> = None;
             for (slot, fact) in facts.iter().enumerate() {
-                let (OutcomeKind::Accepted, Some(transfer), Some(outcome)) =
-                    (fact.model, fact.transfer, self.first_outcome(*partition, slot))
-                else {
+                let (OutcomeKind::Accepted, Some(transfer), Some(outcome)) = (
+                    fact.model,
+                    fact.transfer,
+                    self.first_outcome(*partition, slot),
+                ) else {
                     continue;
                 };
                 let real = outcome.kind;

@@ -417,7 +417,10 @@ impl<V: LedgerView> Batch<'_, V> {
             offset: record.offset,
             since_ms: self.tick.now_ms,
         };
-        let behind_held = self.order(partition).held_accounts.contains(&held.transfer.from);
+        let behind_held = self
+            .order(partition)
+            .held_accounts
+            .contains(&held.transfer.from);
         let funds = if held.transfer.currency != self.rules.currency {
             Funds::Decided(Decision::Rejected(RejectReason::CurrencyMismatch))
         } else if behind_held {
@@ -510,11 +513,11 @@ impl<V: LedgerView> Batch<'_, V> {
         self.effects.decided.push((transfer.id, decision));
         let effective_at = (key.at != transfer.created_at).then_some(key.at);
         self.push_outcome(Outcome {
-                transfer_id: Some(transfer.id),
-                kind: decision.into(),
-                detail: None,
-                transfer: Some(transfer),
-                effective_at,
+            transfer_id: Some(transfer.id),
+            kind: decision.into(),
+            detail: None,
+            transfer: Some(transfer),
+            effective_at,
             partition,
             offset,
         });
@@ -608,11 +611,9 @@ impl<V: LedgerView> Batch<'_, V> {
             at: credit.effective_at,
             id,
         };
-        self.order(record.at.partition).state.note_credit(
-            &credit.to,
-            key,
-            credit.amount.money(),
-        );
+        self.order(record.at.partition)
+            .state
+            .note_credit(&credit.to, key, credit.amount.money());
         self.credited_here.insert(id, ());
         self.effects.credited.push(id);
         self.effects.counts.credits_applied += 1;

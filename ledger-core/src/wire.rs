@@ -465,7 +465,10 @@ pub fn decode_credits_record(bytes: &[u8]) -> Result<CreditsRecord, DecodeError>
     if mark.low > mark.floor {
         return Err(DecodeError::new(
             RejectReason::UnknownSchema,
-            format!("mark of partition {} has its low above its floor", mark.partition),
+            format!(
+                "mark of partition {} has its low above its floor",
+                mark.partition
+            ),
         ));
     }
     Ok(CreditsRecord::Mark(mark))
@@ -649,7 +652,10 @@ mod tests {
             (OutcomeKind::Accepted, Some(later)),
             (OutcomeKind::Duplicate, None),
             (OutcomeKind::Rejected(RejectReason::InsufficientFunds), None),
-            (OutcomeKind::Rejected(RejectReason::HoldExpired), Some(later)),
+            (
+                OutcomeKind::Rejected(RejectReason::HoldExpired),
+                Some(later),
+            ),
         ] {
             let outcome = Outcome {
                 transfer_id: Some(transfer.id),

@@ -461,7 +461,9 @@ impl Store {
                 .map(i32::from_be_bytes)
                 .map_err(|_| self.corrupt("bad order key"))?;
             let order = PartitionOrder::decode(&value).ok_or_else(|| {
-                self.corrupt(format!("the order state of partition {partition} does not decode"))
+                self.corrupt(format!(
+                    "the order state of partition {partition} does not decode"
+                ))
             })?;
             self.orders.insert(partition, order);
         }
@@ -837,7 +839,10 @@ impl StoreReader {
         let mut held = 0u64;
         for item in self.db.scan_prefix(ORDER_PREFIX) {
             let (key, _) = item?;
-            if let Some(order) = self.committed(&key)?.and_then(|v| PartitionOrder::decode(&v)) {
+            if let Some(order) = self
+                .committed(&key)?
+                .and_then(|v| PartitionOrder::decode(&v))
+            {
                 held += order.held.len() as u64;
             }
         }

@@ -711,12 +711,12 @@ pub fn verify_topics(topics: &Topics, inputs_count: usize, model: &Model) {
         .map(|(id, _)| *id)
         .collect();
     // The shards' marks share the topic with the credits.
-    let credit_of = |record: &Record| {
-        match wire::decode_credits_record(record.payload.as_deref().unwrap_or_default()) {
-            Ok(CreditsRecord::Credit(credit)) => Some(credit),
-            Ok(CreditsRecord::Mark(_)) => None,
-            Err(error) => panic!("neither a credit nor a mark: {error}"),
-        }
+    let credit_of = |record: &Record| match wire::decode_credits_record(
+        record.payload.as_deref().unwrap_or_default(),
+    ) {
+        Ok(CreditsRecord::Credit(credit)) => Some(credit),
+        Ok(CreditsRecord::Mark(_)) => None,
+        Err(error) => panic!("neither a credit nor a mark: {error}"),
     };
     let mut credits = topics.reader(&topics.credits);
     credits.read_until("a credit per accepted transfer", |reader| {
