@@ -28,7 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
 use crate::report::{quantile, Row, Target, Unit, Value};
-use crate::shards::{self, metric};
+use crate::shards::{self, metric, Decide};
 use crate::{say, Bench, PARTITIONS};
 
 /// The allowance on top of the commit interval for p99.
@@ -44,18 +44,29 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Rows {
     ids: [&'static str; 3],
     targeted: bool,
+    decide: Decide,
 }
 
 /// At half of row 2's one-shard rate: the figure.
 pub const AT_HALF_MAXIMUM: Rows = Rows {
     ids: ["3a", "3b", "3c"],
     targeted: true,
+    decide: Decide::InOrder,
 };
 
 /// At a fixed, lower rate: for context, no target.
 pub const AT_FIXED_RATE: Rows = Rows {
     ids: ["3d", "3e", "3f"],
     targeted: false,
+    decide: Decide::InOrder,
+};
+
+/// The same fixed rate, deciding on arrival: what holding costs in latency
+/// is 3d-3f against these.
+pub const AT_FIXED_RATE_ON_ARRIVAL: Rows = Rows {
+    ids: ["7d", "7e", "7f"],
+    targeted: false,
+    decide: Decide::OnArrival,
 };
 
 /// Latencies in milliseconds, by where they were observed.
@@ -71,7 +82,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
     // Each run its own topics and groups.
     let label = format!("latency-{}", rows.ids[0]);
     let topics = shards::topics(bench, &label, None);
-    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1)?;
+    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, rows.decide)?;
     shards::start_ready(&mut pipeline)?;
     let count = rate * bench.sizes.latency_secs;
     say(format!(

@@ -22,8 +22,9 @@
 //!   writes the input topic of rows 2 and 6.
 //! - [`passthrough`]: row 2's baseline, an at-least-once copy loop.
 //! - [`shards`]: shards as child processes timed from ready to caught up
-//!   (rows 2 and 6), with the breakdown their metrics give.
-//! - [`latency`]: row 3, a live reader stamping committed outcomes.
+//!   (rows 2, 6 and 7), with the breakdown their metrics give.
+//! - [`latency`]: row 3 (and 7d-7f), a live reader stamping committed
+//!   outcomes.
 //! - [`recovery`]: row 5, restart-to-ready after SIGKILL over a sled ledger
 //!   written directly.
 
@@ -44,6 +45,7 @@ use clap::Parser;
 use ledger_cli::pipeline::{self, Binaries};
 
 use crate::report::{median_by, Report, Row};
+use crate::shards::Decide;
 
 /// Partitions of every topic: the scaling row asks for six.
 pub const PARTITIONS: i32 = 6;
@@ -61,9 +63,11 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Rows to run, comma-separated (1-6) [default: all]. Row 3 runs at half
+    /// Rows to run, comma-separated (1-7) [default: all]. Row 3 runs at half
     /// the one-shard rate of row 2, measured for it unless --latency-rate.
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+    /// Row 7 (what deciding in the ledger's order costs) reruns row 2's
+    /// shard and row 3's fixed rate deciding on arrival.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
     rows: Vec<u8>,
 
     /// Transfers in the pipeline rows' input (2, 3's rate, 6)
@@ -275,15 +279,14 @@ fn measure_rows(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
         rows.extend(producer_rows::run(bench)?);
     }
     let mut shard_rate = None;
-    if selected(2) || selected(6) || (selected(3) && args.latency_rate.is_none()) {
+    if selected(2) || selected(6) || selected(7) || (selected(3) && args.latency_rate.is_none()) {
         let input = producer_rows::produce_input(bench)?;
-        shard_rate = Some(shard_rows(
-            bench,
-            &input,
-            selected(2),
-            selected(6),
-            &mut rows,
-        )?);
+        let chosen = Chosen {
+            pipeline: selected(2),
+            scaling: selected(6),
+            holding: selected(7),
+        };
+        shard_rate = Some(shard_rows(bench, &input, chosen, &mut rows)?);
     }
     if selected(3) {
         let rate = match (args.latency_rate, shard_rate) {
@@ -302,33 +305,50 @@ fn measure_rows(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
             )?);
         }
     }
+    if selected(7) && args.latency_fixed_rate > 0 {
+        rows.extend(latency::run(
+            bench,
+            args.latency_fixed_rate,
+            latency::AT_FIXED_RATE_ON_ARRIVAL,
+        )?);
+    }
     if selected(5) {
         rows.extend(recovery::run(bench)?);
     }
     Ok(rows)
 }
 
-/// Rows 2 (with the pass-through copy) and 6 (scaling); returns one
-/// shard's median rate. Contenders run in turn, round after round, so that
-/// a slow spell of the machine hits all of them alike.
+/// Which of the rows that run shards over the produced input are wanted.
+struct Chosen {
+    pipeline: bool,
+    scaling: bool,
+    holding: bool,
+}
+
+/// Rows 2 (with the pass-through copy), 6 (scaling) and 7a-7c (holding);
+/// returns one shard's median rate. Contenders run in turn, round after
+/// round, so that a slow spell of the machine hits all of them alike.
 fn shard_rows(
     bench: &Bench,
     input: &producer_rows::Produced,
-    pipeline_row: bool,
-    scaling_rows: bool,
+    chosen: Chosen,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<f64> {
     let mut copies = Vec::new();
     let mut one = Vec::new();
+    let mut on_arrival = Vec::new();
     let mut many: Vec<(u32, Vec<shards::ShardRun>)> = Vec::new();
     for round in 0..bench.sizes.repeat {
-        if pipeline_row {
+        if chosen.pipeline {
             copies.push(passthrough::run(bench, input, round)?);
         }
-        one.push(shards::run(bench, input, 1, round)?);
-        if scaling_rows {
+        one.push(shards::run(bench, input, 1, round, Decide::InOrder)?);
+        if chosen.holding {
+            on_arrival.push(shards::run(bench, input, 1, round, Decide::OnArrival)?);
+        }
+        if chosen.scaling {
             for (index, count) in bench.sizes.scaling_shards.iter().enumerate() {
-                let run = shards::run(bench, input, *count, round)?;
+                let run = shards::run(bench, input, *count, round, Decide::InOrder)?;
                 match many.get_mut(index) {
                     Some((_, runs)) => runs.push(run),
                     None => many.push((*count, vec![run])),
@@ -339,6 +359,16 @@ fn shard_rows(
     let one = median_by(one, |run| run.rate).context("no shard run")?;
     if let Some(copied) = median_by(copies, passthrough::Copied::rate) {
         rows.push(shards::pipeline_row(&one, &copied));
+    }
+    if let Some(on_arrival) = median_by(on_arrival, |run| run.rate) {
+        let fail_share = 100.0 * producer_rows::FAIL_SHARE;
+        let openings = u64::from(bench.sizes.accounts);
+        rows.extend(shards::holding_rows(
+            &one,
+            &on_arrival,
+            fail_share,
+            openings,
+        ));
     }
     for (_, runs) in many {
         let runs = median_by(runs, |run| run.rate).context("no shard run")?;

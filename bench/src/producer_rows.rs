@@ -201,6 +201,10 @@ fn produce(
 
 /// Every flag that shapes the run is explicit, so that a TXLEDGER_*
 /// variable in the environment cannot skew one contender.
+/// The generator's share of transfers meant to overdraw (the producer's
+/// default, passed explicitly): row 7 compares the shards' rejections with it.
+pub const FAIL_SHARE: f64 = 0.02;
+
 fn producer_config(
     bench: &Bench,
     contender: &Contender,
@@ -215,6 +219,7 @@ fn producer_config(
     let transactional_id = bench.name(label);
     let (batch_records, batch_ms) = contender.batch.unwrap_or((1000, 100));
     let (batch_records, batch_ms) = (batch_records.to_string(), batch_ms.to_string());
+    let fail_share = FAIL_SHARE.to_string();
     let mut argv = vec![
         "producer",
         "--bootstrap-servers",
@@ -235,6 +240,8 @@ fn producer_config(
         &batch_ms,
         "--progress-secs",
         "86400",
+        "--fail-share",
+        &fail_share,
     ];
     match contender.batch {
         Some(_) => argv.extend(["--transactional-id", &transactional_id]),

@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 use crate::core_rows::drive;
 use crate::passthrough::Deliveries;
 use crate::report::{median_by, Row, Target, Unit, Value};
-use crate::shards;
+use crate::shards::{self, Decide};
 use crate::{say, Bench, PARTITIONS};
 
 /// The bound on restart-to-ready.
@@ -122,7 +122,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
 fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
     let label = format!("recovery-{accounts}");
     let topics = shards::topics(bench, &label, None);
-    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1)?;
+    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, Decide::InOrder)?;
     say(format!(
         "row 5: building a ledger of {accounts} accounts..."
     ));

@@ -14,6 +14,8 @@ pub enum Unit {
     TransfersPerSecond,
     Milliseconds,
     Seconds,
+    /// A share, in percent (or percentage points).
+    Percent,
 }
 
 impl Unit {
@@ -23,6 +25,7 @@ impl Unit {
             Unit::TransfersPerSecond => "tr/s",
             Unit::Milliseconds => "ms",
             Unit::Seconds => "s",
+            Unit::Percent => "%",
         }
     }
 }
@@ -44,6 +47,7 @@ impl Value {
             Unit::RecordsPerSecond | Unit::TransfersPerSecond => thousands(self.value),
             Unit::Milliseconds => format!("{:.1}", self.value),
             Unit::Seconds => format!("{:.3}", self.value),
+            Unit::Percent => format!("{:.2}", self.value),
         };
         format!("{number} {}", self.unit.suffix())
     }

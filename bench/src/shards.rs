@@ -16,6 +16,7 @@ use anyhow::Context;
 use ledger::names;
 use ledger_cli::audit::Topics;
 use ledger_cli::pipeline::{self, Pipeline, PipelineConfig};
+use serde::Serialize;
 
 use crate::passthrough::Copied;
 use crate::producer_rows::Produced;
@@ -34,10 +35,57 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const READY_PROBE_EVERY: Duration = Duration::from_millis(10);
 
 const RECORDS_IN: &str = "txledger_consumer_records_in_total";
+const CREDITS_APPLIED: &str = "txledger_consumer_credits_applied_total";
 const OUTCOMES: &str = "txledger_consumer_outcomes_total";
 
 /// The median run and every run's rate.
 pub type Median<T> = (T, Vec<f64>);
+
+/// How the shards decide transfers short of funds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decide {
+    /// In the ledger's order, holding what is not yet certain (the default).
+    InOrder,
+    /// At once, `--hold-max-ms 0`: what holding is measured against.
+    OnArrival,
+}
+
+impl Decide {
+    fn label(self) -> &'static str {
+        match self {
+            Decide::InOrder => "",
+            Decide::OnArrival => "-arrival",
+        }
+    }
+}
+
+/// Outcomes of a run that speak of funds, from the shards' metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Funds {
+    /// Accepted and rejected outcomes (no duplicates).
+    pub decided: f64,
+    pub insufficient_funds: f64,
+    pub hold_expired: f64,
+}
+
+impl Funds {
+    fn of(pipeline: &Pipeline) -> Funds {
+        Funds {
+            decided: metric(pipeline, OUTCOMES, "status=\"accepted\"")
+                + metric(pipeline, OUTCOMES, "status=\"rejected\""),
+            insufficient_funds: metric(pipeline, OUTCOMES, "reason=\"insufficient_funds\""),
+            hold_expired: metric(pipeline, OUTCOMES, "reason=\"hold_expired\""),
+        }
+    }
+
+    /// Rejections for funds, proven or not, in percent of the decided
+    /// transfers after the generator's `openings` (one opening deposit per
+    /// account, which its fail share does not apply to).
+    pub fn short_percent(&self, openings: f64) -> f64 {
+        let rejected = self.insufficient_funds + self.hold_expired;
+        100.0 * rejected / (self.decided - openings).max(1.0)
+    }
+}
 
 /// One timed run of the shards over the input.
 #[derive(Debug, Clone)]
@@ -51,6 +99,7 @@ pub struct ShardRun {
     pub rate: f64,
     /// Where the shards' time went, from their own metrics.
     pub breakdown: serde_json::Value,
+    pub funds: Funds,
 }
 
 /// This run's topic names under `label`; `transactions` names an existing
@@ -69,7 +118,20 @@ pub fn pipeline(
     label: &str,
     topics: Topics,
     shards: u32,
+    decide: Decide,
 ) -> anyhow::Result<Pipeline> {
+    let mut shard_env: Vec<(String, String)> = bench
+        .shard_batch_records
+        .map(|records| {
+            vec![(
+                names::TXLEDGER_BATCH_RECORDS.to_owned(),
+                records.to_string(),
+            )]
+        })
+        .unwrap_or_default();
+    if decide == Decide::OnArrival {
+        shard_env.push((names::TXLEDGER_HOLD_MAX_MS.to_owned(), "0".to_owned()));
+    }
     let config = PipelineConfig {
         bootstrap_servers: bench.bootstrap.clone(),
         topics,
@@ -80,15 +142,7 @@ pub fn pipeline(
         transactional_id_prefix: bench.name(&format!("{label}-ledger-consumer")),
         producer_transactional_id: bench.name(&format!("{label}-producer")),
         batch_ms: bench.shard_batch_ms,
-        shard_env: bench
-            .shard_batch_records
-            .map(|records| {
-                vec![(
-                    names::TXLEDGER_BATCH_RECORDS.to_owned(),
-                    records.to_string(),
-                )]
-            })
-            .unwrap_or_default(),
+        shard_env,
     };
     let pipeline = Pipeline::new(config, bench.binaries.clone())?;
     pipeline.create_topics()?;
@@ -146,25 +200,32 @@ pub fn metric(pipeline: &Pipeline, name: &str, label: &str) -> f64 {
 
 /// Runs `shards` shards over `input` from offset 0 until every transfer is
 /// decided and every credit applied; `round` tells repeated runs apart.
-pub fn run(bench: &Bench, input: &Produced, shards: u32, round: usize) -> anyhow::Result<ShardRun> {
-    let label = format!("shards-{shards}-r{round}");
+pub fn run(
+    bench: &Bench,
+    input: &Produced,
+    shards: u32,
+    round: usize,
+    decide: Decide,
+) -> anyhow::Result<ShardRun> {
+    let label = format!("shards-{shards}{}-r{round}", decide.label());
     let topics = topics(bench, &label, Some(&input.topic));
-    let mut pipeline = pipeline(bench, &label, topics, shards)?;
+    let mut pipeline = pipeline(bench, &label, topics, shards, decide)?;
     say(format!(
-        "rows 2/6: {shards} exactly-once shard(s) over {} transfers...",
+        "rows 2/6/7: {shards} exactly-once shard(s) ({decide:?}) over {} transfers...",
         input.records
     ));
     let startup = start_ready(&mut pipeline)?;
     let started = Instant::now();
     let deadline = started + RUN_TIMEOUT;
     loop {
-        // Done when every transfer is decided and every accepted one's
-        // credit applied: the credits are half of a shard's work, and they
-        // trail the transfers by a batch or more.
-        let transfers = metric(&pipeline, RECORDS_IN, "source=\"transfers\"");
-        let credits = metric(&pipeline, RECORDS_IN, "source=\"credits\"");
+        // Done when every transfer is decided (a held one was read long
+        // before) and every accepted one's credit applied: the credits are
+        // half of a shard's work, and they trail the transfers by a batch
+        // or more.
+        let outcomes = metric(&pipeline, OUTCOMES, "");
+        let credits = metric(&pipeline, CREDITS_APPLIED, "");
         let accepted = metric(&pipeline, OUTCOMES, "status=\"accepted\"");
-        if transfers >= input.records as f64 && credits >= accepted {
+        if outcomes >= input.records as f64 && credits >= accepted {
             break;
         }
         for index in 0..shards as usize {
@@ -172,7 +233,7 @@ pub fn run(bench: &Bench, input: &Produced, shards: u32, round: usize) -> anyhow
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{shards} shard(s) committed {transfers} of {} transfers and {credits} of \
+            "{shards} shard(s) decided {outcomes} of {} transfers and applied {credits} of \
              {accepted} credits in {RUN_TIMEOUT:?}",
             input.records
         );
@@ -180,6 +241,7 @@ pub fn run(bench: &Bench, input: &Produced, shards: u32, round: usize) -> anyhow
     }
     let elapsed = started.elapsed();
     let breakdown = breakdown(&pipeline, shards, elapsed);
+    let funds = Funds::of(&pipeline);
     // Not timed: the read_committed probe that proves no input is left
     // over; a run that never settles is a bug worth failing on.
     pipeline
@@ -193,6 +255,7 @@ pub fn run(bench: &Bench, input: &Produced, shards: u32, round: usize) -> anyhow
         startup,
         rate: input.records as f64 / elapsed.as_secs_f64(),
         breakdown,
+        funds,
     };
     say(format!(
         "rows 2/6: {shards} shard(s): {:.0} transfers/s over {:.2} s (start-up {:.2} s)",
@@ -256,6 +319,67 @@ pub fn pipeline_row(one: &Median<ShardRun>, baseline: &Median<Copied>) -> Row {
         "baseline_rates": baseline_rates,
     }))
 }
+
+/// Row 7: what deciding in the ledger's order costs and buys, one shard
+/// over the same input: throughput against deciding on arrival, and the
+/// share of transfers rejected for funds against what the generator meant
+/// to fail (`fail_share`, in percent, of the transfers after its
+/// `openings`).
+pub fn holding_rows(
+    in_order: &Median<ShardRun>,
+    on_arrival: &Median<ShardRun>,
+    fail_share: f64,
+    openings: u64,
+) -> Vec<Row> {
+    let ((in_order, in_order_rates), (on_arrival, on_arrival_rates)) = (in_order, on_arrival);
+    let openings = openings as f64;
+    let in_order_short = in_order.funds.short_percent(openings);
+    let short = Row::new(
+        "7b",
+        "holding: rejected for funds, % of transfers after the openings (in order)",
+        Value::new(in_order_short, Unit::Percent),
+        "on arrival",
+        Value::new(on_arrival.funds.short_percent(openings), Unit::Percent),
+        None,
+    )
+    .with_details(serde_json::json!({
+        "openings": openings,
+        "in_order": in_order.funds,
+        "on_arrival": on_arrival.funds,
+    }));
+    let off = (in_order_short - fail_share).abs();
+    vec![
+        Row::new(
+            "7a",
+            "holding: 1 shard deciding in the ledger's order, input transfers/s",
+            Value::new(in_order.rate, Unit::TransfersPerSecond),
+            "deciding on arrival (--hold-max-ms 0)",
+            Value::new(on_arrival.rate, Unit::TransfersPerSecond),
+            None,
+        )
+        .with_details(serde_json::json!({
+            "rates": in_order_rates,
+            "baseline_rates": on_arrival_rates,
+            "shard": in_order.breakdown,
+            "baseline_shard": on_arrival.breakdown,
+        })),
+        short,
+        Row::new(
+            "7c",
+            "holding: |rejected for funds - generator's fail share|, points",
+            Value::new(off, Unit::Percent),
+            "generator's fail share",
+            Value::new(fail_share, Unit::Percent),
+            Some(Target::AtMost {
+                value: HOLDING_SHARE_SLACK_POINTS,
+            }),
+        ),
+    ]
+}
+
+/// How far the share of transfers rejected for funds may be from the
+/// share the generator meant to fail, in percentage points.
+const HOLDING_SHARE_SLACK_POINTS: f64 = 0.5;
 
 /// Row 6: `many` shards against one (median runs).
 pub fn scaling_row(many: &Median<ShardRun>, one: &Median<ShardRun>) -> Row {

@@ -411,6 +411,7 @@ impl Shard {
             now_ms,
             idle: &idle,
             publish: &publish,
+            local: &self.settings.owned,
         };
         let effects = process_batch_at(&self.store, &self.settings.rules, &[], tick)
             .expect("a batch without records refuses nothing");
@@ -471,6 +472,7 @@ impl Shard {
             .collect();
         let tick = Tick {
             now_ms: now_ms(),
+            local: &self.settings.owned,
             ..Tick::default()
         };
         let mut effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)

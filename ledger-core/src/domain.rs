@@ -404,6 +404,10 @@ pub struct Credit {
     /// re-timed (see `order`). The receiving shard counts the credit for
     /// transfers ordered after `(effective_at, transfer_id)` only.
     pub effective_at: OffsetDateTime,
+    /// Applied by the shard that wrote it, in the same transaction, because
+    /// that shard owns the destination's partition too: reading it back
+    /// applies nothing.
+    pub local: bool,
 }
 
 impl Credit {
@@ -422,6 +426,7 @@ impl Credit {
             currency: transfer.currency,
             created_at: transfer.created_at,
             effective_at,
+            local: false,
         }
     }
 }

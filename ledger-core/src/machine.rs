@@ -240,6 +240,11 @@ pub struct Tick<'a> {
     /// Partitions whose mark must be published even if unchanged (after a
     /// restart, or to wake a held transfer whose time is up).
     pub publish: &'a [i32],
+    /// Partitions this shard owns: a credit to one of their accounts is
+    /// applied at once, in this batch, and its record marked `local`, so
+    /// that a chain of payments on one shard resolves in one batch instead
+    /// of one credits round trip per link.
+    pub local: &'a [i32],
 }
 
 /// Runs the batch at time zero, with no partition idle: for tests and
@@ -280,6 +285,7 @@ pub fn process_batch_at(
         decided_here: HashMap::new(),
         credited_here: HashMap::new(),
         orders: BTreeMap::new(),
+        releasing: false,
         effects: BatchEffects::default(),
     };
     for record in records {
@@ -291,10 +297,7 @@ pub fn process_batch_at(
         *next = (*next).max(record.offset + 1);
     }
     if !records.is_empty() {
-        let touched: Vec<i32> = batch.orders.keys().copied().collect();
-        for partition in touched {
-            batch.release(partition);
-        }
+        batch.release();
     }
     for partition in tick.idle {
         batch.order(*partition).state.jump();
@@ -331,6 +334,9 @@ struct Ordering {
     /// Accounts with a held transfer, and held ids.
     held_accounts: HashSet<AccountId>,
     held_ids: HashSet<TransferId>,
+    /// While held transfers are released: the key of the first one that
+    /// has to wait on.
+    first_wait: Option<OrderKey>,
 }
 
 /// What a funds decision came to.
@@ -347,6 +353,8 @@ struct Batch<'v, V> {
     decided_here: HashMap<TransferId, Decision>,
     credited_here: HashMap<TransferId, ()>,
     orders: BTreeMap<i32, Ordering>,
+    /// A release pass is under way (see `live_low`).
+    releasing: bool,
     effects: BatchEffects,
 }
 
@@ -380,6 +388,7 @@ impl<V: LedgerView> Batch<'_, V> {
                 state,
                 held_accounts,
                 held_ids,
+                first_wait: None,
             }
         })
     }
@@ -448,16 +457,14 @@ impl<V: LedgerView> Batch<'_, V> {
             return Funds::Decided(Decision::Accepted);
         }
         let balance = self.balance(&transfer.from);
-        let partitions = self.rules.partitions;
-        let order = &self.order(partition).state;
-        let later = order.credits_after(&transfer.from, held.key);
+        let later = self
+            .order(partition)
+            .state
+            .credits_after(&transfer.from, held.key);
         if balance - later >= transfer.amount.money() {
             return Funds::Decided(Decision::Accepted);
         }
-        if order
-            .proven_until(partitions)
-            .is_some_and(|proven| held.key <= proven)
-        {
+        if self.proven(partition, held.key) {
             return Funds::Decided(Decision::Rejected(RejectReason::InsufficientFunds));
         }
         if self.tick.now_ms.saturating_sub(held.since_ms) >= self.rules.hold_max_ms {
@@ -467,33 +474,105 @@ impl<V: LedgerView> Batch<'_, V> {
         Funds::Wait
     }
 
-    /// Decides the held transfers of `partition` that can be, in key order;
-    /// an account's later transfers wait behind its first undecided one.
-    fn release(&mut self, partition: i32) {
-        let waiting = std::mem::take(&mut self.order(partition).state.held);
+    /// Whether no credit ordered before `key` can still reach `partition`.
+    /// From a partition this shard owns too, its state says so now: its
+    /// credits to local partitions are applied as they are made. From the
+    /// others, the marks read on `partition`'s credits say so.
+    fn proven(&mut self, partition: i32, key: OrderKey) -> bool {
+        let local = self.tick.local;
+        (0..self.rules.partitions).all(|source| {
+            let low = if local.contains(&source) && local.contains(&partition) {
+                self.live_low(source)
+            } else {
+                let marks = &self.order(partition).state.marks;
+                marks.get(&source).map(|mark| mark.low)
+            };
+            low.is_some_and(|low| key <= low)
+        })
+    }
+
+    /// A local partition's mark as it stands now: its floor, or its first
+    /// undecided held transfer if that is lower. During a release pass,
+    /// which goes in key order, the transfers not yet visited come after
+    /// the one being decided and do not count.
+    fn live_low(&mut self, partition: i32) -> Option<OrderKey> {
+        let releasing = self.releasing;
+        let order = self.order(partition);
+        let floor = order.state.floor?;
+        let held = if releasing {
+            order.first_wait
+        } else {
+            order.state.held.first().map(|held| held.key)
+        };
+        Some(held.map_or(floor, |held| floor.min(held)))
+    }
+
+    /// Decides the held transfers that can be, of every partition the batch
+    /// touched, in key order across them all: a transfer released here may
+    /// fund, with a local credit, one ordered after it, reached later in
+    /// the same pass. An account's later transfers wait behind its first
+    /// undecided one.
+    fn release(&mut self) {
+        // Every local partition takes part: its held transfers count for
+        // `live_low`, and may be decidable now.
+        for partition in self.tick.local {
+            self.order(*partition);
+        }
+        for order in self.orders.values_mut() {
+            order.first_wait = None;
+        }
+        self.releasing = true;
+        // Held transfers stay in their partition's state until the pass is
+        // over: a credit applied meanwhile must still be kept for those
+        // ordered before it (see `PartitionOrder::note_credit`).
+        let mut waiting: Vec<(OrderKey, i32, usize)> = Vec::new();
+        for (partition, order) in &self.orders {
+            waiting.extend(
+                order
+                    .state
+                    .held
+                    .iter()
+                    .enumerate()
+                    .map(|(index, held)| (held.key, *partition, index)),
+            );
+        }
+        waiting.sort_unstable();
+        // Accounts belong to one partition each: one set serves them all.
         let mut blocked: HashSet<AccountId> = HashSet::new();
-        let mut still = Vec::with_capacity(waiting.len());
-        for held in waiting {
+        let mut released: HashSet<(i32, usize)> = HashSet::new();
+        for (_, partition, index) in waiting {
+            let held = self.order(partition).state.held[index].clone();
             if blocked.contains(&held.transfer.from) {
-                still.push(held);
                 continue;
             }
             match self.funds(partition, &held) {
                 Funds::Decided(decision) => {
                     self.effects.counts.released += 1;
-                    let order = self.order(partition);
-                    order.held_ids.remove(&held.transfer.id);
+                    released.insert((partition, index));
+                    self.order(partition).held_ids.remove(&held.transfer.id);
                     self.decide(partition, held, decision);
                 }
                 Funds::Wait => {
-                    blocked.insert(held.transfer.from.clone());
-                    still.push(held);
+                    let order = self.order(partition);
+                    order.first_wait.get_or_insert(held.key);
+                    blocked.insert(held.transfer.from);
                 }
             }
         }
-        let order = self.order(partition);
-        order.held_accounts = blocked;
-        order.state.held = still;
+        self.releasing = false;
+        for (partition, order) in &mut self.orders {
+            let mut index = 0;
+            order.state.held.retain(|_| {
+                index += 1;
+                !released.contains(&(*partition, index - 1))
+            });
+            order.held_accounts = order
+                .state
+                .held
+                .iter()
+                .map(|held| held.transfer.from.clone())
+                .collect();
+        }
     }
 
     fn decide(&mut self, partition: i32, held: Held, decision: Decision) {
@@ -505,9 +584,13 @@ impl<V: LedgerView> Batch<'_, V> {
         } = held;
         if decision == Decision::Accepted {
             self.add(&transfer.from, Money::ZERO - transfer.amount.money());
-            self.effects
-                .outputs
-                .push(Output::Credit(Credit::at(&transfer, key.at)));
+            let mut credit = Credit::at(&transfer, key.at);
+            let destination = self.rules.partition_of(&credit.to);
+            if self.tick.local.contains(&destination) {
+                credit.local = true;
+                self.apply_credit(destination, &credit);
+            }
+            self.effects.outputs.push(Output::Credit(credit));
         }
         self.decided_here.insert(transfer.id, decision);
         self.effects.decided.push((transfer.id, decision));
@@ -601,23 +684,32 @@ impl<V: LedgerView> Batch<'_, V> {
                 owner,
             });
         }
+        // Applied already, in the transaction that wrote it.
+        if credit.local {
+            return Ok(());
+        }
         let id = credit.transfer_id;
         if self.credited_here.contains_key(&id) || self.view.credited(id) {
             self.effects.counts.credits_duplicate += 1;
             return Ok(());
         }
+        self.apply_credit(record.at.partition, &credit);
+        Ok(())
+    }
+
+    fn apply_credit(&mut self, partition: i32, credit: &Credit) {
+        let id = credit.transfer_id;
         self.add(&credit.to, credit.amount.money());
         let key = OrderKey {
             at: credit.effective_at,
             id,
         };
-        self.order(record.at.partition)
+        self.order(partition)
             .state
             .note_credit(&credit.to, key, credit.amount.money());
         self.credited_here.insert(id, ());
         self.effects.credited.push(id);
         self.effects.counts.credits_applied += 1;
-        Ok(())
     }
 
     fn dead_letter(&mut self, record: &InputRecord<'_>, payload: &[u8], error: &DecodeError) {

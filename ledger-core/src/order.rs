@@ -134,18 +134,6 @@ impl PartitionOrder {
         entry.low = entry.low.max(mark.low);
     }
 
-    /// No credit ordered before this key can still arrive here: the lowest
-    /// mark of all `partitions`, once each has sent one.
-    pub fn proven_until(&self, partitions: i32) -> Option<OrderKey> {
-        (0..partitions)
-            .map(|partition| self.marks.get(&partition).map(|mark| mark.low))
-            .try_fold(None, |lowest: Option<OrderKey>, low| {
-                let low = low?;
-                Some(Some(lowest.map_or(low, |lowest| lowest.min(low))))
-            })
-            .flatten()
-    }
-
     /// An idle partition's new floor: the newest floor any partition has
     /// announced, when that is ahead of its own.
     pub fn jump(&mut self) -> bool {
@@ -200,84 +188,99 @@ impl PartitionOrder {
         (accounts, ids)
     }
 
-    /// The stored form (sled): JSON, readable when debugging a shard.
-    pub fn encode(&self) -> Vec<u8> {
-        let key = |key: &OrderKey| KeyWire {
-            at: format_timestamp(key.at),
-            id: key.id,
-        };
-        let state = StateWire {
-            floor: self.floor.as_ref().map(key),
-            held: self
-                .held
-                .iter()
-                .map(|held| HeldWire {
-                    key: key(&held.key),
-                    transfer: String::from_utf8(wire::encode_transfer(&held.transfer))
-                        .unwrap_or_default(),
-                    offset: held.offset,
-                    since_ms: held.since_ms,
-                })
-                .collect(),
-            recent: self
-                .recent
-                .iter()
-                .map(|(account, credits)| {
-                    let credits = credits.iter().map(|(at, m)| (key(at), m.0)).collect();
-                    (account.as_str().to_owned(), credits)
-                })
-                .collect(),
+    /// The stored form of the floor and the marks (sled keeps the held
+    /// transfers and the recent credits under keys of their own, so that a
+    /// batch writes what changed, not the whole state): JSON.
+    pub fn encode_meta(&self) -> Vec<u8> {
+        let meta = MetaWire {
+            floor: self.floor.as_ref().map(KeyWire::of),
             marks: self
                 .marks
                 .values()
-                .map(|mark| (mark.partition, key(&mark.floor), key(&mark.low)))
+                .map(|mark| {
+                    (
+                        mark.partition,
+                        KeyWire::of(&mark.floor),
+                        KeyWire::of(&mark.low),
+                    )
+                })
                 .collect(),
         };
-        serde_json::to_vec(&state).unwrap_or_default()
+        serde_json::to_vec(&meta).unwrap_or_default()
     }
 
-    /// Reads the stored form; `None` when it does not decode.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let state: StateWire = serde_json::from_slice(bytes).ok()?;
-        let key = |key: &KeyWire| -> Option<OrderKey> {
-            Some(OrderKey {
-                at: parse_timestamp(&key.at).ok()?,
-                id: key.id,
-            })
-        };
+    /// Reads [`PartitionOrder::encode_meta`]: a state with no held
+    /// transfers and no recent credits; `None` when it does not decode.
+    pub fn decode_meta(bytes: &[u8]) -> Option<Self> {
+        let meta: MetaWire = serde_json::from_slice(bytes).ok()?;
         let mut order = PartitionOrder {
-            floor: match &state.floor {
-                Some(floor) => Some(key(floor)?),
+            floor: match &meta.floor {
+                Some(floor) => Some(floor.key()?),
                 None => None,
             },
             ..PartitionOrder::default()
         };
-        for held in &state.held {
-            order.held.push(Held {
-                key: key(&held.key)?,
-                transfer: wire::decode_transfer(held.transfer.as_bytes()).ok()?,
-                offset: held.offset,
-                since_ms: held.since_ms,
-            });
-        }
-        for (account, credits) in &state.recent {
-            let credits = credits
-                .iter()
-                .map(|(at, minor)| Some((key(at)?, Money(*minor))))
-                .collect::<Option<Vec<_>>>()?;
-            order
-                .recent
-                .insert(AccountId::parse(account).ok()?, credits);
-        }
-        for (partition, floor, low) in &state.marks {
+        for (partition, floor, low) in &meta.marks {
             let mark = Mark {
                 partition: *partition,
-                floor: key(floor)?,
-                low: key(low)?,
+                floor: floor.key()?,
+                low: low.key()?,
             };
             order.marks.insert(*partition, mark);
         }
         Some(order)
+    }
+
+    /// The stored form of one account's recent credits.
+    pub fn encode_recent(credits: &[(OrderKey, Money)]) -> Vec<u8> {
+        let credits: Vec<(KeyWire, i128)> = credits
+            .iter()
+            .map(|(key, amount)| (KeyWire::of(key), amount.0))
+            .collect();
+        serde_json::to_vec(&credits).unwrap_or_default()
+    }
+
+    pub fn decode_recent(bytes: &[u8]) -> Option<Vec<(OrderKey, Money)>> {
+        let credits: Vec<(KeyWire, i128)> = serde_json::from_slice(bytes).ok()?;
+        credits
+            .iter()
+            .map(|(key, minor)| Some((key.key()?, Money(*minor))))
+            .collect()
+    }
+}
+
+impl OrderKey {
+    /// A fixed-width form for keys of a store: time in nanoseconds since
+    /// the epoch (i128, big-endian), then the id.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&self.at.unix_timestamp_nanos().to_be_bytes());
+        bytes[16..].copy_from_slice(self.id.as_bytes());
+        bytes
+    }
+}
+
+impl Held {
+    /// The stored form of a held transfer: JSON, with the transfer as
+    /// `transactions` carries it.
+    pub fn encode(&self) -> Vec<u8> {
+        let held = HeldWire {
+            key: KeyWire::of(&self.key),
+            transfer: String::from_utf8(wire::encode_transfer(&self.transfer)).unwrap_or_default(),
+            offset: self.offset,
+            since_ms: self.since_ms,
+        };
+        serde_json::to_vec(&held).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Held> {
+        let held: HeldWire = serde_json::from_slice(bytes).ok()?;
+        Some(Held {
+            key: held.key.key()?,
+            transfer: wire::decode_transfer(held.transfer.as_bytes()).ok()?,
+            offset: held.offset,
+            since_ms: held.since_ms,
+        })
     }
 }
 
@@ -285,6 +288,22 @@ impl PartitionOrder {
 struct KeyWire {
     at: String,
     id: TransferId,
+}
+
+impl KeyWire {
+    fn of(key: &OrderKey) -> Self {
+        KeyWire {
+            at: format_timestamp(key.at),
+            id: key.id,
+        }
+    }
+
+    fn key(&self) -> Option<OrderKey> {
+        Some(OrderKey {
+            at: parse_timestamp(&self.at).ok()?,
+            id: self.id,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -297,10 +316,8 @@ struct HeldWire {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StateWire {
+struct MetaWire {
     floor: Option<KeyWire>,
-    held: Vec<HeldWire>,
-    recent: Vec<(String, Vec<(KeyWire, i128)>)>,
     marks: Vec<(i32, KeyWire, KeyWire)>,
 }
 
@@ -336,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_proven_until_every_partition_has_a_mark() {
+    fn marks_only_move_forward_and_an_idle_floor_jumps_to_the_newest() {
         let mut order = PartitionOrder::default();
         let key = |s| OrderKey::of(&transfer(1, s));
         let mark = |partition, floor, low| Mark {
@@ -345,12 +362,10 @@ mod tests {
             low: key(low),
         };
         order.read_mark(mark(0, 10, 5));
-        assert_eq!(order.proven_until(2), None);
         order.read_mark(mark(1, 20, 20));
-        assert_eq!(order.proven_until(2), Some(key(5)));
         // An older mark read late changes nothing.
         order.read_mark(mark(0, 8, 3));
-        assert_eq!(order.proven_until(2), Some(key(5)));
+        assert_eq!(order.marks[&0], mark(0, 10, 5));
         assert!(order.jump());
         assert_eq!(order.floor, Some(key(20)));
         assert!(!order.jump());
@@ -381,28 +396,35 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_form_round_trips() {
+    fn the_stored_forms_round_trip() {
         let mut order = PartitionOrder {
             floor: Some(OrderKey::of(&transfer(9, 40))),
             ..PartitionOrder::default()
         };
-        order.held.push(Held {
-            key: OrderKey::of(&transfer(8, 39)),
-            transfer: transfer(8, 39),
-            offset: 12,
-            since_ms: 1_700_000_000_000,
-        });
-        order.note_credit(
-            &AccountId::parse("bob").unwrap(),
-            OrderKey::of(&transfer(7, 50)),
-            Money(-3),
-        );
         order.read_mark(Mark {
             partition: 2,
             floor: OrderKey::of(&transfer(6, 45)),
             low: OrderKey::of(&transfer(5, 44)),
         });
-        assert_eq!(PartitionOrder::decode(&order.encode()), Some(order));
-        assert_eq!(PartitionOrder::decode(b"{}"), None);
+        assert_eq!(
+            PartitionOrder::decode_meta(&order.encode_meta()),
+            Some(order)
+        );
+        assert_eq!(PartitionOrder::decode_meta(b"{}"), None);
+        let held = Held {
+            key: OrderKey::of(&transfer(8, 39)),
+            transfer: transfer(8, 39),
+            offset: 12,
+            since_ms: 1_700_000_000_000,
+        };
+        assert_eq!(Held::decode(&held.encode()), Some(held));
+        let credits = vec![(OrderKey::of(&transfer(7, 50)), Money(-3))];
+        assert_eq!(
+            PartitionOrder::decode_recent(&PartitionOrder::encode_recent(&credits)),
+            Some(credits)
+        );
+        // Store keys sort like the order keys they stand for.
+        let (early, late) = (OrderKey::of(&transfer(9, 1)), OrderKey::of(&transfer(1, 2)));
+        assert!(early.to_bytes() < late.to_bytes());
     }
 }

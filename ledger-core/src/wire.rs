@@ -242,6 +242,9 @@ struct CreditWire<'a> {
     /// Absent when equal to `created_at`.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     effective_at: Option<Cow<'a, str>>,
+    /// Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
 }
 
 /// `Some(effective)` when a transfer was re-timed, for the optional
@@ -259,6 +262,7 @@ pub fn encode_credit(credit: &Credit) -> Vec<u8> {
         currency: Cow::Borrowed(credit.currency.as_str()),
         created_at: Cow::Owned(format_timestamp(credit.created_at)),
         effective_at: retimed(credit.created_at, credit.effective_at),
+        local: credit.local,
     })
 }
 
@@ -284,6 +288,7 @@ pub fn decode_credit(bytes: &[u8]) -> Result<Credit, DecodeError> {
                 Some(text) => parse_timestamp(text)?,
                 None => created_at,
             },
+            local: wire.local,
         })
     };
     build().map_err(|error| DecodeError {
@@ -647,6 +652,11 @@ mod tests {
         let later = transfer.created_at + time::Duration::nanoseconds(1);
         let retimed = Credit::at(&transfer, later);
         assert_eq!(decode_credit(&encode_credit(&retimed)).unwrap(), retimed);
+        let local = Credit {
+            local: true,
+            ..Credit::of(&transfer)
+        };
+        assert_eq!(decode_credit(&encode_credit(&local)).unwrap(), local);
         for (kind, effective_at) in [
             (OutcomeKind::Accepted, None),
             (OutcomeKind::Accepted, Some(later)),

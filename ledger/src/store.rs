@@ -11,7 +11,9 @@
 //! | `b:` account                  | balance, i128 big-endian minor units    |
 //! | `i:` batch seq (u64 BE)       | ids the batch decided or credited, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
-//! | `q:` partition (i32 BE)       | the partition's order state: floor, held transfers, recent credits, marks (`ledger_core::order`) |
+//! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
+//! | `h:` partition, order key      | a held transfer, with its offset and since when |
+//! | `r:` partition, account        | the account's credits ordered after some transfer still to decide |
 //! | `m:seq`                       | next batch seq                          |
 //! | `m:pending`                   | the pending record (see `Pending`)      |
 //!
@@ -20,7 +22,7 @@
 //! of transfers then costs one key for all its ids. The memory they take is
 //! bounded by the idempotency window (`StoreOptions::idempotency_window`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -29,12 +31,14 @@ use sled::IVec;
 
 use ledger_core::domain::{AccountId, Decision, Money, RejectReason, TransferId};
 use ledger_core::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
-use ledger_core::order::PartitionOrder;
+use ledger_core::order::{Held, OrderKey, PartitionOrder};
 
 const BALANCE_PREFIX: &[u8] = b"b:";
 const IDS_PREFIX: &[u8] = b"i:";
 const OFFSET_PREFIX: &[u8] = b"o:";
 const ORDER_PREFIX: &[u8] = b"q:";
+const HELD_PREFIX: &[u8] = b"h:";
+const RECENT_PREFIX: &[u8] = b"r:";
 const SEQ_KEY: &[u8] = b"m:seq";
 const PENDING_KEY: &[u8] = b"m:pending";
 
@@ -372,6 +376,60 @@ fn order_key(partition: i32) -> Vec<u8> {
     [ORDER_PREFIX, &partition.to_be_bytes()].concat()
 }
 
+fn held_key(partition: i32, key: &OrderKey) -> Vec<u8> {
+    [HELD_PREFIX, &partition.to_be_bytes(), &key.to_bytes()].concat()
+}
+
+fn recent_key(partition: i32, account: &AccountId) -> Vec<u8> {
+    [
+        RECENT_PREFIX,
+        &partition.to_be_bytes(),
+        account.as_str().as_bytes(),
+    ]
+    .concat()
+}
+
+/// The partition number at the start of a `q:`, `h:` or `r:` key.
+fn key_partition(key: &[u8]) -> Option<i32> {
+    key.get(2..6)?.try_into().ok().map(i32::from_be_bytes)
+}
+
+/// What a batch changes of one partition's order state, as sled writes
+/// (`None`: remove): its floor and marks, and only the held transfers and
+/// recent credits that changed, so that a batch writes in proportion to
+/// what it did, not to how much is held.
+fn order_writes(
+    partition: i32,
+    old: &PartitionOrder,
+    new: &PartitionOrder,
+    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) {
+    writes.push((order_key(partition), Some(new.encode_meta())));
+    let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
+    let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
+    for held in &new.held {
+        if !old_held.contains(&held.key) {
+            writes.push((held_key(partition, &held.key), Some(held.encode())));
+        }
+    }
+    for held in &old.held {
+        if !new_held.contains(&held.key) {
+            writes.push((held_key(partition, &held.key), None));
+        }
+    }
+    for (account, credits) in &new.recent {
+        if old.recent.get(account) != Some(credits) {
+            let value = PartitionOrder::encode_recent(credits);
+            writes.push((recent_key(partition, account), Some(value)));
+        }
+    }
+    for account in old.recent.keys() {
+        if !new.recent.contains_key(account) {
+            writes.push((recent_key(partition, account), None));
+        }
+    }
+}
+
 fn decode_money(bytes: &[u8]) -> Option<Money> {
     Some(Money(i128::from_be_bytes(bytes.try_into().ok()?)))
 }
@@ -453,20 +511,7 @@ impl Store {
                 .map_err(|_| self.corrupt("offset value is not 8 bytes"))?;
             self.offsets.insert(at, offset);
         }
-        self.orders = HashMap::new();
-        for item in self.db.scan_prefix(ORDER_PREFIX) {
-            let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let partition = key[ORDER_PREFIX.len()..]
-                .try_into()
-                .map(i32::from_be_bytes)
-                .map_err(|_| self.corrupt("bad order key"))?;
-            let order = PartitionOrder::decode(&value).ok_or_else(|| {
-                self.corrupt(format!(
-                    "the order state of partition {partition} does not decode"
-                ))
-            })?;
-            self.orders.insert(partition, order);
-        }
+        self.orders = self.load_orders()?;
         self.pending = match self.db.get(PENDING_KEY).map_err(|e| self.sled_error(e))? {
             Some(bytes) => Some(
                 decode_pending(&bytes)
@@ -482,6 +527,45 @@ impl Store {
         *write(&self.shared.window) = window;
         *write(&self.shared.in_doubt) = in_doubt;
         Ok(())
+    }
+
+    /// Every partition's order state: floor and marks, held transfers in
+    /// key order, recent credits.
+    fn load_orders(&self) -> Result<HashMap<i32, PartitionOrder>, StoreError> {
+        let mut orders: HashMap<i32, PartitionOrder> = HashMap::new();
+        let bad = |what: &str, key: &[u8]| self.corrupt(format!("{what} {key:?} does not decode"));
+        for item in self.db.scan_prefix(ORDER_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let partition = key_partition(&key).ok_or_else(|| bad("order key", &key))?;
+            let order =
+                PartitionOrder::decode_meta(&value).ok_or_else(|| bad("the order of", &key))?;
+            orders.insert(partition, order);
+        }
+        for item in self.db.scan_prefix(HELD_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let partition = key_partition(&key).ok_or_else(|| bad("held key", &key))?;
+            let held = Held::decode(&value).ok_or_else(|| bad("the held transfer", &key))?;
+            orders.entry(partition).or_default().held.push(held);
+        }
+        for item in self.db.scan_prefix(RECENT_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let partition = key_partition(&key).ok_or_else(|| bad("recent key", &key))?;
+            let account = std::str::from_utf8(&key[6..])
+                .ok()
+                .and_then(|name| AccountId::parse(name).ok())
+                .ok_or_else(|| bad("recent key", &key))?;
+            let credits = PartitionOrder::decode_recent(&value)
+                .ok_or_else(|| bad("the recent credits", &key))?;
+            orders
+                .entry(partition)
+                .or_default()
+                .recent
+                .insert(account, credits);
+        }
+        for order in orders.values_mut() {
+            order.held.sort_by_key(|held| held.key);
+        }
+        Ok(orders)
     }
 
     /// The idempotency window: the ids of the newest batches, up to
@@ -553,17 +637,19 @@ impl Store {
     /// keep seeing the state before it.
     pub fn write_batch(&mut self, effects: &BatchEffects) -> Result<WriteReport, StoreError> {
         let seq = self.next_seq;
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> =
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             Vec::with_capacity(effects.balances.len() + effects.offsets.len() + 2);
         for (account, balance) in &effects.balances {
-            writes.push((balance_key(account), balance.0.to_be_bytes().to_vec()));
+            writes.push((balance_key(account), Some(balance.0.to_be_bytes().to_vec())));
         }
         let ids = packed_ids(effects);
         if !ids.is_empty() {
-            writes.push((ids_key(seq), ids.clone()));
+            writes.push((ids_key(seq), Some(ids.clone())));
         }
+        let unchanged = PartitionOrder::default();
         for (partition, order) in &effects.orders {
-            writes.push((order_key(*partition), order.encode()));
+            let old = self.orders.get(partition).unwrap_or(&unchanged);
+            order_writes(*partition, old, order, &mut writes);
         }
         let offsets_before = self.offsets.clone();
         let mut offsets_after = offsets_before.clone();
@@ -575,9 +661,9 @@ impl Store {
                 previous.is_none_or(|p| p <= *next),
                 "invariant violated: offset of {at} would go back from {previous:?} to {next}"
             );
-            writes.push((offset_key(*at), next.to_be_bytes().to_vec()));
+            writes.push((offset_key(*at), Some(next.to_be_bytes().to_vec())));
         }
-        writes.push((SEQ_KEY.to_vec(), (seq + 1).to_be_bytes().to_vec()));
+        writes.push((SEQ_KEY.to_vec(), Some((seq + 1).to_be_bytes().to_vec())));
 
         let mut undo = Vec::with_capacity(writes.len());
         for (key, _) in &writes {
@@ -593,7 +679,10 @@ impl Store {
 
         let mut batch = sled::Batch::default();
         for (key, value) in &writes {
-            batch.insert(key.as_slice(), value.as_slice());
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
         }
         for old in self.evicted.drain(..) {
             batch.remove(ids_key(old));
@@ -837,13 +926,10 @@ impl StoreReader {
             None => None,
         };
         let mut held = 0u64;
-        for item in self.db.scan_prefix(ORDER_PREFIX) {
+        for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, _) = item?;
-            if let Some(order) = self
-                .committed(&key)?
-                .and_then(|v| PartitionOrder::decode(&v))
-            {
-                held += order.held.len() as u64;
+            if self.committed(&key)?.is_some() {
+                held += 1;
             }
         }
         let window = read(&self.shared.window);
