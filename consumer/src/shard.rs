@@ -883,11 +883,22 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
         return;
     };
     warn!(message = "Mutant refuse_funded: refusing a funded transfer.", id = %transfer.id);
+    let local = effects.outputs.iter().any(|output| {
+        matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id && credit.local)
+    });
     effects.outputs.retain(
         |output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id),
     );
     if let Some(balance) = effects.balances.get_mut(&transfer.from) {
         *balance = *balance + transfer.amount.money();
+    }
+    // A credit to a partition of this shard was applied already: take it
+    // back too.
+    if local {
+        if let Some(balance) = effects.balances.get_mut(&transfer.to) {
+            *balance = *balance - transfer.amount.money();
+        }
+        effects.credited.retain(|id| *id != transfer.id);
     }
     for (id, decision) in &mut effects.decided {
         if *id == transfer.id {

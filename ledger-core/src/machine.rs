@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::domain::{
     AccountId, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
@@ -229,10 +230,12 @@ impl BatchEffects {
 }
 
 /// What a batch needs from outside the input: the clock, for
-/// `hold_max_ms`, and what the shard knows about its partitions.
+/// `hold_max_ms` and idle floors, and what the shard knows about its
+/// partitions.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tick<'a> {
-    /// The shard's clock, ms since the epoch.
+    /// The shard's clock, ms since the epoch. Idle floors do not jump past
+    /// it; past the year 9999 it limits nothing.
     pub now_ms: u64,
     /// Partitions whose `transactions` partition has nothing left to read
     /// (no record and no open transaction): their floor may jump.
@@ -299,8 +302,9 @@ pub fn process_batch_at(
     if !records.is_empty() {
         batch.release();
     }
+    let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(tick.now_ms) * 1_000_000).ok();
     for partition in tick.idle {
-        batch.order(*partition).state.jump();
+        batch.order(*partition).state.jump(now);
     }
     for partition in tick.publish {
         batch.order(*partition);

@@ -135,9 +135,21 @@ impl PartitionOrder {
     }
 
     /// An idle partition's new floor: the newest floor any partition has
-    /// announced, when that is ahead of its own.
-    pub fn jump(&mut self) -> bool {
+    /// announced, when that is ahead of its own, but not past `now` (the
+    /// shard's clock; `None`: no limit). A transfer stamped far in the
+    /// future moves its own partition's floor there, and only that one:
+    /// the others do not follow it, and shortages ordered after it wait
+    /// (at most `--hold-max-ms`) instead of every partition's order being
+    /// pushed into the future.
+    pub fn jump(&mut self, now: Option<OffsetDateTime>) -> bool {
         let newest = self.marks.values().map(|mark| mark.floor).max();
+        let newest = match (newest, now) {
+            (Some(newest), Some(now)) if newest.at > now => Some(OrderKey {
+                at: now,
+                id: TransferId(uuid::Uuid::nil()),
+            }),
+            (newest, _) => newest,
+        };
         match newest {
             Some(newest) if self.floor.is_none_or(|floor| floor < newest) => {
                 self.floor = Some(newest);
@@ -366,9 +378,13 @@ mod tests {
         // An older mark read late changes nothing.
         order.read_mark(mark(0, 8, 3));
         assert_eq!(order.marks[&0], mark(0, 10, 5));
-        assert!(order.jump());
+        // Not into the future of the shard's clock.
+        let clock = key(15).at;
+        assert!(order.jump(Some(clock)));
+        assert_eq!(order.floor.map(|floor| floor.at), Some(clock));
+        assert!(order.jump(None));
         assert_eq!(order.floor, Some(key(20)));
-        assert!(!order.jump());
+        assert!(!order.jump(None));
     }
 
     #[test]
