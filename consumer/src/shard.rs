@@ -55,6 +55,10 @@ const IDLE_END: Duration = Duration::from_millis(5);
 /// `ledger_core::order`): about what a shortage elsewhere waits for, beyond
 /// a credits round trip, when input stops.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+/// A held transfer older than this is reported, with the partitions that
+/// hold it back, at most every `STUCK_REPORT_EVERY`.
+const STUCK_AFTER: Duration = Duration::from_secs(5);
+const STUCK_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long the heartbeat waits for a partition's end; a partition whose
 /// end cannot be read in time counts as not idle until the next beat.
 const END_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -185,9 +189,11 @@ struct Shard {
     /// read_committed consumer cannot see: a partition with an open
     /// transaction is not idle.
     watcher: BaseConsumer,
-    /// The marks this incarnation published, by partition.
-    published: BTreeMap<i32, Mark>,
+    /// The marks this incarnation published, by the partition they speak
+    /// for and the `ledger-credits` partition they went to.
+    published: BTreeMap<(i32, i32), Mark>,
     last_heartbeat: Instant,
+    last_stuck_report: Instant,
 }
 
 impl Shard {
@@ -236,6 +242,7 @@ impl Shard {
             watcher,
             published: BTreeMap::new(),
             last_heartbeat: Instant::now(),
+            last_stuck_report: Instant::now(),
         };
         shard.assign_and_open(reader.clone())?;
         // After the shard is ready: the sum only feeds a gauge, and scanning
@@ -389,6 +396,10 @@ impl Shard {
         self.last_heartbeat = Instant::now();
         let now_ms = now_ms();
         let hold_max_ms = self.settings.rules.hold_max_ms;
+        if self.last_stuck_report.elapsed() >= STUCK_REPORT_EVERY {
+            self.last_stuck_report = Instant::now();
+            self.report_stuck(now_ms);
+        }
         let idle = self.idle_partitions();
         let publish: Vec<i32> = self
             .settings
@@ -397,7 +408,15 @@ impl Shard {
             .copied()
             .filter(|partition| {
                 let order = self.store.order(*partition);
-                order.mark(*partition) != self.published.get(partition).copied()
+                let marks = self.settings.rules.marks(*partition, &order);
+                // Marks for this shard's own partitions are never sent.
+                let unpublished = marks.is_some_and(|marks| {
+                    (0..).zip(marks).any(|(destination, mark)| {
+                        !self.settings.owned.contains(&destination)
+                            && self.published.get(&(*partition, destination)) != Some(&mark)
+                    })
+                });
+                unpublished
                     || order
                         .held
                         .iter()
@@ -419,6 +438,53 @@ impl Shard {
             return Ok(());
         }
         self.run(&[], &effects, Instant::now())
+    }
+
+    /// Names, for each owned partition whose first held transfer has waited
+    /// longer than `STUCK_AFTER`, the partitions whose marks have not yet
+    /// passed it (their floor is behind it, or one of their own held
+    /// transfers would pay its account): what an operator looks at when
+    /// transfers expire.
+    fn report_stuck(&self, now_ms: u64) {
+        let rules = &self.settings.rules;
+        let owned = &self.settings.owned;
+        for partition in owned {
+            let order = self.store.order(*partition);
+            let Some(first) = order.held.first() else {
+                continue;
+            };
+            let waited_ms = now_ms.saturating_sub(first.since_ms);
+            if waited_ms < STUCK_AFTER.as_millis() as u64 {
+                continue;
+            }
+            let account = &first.transfer.from;
+            let blocking: Vec<String> = (0..rules.partitions)
+                .filter_map(|source| {
+                    let mark = if owned.contains(&source) {
+                        let state = self.store.order(source);
+                        rules
+                            .marks(source, &state)
+                            .and_then(|marks| marks.into_iter().nth(*partition as usize))
+                    } else {
+                        order.marks.get(&source).cloned()
+                    };
+                    match mark {
+                        Some(mark) if mark.passed(account, first.key) => None,
+                        Some(mark) => Some(format!("{source} (floor {})", mark.floor.at)),
+                        None => Some(format!("{source} (no mark yet)")),
+                    }
+                })
+                .collect();
+            warn!(
+                message = "Transfers are held for funds until these partitions pass the first of them.",
+                account = %account,
+                partition = *partition,
+                held = order.held.len(),
+                first_held = %first.key.at,
+                waited_ms,
+                blocking = ?blocking,
+            );
+        }
     }
 
     /// Owned partitions of `transactions` read to their very end: no record
@@ -530,8 +596,9 @@ impl Shard {
         self.store.mark_committed();
         self.balance_sum = self.balance_sum + committed.delta;
         measure::balance_sum(self.balance_sum);
-        for mark in &effects.marks {
-            self.published.insert(mark.partition, *mark);
+        for (destination, mark) in &effects.marks {
+            self.published
+                .insert((mark.partition, *destination), mark.clone());
         }
         if !effects.orders.is_empty() {
             let holding = self
@@ -730,16 +797,14 @@ impl Shard {
                 }
             }
         }
-        // After the batch's credits, on every partition: a shard that reads
-        // a mark has read the credits it speaks for.
-        for mark in &effects.marks {
+        // After the batch's credits, each on its partition: a shard that
+        // reads a mark has read the credits it speaks for.
+        for (destination, mark) in &effects.marks {
             let payload = wire::encode_mark(mark);
-            for partition in 0..settings.rules.partitions {
-                let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.credits_topic)
-                    .partition(partition)
-                    .payload(payload.as_slice());
-                self.send(record)?;
-            }
+            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.credits_topic)
+                .partition(*destination)
+                .payload(payload.as_slice());
+            self.send(record)?;
         }
         // Serve delivery reports so that the queue does not grow unbounded.
         self.producer.poll(Duration::ZERO);

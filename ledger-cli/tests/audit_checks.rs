@@ -144,10 +144,8 @@ impl Pipeline {
                 }
             }
         }
-        for mark in &effects.marks {
-            for partition in 0..PARTITIONS {
-                self.apply_credit(partition, &wire::encode_mark(mark));
-            }
+        for (destination, mark) in &effects.marks {
+            self.apply_credit(*destination, &wire::encode_mark(mark));
         }
     }
 

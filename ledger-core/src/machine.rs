@@ -130,6 +130,14 @@ impl Rules {
     pub fn partition_of(&self, account: &AccountId) -> i32 {
         routing::partition_for(account.as_str().as_bytes(), self.partitions)
     }
+
+    /// `partition`'s marks as its order state stands, one for each
+    /// `ledger-credits` partition (see [`PartitionOrder::marks`]).
+    pub fn marks(&self, partition: i32, state: &PartitionOrder) -> Option<Vec<Mark>> {
+        state.marks(partition, self.partitions, |account| {
+            self.partition_of(account)
+        })
+    }
 }
 
 /// A credit found on a partition that does not own its destination account.
@@ -210,9 +218,10 @@ pub struct BatchEffects {
     pub offsets: Offsets,
     /// New order state of every partition number the batch touched.
     pub orders: BTreeMap<i32, PartitionOrder>,
-    /// Marks to publish on every `ledger-credits` partition, after the
+    /// Marks to publish, each on the `ledger-credits` partition it is for
+    /// (`Mark::partition` is the partition it speaks for), after the
     /// batch's credits (same transaction).
-    pub marks: Vec<Mark>,
+    pub marks: Vec<(i32, Mark)>,
     pub outputs: Vec<Output>,
     pub counts: BatchCounts,
 }
@@ -288,7 +297,6 @@ pub fn process_batch_at(
         decided_here: HashMap::new(),
         credited_here: HashMap::new(),
         orders: BTreeMap::new(),
-        releasing: false,
         effects: BatchEffects::default(),
     };
     for record in records {
@@ -303,8 +311,29 @@ pub fn process_batch_at(
         batch.release();
     }
     let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(tick.now_ms) * 1_000_000).ok();
+    // The newest floor of this shard's own partitions counts too: they
+    // send each other no marks (see below).
+    let local_floor = tick
+        .local
+        .iter()
+        .filter_map(|partition| batch.order(*partition).state.floor)
+        .max();
+    let mut jumped = Vec::new();
     for partition in tick.idle {
-        batch.order(*partition).state.jump(now);
+        if batch.order(*partition).state.jump(now, local_floor) {
+            jumped.push(*partition);
+        }
+    }
+    // A jump may prove shortages held here, but only a batch with records
+    // decides (see above): the marks of the partitions that jumped then go
+    // to this shard's own partitions too, and reading them back is that
+    // batch.
+    let held_here = tick
+        .local
+        .iter()
+        .any(|partition| !batch.order(*partition).state.held.is_empty());
+    if !held_here {
+        jumped.clear();
     }
     for partition in tick.publish {
         batch.order(*partition);
@@ -312,9 +341,22 @@ pub fn process_batch_at(
     let mut effects = batch.effects;
     for (partition, mut order) in batch.orders {
         order.state.prune();
-        let mark = order.state.mark(partition);
-        if mark != order.published || tick.publish.contains(&partition) {
-            effects.marks.extend(mark);
+        let marks = rules.marks(partition, &order.state).unwrap_or_default();
+        let again = tick.publish.contains(&partition) || jumped.contains(&partition);
+        for (destination, mark) in (0..).zip(marks) {
+            // This shard's own partitions have the live state instead, and
+            // read a mark of theirs only when asked to publish it: reading
+            // it back is what wakes a held transfer whose time is up.
+            if tick.local.contains(&destination) && !again {
+                continue;
+            }
+            let before = order
+                .published
+                .as_ref()
+                .and_then(|marks| marks.get(destination as usize));
+            if again || before != Some(&mark) {
+                effects.marks.push((destination, mark));
+            }
         }
         effects.orders.insert(partition, order.state);
     }
@@ -333,14 +375,14 @@ pub fn process_batch_at(
 /// A partition's order state while the batch changes it.
 struct Ordering {
     state: PartitionOrder,
-    /// The mark of the state the batch started from.
-    published: Option<Mark>,
+    /// The marks of the state the batch started from, by destination.
+    published: Option<Vec<Mark>>,
     /// Accounts with a held transfer, and held ids.
     held_accounts: HashSet<AccountId>,
     held_ids: HashSet<TransferId>,
-    /// While held transfers are released: the key of the first one that
-    /// has to wait on.
-    first_wait: Option<OrderKey>,
+    /// The first held transfer that pays each account: what holds back
+    /// that account's decisions (see [`PartitionOrder::marks`]).
+    open: HashMap<AccountId, OrderKey>,
 }
 
 /// What a funds decision came to.
@@ -357,8 +399,6 @@ struct Batch<'v, V> {
     decided_here: HashMap<TransferId, Decision>,
     credited_here: HashMap<TransferId, ()>,
     orders: BTreeMap<i32, Ordering>,
-    /// A release pass is under way (see `live_low`).
-    releasing: bool,
     effects: BatchEffects,
 }
 
@@ -384,15 +424,20 @@ impl<V: LedgerView> Batch<'_, V> {
 
     fn order(&mut self, partition: i32) -> &mut Ordering {
         let view = self.view;
+        let rules = self.rules;
         self.orders.entry(partition).or_insert_with(|| {
             let state = view.order(partition);
             let (held_accounts, held_ids) = state.held_index();
+            let mut open = HashMap::new();
+            for held in &state.held {
+                open.entry(held.transfer.to.clone()).or_insert(held.key);
+            }
             Ordering {
-                published: state.mark(partition),
+                published: rules.marks(partition, &state),
                 state,
                 held_accounts,
                 held_ids,
-                first_wait: None,
+                open,
             }
         })
     }
@@ -448,6 +493,11 @@ impl<V: LedgerView> Batch<'_, V> {
                 let order = self.order(partition);
                 order.held_accounts.insert(held.transfer.from.clone());
                 order.held_ids.insert(held.transfer.id);
+                let order = self.order(partition);
+                order
+                    .open
+                    .entry(held.transfer.to.clone())
+                    .or_insert(held.key);
                 order.state.held.push(held);
             }
         }
@@ -468,7 +518,7 @@ impl<V: LedgerView> Batch<'_, V> {
         if balance - later >= transfer.amount.money() {
             return Funds::Decided(Decision::Accepted);
         }
-        if self.proven(partition, held.key) {
+        if self.proven(partition, &transfer.from, held.key) {
             return Funds::Decided(Decision::Rejected(RejectReason::InsufficientFunds));
         }
         if self.tick.now_ms.saturating_sub(held.since_ms) >= self.rules.hold_max_ms {
@@ -478,37 +528,34 @@ impl<V: LedgerView> Batch<'_, V> {
         Funds::Wait
     }
 
-    /// Whether no credit ordered before `key` can still reach `partition`.
-    /// From a partition this shard owns too, its state says so now: its
-    /// credits to local partitions are applied as they are made. From the
-    /// others, the marks read on `partition`'s credits say so.
-    fn proven(&mut self, partition: i32, key: OrderKey) -> bool {
+    /// Whether no credit to `account` (of `partition`) ordered before
+    /// `key` can still come. From a partition this shard owns too, its
+    /// state says so now: its credits to local partitions are applied as
+    /// they are made. From the others, the marks read on `partition`'s
+    /// credits say so.
+    fn proven(&mut self, partition: i32, account: &AccountId, key: OrderKey) -> bool {
         let local = self.tick.local;
         (0..self.rules.partitions).all(|source| {
-            let low = if local.contains(&source) && local.contains(&partition) {
-                self.live_low(source)
+            if local.contains(&source) && local.contains(&partition) {
+                self.live_passed(source, account, key)
             } else {
                 let marks = &self.order(partition).state.marks;
-                marks.get(&source).map(|mark| mark.low)
-            };
-            low.is_some_and(|low| key <= low)
+                marks
+                    .get(&source)
+                    .is_some_and(|mark| mark.passed(account, key))
+            }
         })
     }
 
-    /// A local partition's mark as it stands now: its floor, or its first
-    /// undecided held transfer if that is lower. During a release pass,
-    /// which goes in key order, the transfers not yet visited come after
-    /// the one being decided and do not count.
-    fn live_low(&mut self, partition: i32) -> Option<OrderKey> {
-        let releasing = self.releasing;
-        let order = self.order(partition);
-        let floor = order.state.floor?;
-        let held = if releasing {
-            order.first_wait
-        } else {
-            order.state.held.first().map(|held| held.key)
-        };
-        Some(held.map_or(floor, |held| floor.min(held)))
+    /// What a local partition's mark would say now: its floor has passed
+    /// `key`, and none of its undecided held transfers ordered before
+    /// `key` pays `account`. During a release pass, which goes in key
+    /// order, the transfers not yet visited come after the one being
+    /// decided and do not count: `open` then holds those that had to wait.
+    fn live_passed(&mut self, source: i32, account: &AccountId, key: OrderKey) -> bool {
+        let order = self.order(source);
+        order.state.floor.is_some_and(|floor| key <= floor)
+            && order.open.get(account).is_none_or(|open| key <= *open)
     }
 
     /// Decides the held transfers that can be, of every partition the batch
@@ -522,10 +569,10 @@ impl<V: LedgerView> Batch<'_, V> {
         for partition in self.tick.local {
             self.order(*partition);
         }
+        // Rebuilt as the pass goes: see `live_passed`.
         for order in self.orders.values_mut() {
-            order.first_wait = None;
+            order.open.clear();
         }
-        self.releasing = true;
         // Held transfers stay in their partition's state until the pass is
         // over: a credit applied meanwhile must still be kept for those
         // ordered before it (see `PartitionOrder::note_credit`).
@@ -547,6 +594,11 @@ impl<V: LedgerView> Batch<'_, V> {
         for (_, partition, index) in waiting {
             let held = self.order(partition).state.held[index].clone();
             if blocked.contains(&held.transfer.from) {
+                let order = self.order(partition);
+                order
+                    .open
+                    .entry(held.transfer.to.clone())
+                    .or_insert(held.key);
                 continue;
             }
             match self.funds(partition, &held) {
@@ -558,12 +610,14 @@ impl<V: LedgerView> Batch<'_, V> {
                 }
                 Funds::Wait => {
                     let order = self.order(partition);
-                    order.first_wait.get_or_insert(held.key);
+                    order
+                        .open
+                        .entry(held.transfer.to.clone())
+                        .or_insert(held.key);
                     blocked.insert(held.transfer.from);
                 }
             }
         }
-        self.releasing = false;
         for (partition, order) in &mut self.orders {
             let mut index = 0;
             order.state.held.retain(|_| {

@@ -21,10 +21,11 @@
 //!
 //! A mark travels on `ledger-credits` in the same transaction as the
 //! credits it follows, to every partition, so a shard that reads a mark has
-//! already read every credit the mark speaks for. Progress: every
-//! partition's `low` is at most its smallest held key, so the smallest held
-//! key overall is never above any mark once every partition's floor has
-//! passed it, and can always be decided. A partition with nothing to read
+//! already read every credit the mark speaks for. It names, besides the
+//! floor, the accounts its held transfers would credit: only those
+//! accounts' decisions wait for them. Progress: the smallest held key
+//! overall waits for no held transfer, since every one it could wait for
+//! is ordered after it; once every floor has passed it, it is decided. A partition with nothing to read
 //! moves its floor up to the newest floor it has seen (an idle jump), so
 //! a quiet partition does not hold the others back.
 
@@ -66,14 +67,24 @@ impl OrderKey {
     }
 }
 
-/// What a `transactions` partition promises the others: it has ordered
-/// everything up to `floor`, and will never again send a credit ordered
-/// before `low` (its floor, or its smallest held transfer if lower).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a `transactions` partition promises a partition of
+/// `ledger-credits`: it has ordered everything up to `floor`, and the only
+/// credits ordered before the floor it may still send there are those of
+/// its held transfers in `open`: for each account of that partition one of
+/// them would credit, the first such transfer's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
     pub partition: i32,
     pub floor: OrderKey,
-    pub low: OrderKey,
+    pub open: BTreeMap<AccountId, OrderKey>,
+}
+
+impl Mark {
+    /// No credit to `account` ordered before `key` can still come from
+    /// the partition this mark speaks for.
+    pub fn passed(&self, account: &AccountId, key: OrderKey) -> bool {
+        key <= self.floor && self.open.get(account).is_none_or(|open| key <= *open)
+    }
 }
 
 /// A transfer waiting for funds, with where it came from.
@@ -117,32 +128,59 @@ impl PartitionOrder {
         }
     }
 
-    /// This partition's mark; `None` before anything was ordered here.
-    pub fn mark(&self, partition: i32) -> Option<Mark> {
+    /// This partition's marks, one for each partition of `ledger-credits`
+    /// (`destination_of` names an account's), each with the held transfers
+    /// that would credit an account there. A held transfer holds back only
+    /// the decisions of the account it pays, which keeps shards from
+    /// waiting on each other's unrelated shortages. `None` before anything
+    /// was ordered here.
+    pub fn marks(
+        &self,
+        partition: i32,
+        partitions: i32,
+        destination_of: impl Fn(&AccountId) -> i32,
+    ) -> Option<Vec<Mark>> {
         let floor = self.floor?;
-        Some(Mark {
-            partition,
-            floor,
-            low: self.bound().unwrap_or(floor),
-        })
+        let mut marks: Vec<Mark> = (0..partitions)
+            .map(|_| Mark {
+                partition,
+                floor,
+                open: BTreeMap::new(),
+            })
+            .collect();
+        for held in &self.held {
+            let to = &held.transfer.to;
+            if let Some(mark) = usize::try_from(destination_of(to))
+                .ok()
+                .and_then(|destination| marks.get_mut(destination))
+            {
+                mark.open.entry(to.clone()).or_insert(held.key);
+            }
+        }
+        Some(marks)
     }
 
-    /// Takes a mark read on `ledger-credits`; marks only move forward.
+    /// Takes a mark read on `ledger-credits`. A partition's marks arrive in
+    /// the order it wrote them, so the newest replaces the one before; its
+    /// floor never goes back.
     pub fn read_mark(&mut self, mark: Mark) {
-        let entry = self.marks.entry(mark.partition).or_insert(mark);
-        entry.floor = entry.floor.max(mark.floor);
-        entry.low = entry.low.max(mark.low);
+        let floor = match self.marks.get(&mark.partition) {
+            Some(before) => before.floor.max(mark.floor),
+            None => mark.floor,
+        };
+        self.marks.insert(mark.partition, Mark { floor, ..mark });
     }
 
     /// An idle partition's new floor: the newest floor any partition has
-    /// announced, when that is ahead of its own, but not past `now` (the
+    /// announced (or `also`, the newest of the shard's own partitions),
+    /// when that is ahead of its own, but not past `now` (the
     /// shard's clock; `None`: no limit). A transfer stamped far in the
     /// future moves its own partition's floor there, and only that one:
     /// the others do not follow it, and shortages ordered after it wait
     /// (at most `--hold-max-ms`) instead of every partition's order being
     /// pushed into the future.
-    pub fn jump(&mut self, now: Option<OffsetDateTime>) -> bool {
-        let newest = self.marks.values().map(|mark| mark.floor).max();
+    pub fn jump(&mut self, now: Option<OffsetDateTime>, also: Option<OrderKey>) -> bool {
+        let newest = self.marks.values().map(|mark| mark.floor).chain(also).max();
         let newest = match (newest, now) {
             (Some(newest), Some(now)) if newest.at > now => Some(OrderKey {
                 at: now,
@@ -209,12 +247,14 @@ impl PartitionOrder {
             marks: self
                 .marks
                 .values()
-                .map(|mark| {
-                    (
-                        mark.partition,
-                        KeyWire::of(&mark.floor),
-                        KeyWire::of(&mark.low),
-                    )
+                .map(|mark| MarkStateWire {
+                    partition: mark.partition,
+                    floor: KeyWire::of(&mark.floor),
+                    open: mark
+                        .open
+                        .iter()
+                        .map(|(account, key)| (account.as_str().to_owned(), KeyWire::of(key)))
+                        .collect(),
                 })
                 .collect(),
         };
@@ -232,13 +272,17 @@ impl PartitionOrder {
             },
             ..PartitionOrder::default()
         };
-        for (partition, floor, low) in &meta.marks {
+        for mark in &meta.marks {
+            let mut open = BTreeMap::new();
+            for (account, key) in &mark.open {
+                open.insert(AccountId::parse(account).ok()?, key.key()?);
+            }
             let mark = Mark {
-                partition: *partition,
-                floor: floor.key()?,
-                low: low.key()?,
+                partition: mark.partition,
+                floor: mark.floor.key()?,
+                open,
             };
-            order.marks.insert(*partition, mark);
+            order.marks.insert(mark.partition, mark);
         }
         Some(order)
     }
@@ -297,20 +341,20 @@ impl Held {
 }
 
 #[derive(Serialize, Deserialize)]
-struct KeyWire {
+pub(crate) struct KeyWire {
     at: String,
     id: TransferId,
 }
 
 impl KeyWire {
-    fn of(key: &OrderKey) -> Self {
+    pub(crate) fn of(key: &OrderKey) -> Self {
         KeyWire {
             at: format_timestamp(key.at),
             id: key.id,
         }
     }
 
-    fn key(&self) -> Option<OrderKey> {
+    pub(crate) fn key(&self) -> Option<OrderKey> {
         Some(OrderKey {
             at: parse_timestamp(&self.at).ok()?,
             id: self.id,
@@ -330,7 +374,14 @@ struct HeldWire {
 #[derive(Serialize, Deserialize)]
 struct MetaWire {
     floor: Option<KeyWire>,
-    marks: Vec<(i32, KeyWire, KeyWire)>,
+    marks: Vec<MarkStateWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkStateWire {
+    partition: i32,
+    floor: KeyWire,
+    open: Vec<(String, KeyWire)>,
 }
 
 #[cfg(test)]
@@ -368,23 +419,58 @@ mod tests {
     fn marks_only_move_forward_and_an_idle_floor_jumps_to_the_newest() {
         let mut order = PartitionOrder::default();
         let key = |s| OrderKey::of(&transfer(1, s));
-        let mark = |partition, floor, low| Mark {
+        let mark = |partition, floor| Mark {
             partition,
             floor: key(floor),
-            low: key(low),
+            open: BTreeMap::new(),
         };
-        order.read_mark(mark(0, 10, 5));
-        order.read_mark(mark(1, 20, 20));
-        // An older mark read late changes nothing.
-        order.read_mark(mark(0, 8, 3));
-        assert_eq!(order.marks[&0], mark(0, 10, 5));
+        order.read_mark(mark(0, 10));
+        order.read_mark(mark(1, 20));
+        // A floor never goes back.
+        order.read_mark(mark(0, 8));
+        assert_eq!(order.marks[&0], mark(0, 10));
         // Not into the future of the shard's clock.
         let clock = key(15).at;
-        assert!(order.jump(Some(clock)));
+        assert!(order.jump(Some(clock), None));
         assert_eq!(order.floor.map(|floor| floor.at), Some(clock));
-        assert!(order.jump(None));
+        assert!(order.jump(None, None));
         assert_eq!(order.floor, Some(key(20)));
-        assert!(!order.jump(None));
+        assert!(!order.jump(None, None));
+    }
+
+    #[test]
+    fn a_held_transfer_holds_back_only_the_account_it_pays() {
+        let floor = OrderKey::of(&transfer(9, 40));
+        let mut order = PartitionOrder {
+            floor: Some(floor),
+            ..PartitionOrder::default()
+        };
+        assert_eq!(PartitionOrder::default().marks(3, 2, |_| 0), None);
+        order.held.push(Held {
+            key: OrderKey::of(&transfer(8, 39)),
+            transfer: transfer(8, 39),
+            offset: 12,
+            since_ms: 0,
+        });
+        // transfer() pays bob, who lives on partition 1 here.
+        let marks = order
+            .marks(3, 2, |account| i32::from(account.as_str() == "bob"))
+            .unwrap();
+        assert_eq!(marks.len(), 2);
+        assert!(marks
+            .iter()
+            .all(|mark| mark.partition == 3 && mark.floor == floor));
+        let bob = AccountId::parse("bob").unwrap();
+        let alice = AccountId::parse("alice").unwrap();
+        assert!(marks[0].open.is_empty());
+        let held = OrderKey::of(&transfer(8, 39));
+        assert_eq!(marks[1].open.get(&bob), Some(&held));
+        // bob's decisions before the held transfer are free, later ones wait;
+        // alice's only wait for the floor.
+        assert!(marks[1].passed(&bob, OrderKey::of(&transfer(1, 38))));
+        assert!(!marks[1].passed(&bob, floor));
+        assert!(marks[1].passed(&alice, floor));
+        assert!(!marks[1].passed(&alice, OrderKey::of(&transfer(1, 41))));
     }
 
     #[test]
@@ -420,7 +506,10 @@ mod tests {
         order.read_mark(Mark {
             partition: 2,
             floor: OrderKey::of(&transfer(6, 45)),
-            low: OrderKey::of(&transfer(5, 44)),
+            open: BTreeMap::from([(
+                AccountId::parse("bob").unwrap(),
+                OrderKey::of(&transfer(5, 44)),
+            )]),
         });
         assert_eq!(
             PartitionOrder::decode_meta(&order.encode_meta()),

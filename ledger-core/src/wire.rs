@@ -429,19 +429,29 @@ struct MarkWire<'a> {
     #[serde(borrow)]
     floor_at: Cow<'a, str>,
     floor_id: TransferId,
-    #[serde(borrow)]
-    low_at: Cow<'a, str>,
-    low_id: TransferId,
+    /// Accounts a held transfer would credit: `[account, at, id]` of the
+    /// first such transfer.
+    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
+    open: Vec<(Cow<'a, str>, Cow<'a, str>, TransferId)>,
 }
 
-/// Encodes a mark; the shard writes it to every `ledger-credits` partition.
+/// Encodes a mark, for the `ledger-credits` partition it was made for.
 pub fn encode_mark(mark: &Mark) -> Vec<u8> {
     to_json(&MarkWire {
         mark_of: mark.partition,
         floor_at: Cow::Owned(format_timestamp(mark.floor.at)),
         floor_id: mark.floor.id,
-        low_at: Cow::Owned(format_timestamp(mark.low.at)),
-        low_id: mark.low.id,
+        open: mark
+            .open
+            .iter()
+            .map(|(account, key)| {
+                (
+                    Cow::Borrowed(account.as_str()),
+                    Cow::Owned(format_timestamp(key.at)),
+                    key.id,
+                )
+            })
+            .collect(),
     })
 }
 
@@ -462,21 +472,27 @@ pub fn decode_credits_record(bytes: &[u8]) -> Result<CreditsRecord, DecodeError>
             id,
         })
     };
-    let mark = Mark {
-        partition: wire.mark_of,
-        floor: key(&wire.floor_at, wire.floor_id)?,
-        low: key(&wire.low_at, wire.low_id)?,
-    };
-    if mark.low > mark.floor {
-        return Err(DecodeError::new(
-            RejectReason::UnknownSchema,
-            format!(
-                "mark of partition {} has its low above its floor",
-                mark.partition
-            ),
-        ));
+    let floor = key(&wire.floor_at, wire.floor_id)?;
+    let mut open = std::collections::BTreeMap::new();
+    for (account, at, id) in &wire.open {
+        let held = key(at, *id)?;
+        // A held transfer was ordered, so it is not after the floor.
+        if held > floor {
+            return Err(DecodeError::new(
+                RejectReason::UnknownSchema,
+                format!(
+                    "mark of partition {} holds a transfer ordered after its floor",
+                    wire.mark_of
+                ),
+            ));
+        }
+        open.insert(AccountId::parse(account)?, held);
     }
-    Ok(CreditsRecord::Mark(mark))
+    Ok(CreditsRecord::Mark(Mark {
+        partition: wire.mark_of,
+        floor,
+        open,
+    }))
 }
 
 #[cfg(test)]
@@ -693,10 +709,10 @@ mod tests {
         );
         assert!(decode_credit(b"{}").is_err());
         assert!(decode_credits_record(b"{}").is_err());
-        // A mark whose low is above its floor promises the impossible.
+        // A mark holding a transfer after its floor promises the impossible.
         assert!(
             decode_credits_record(
-                br#"{"mark_of":0,"floor_at":"2026-01-01T00:00:00Z","floor_id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b","low_at":"2026-01-02T00:00:00Z","low_id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b"}"#
+                br#"{"mark_of":0,"floor_at":"2026-01-01T00:00:00Z","floor_id":"6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b","open":[["bob","2026-01-02T00:00:00Z","6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b"]]}"#
             )
             .is_err()
         );
@@ -707,7 +723,7 @@ mod tests {
         let mark = Mark {
             partition: 2,
             floor: OrderKey { at: later, ..key },
-            low: key,
+            open: std::collections::BTreeMap::from([(transfer.to.clone(), key)]),
         };
         assert_eq!(
             decode_credits_record(&encode_mark(&mark)).unwrap(),

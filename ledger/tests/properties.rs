@@ -279,14 +279,13 @@ impl Cluster {
                 Output::DeadLetter(_) => {}
             }
         }
-        // After the batch's credits, as a shard sends them.
-        for mark in &effects.marks {
-            for partition in &mut self.credits {
-                partition.push(Record {
-                    key: Vec::new(),
-                    value: wire::encode_mark(mark),
-                });
-            }
+        // After the batch's credits, each on its partition, as a shard
+        // sends them.
+        for (destination, mark) in &effects.marks {
+            self.credits[*destination as usize].push(Record {
+                key: Vec::new(),
+                value: wire::encode_mark(mark),
+            });
         }
     }
 
@@ -576,11 +575,12 @@ fn crash() -> impl Strategy<Value = Crash> {
     ]
 }
 
-/// Kafka's side of one shard: committed offsets and committed outputs.
+/// Kafka's side of one shard: committed offsets and committed outputs
+/// (with the partition of those written to one: marks).
 #[derive(Default)]
 struct SimulatedKafka {
     offsets: Offsets,
-    outputs: Vec<Vec<u8>>,
+    outputs: Vec<(Option<i32>, Vec<u8>)>,
 }
 
 /// Reopens the store the way a restarted shard does and applies the
@@ -647,20 +647,18 @@ proptest! {
             let mut simulated = Cluster::with_rules(1, rules);
             simulated.transfers = transfers.clone();
             simulated.credits = vec![Vec::new(); PARTITIONS as usize];
-            for bytes in &kafka.outputs {
-                match wire::decode_credits_record(bytes) {
-                    Ok(CreditsRecord::Credit(credit)) => {
+            for (destination, bytes) in &kafka.outputs {
+                match (destination, wire::decode_credits_record(bytes)) {
+                    (Some(destination), Ok(CreditsRecord::Mark(_))) => {
+                        simulated.credits[*destination as usize].push(Record { key: Vec::new(), value: bytes.clone() });
+                    }
+                    (None, Ok(CreditsRecord::Credit(credit))) => {
                         simulated.credits[partition_of(&credit.to) as usize].push(Record {
                             key: credit.to.as_str().as_bytes().to_vec(),
                             value: bytes.clone(),
                         });
                     }
-                    Ok(CreditsRecord::Mark(_)) => {
-                        for partition in &mut simulated.credits {
-                            partition.push(Record { key: Vec::new(), value: bytes.clone() });
-                        }
-                    }
-                    Err(_) => {}
+                    _ => {}
                 }
             }
             simulated.ledgers[0].offsets = kafka.offsets.clone();
@@ -685,11 +683,11 @@ proptest! {
             }
             // The Kafka commit: outputs and offsets together.
             kafka.outputs.extend(effects.outputs.iter().filter(|o| !matches!(o, Output::DeadLetter(_))).map(|o| match o {
-                Output::Outcome(outcome) => wire::encode_outcome(outcome),
-                Output::Credit(credit) => wire::encode_credit(credit),
+                Output::Outcome(outcome) => (None, wire::encode_outcome(outcome)),
+                Output::Credit(credit) => (None, wire::encode_credit(credit)),
                 Output::DeadLetter(_) => unreachable!(),
             }));
-            kafka.outputs.extend(effects.marks.iter().map(wire::encode_mark));
+            kafka.outputs.extend(effects.marks.iter().map(|(to, mark)| (Some(*to), wire::encode_mark(mark))));
             kafka.offsets.extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
             if crash == Crash::AfterKafkaCommit {
                 store = restart(dir.path(), store, &kafka)?;
@@ -707,8 +705,8 @@ proptest! {
             if effects.offsets.is_empty() {
                 break;
             }
-            clean_outputs.extend(encode_all(&effects).into_iter().zip(&effects.outputs).filter(|(_, o)| !matches!(o, Output::DeadLetter(_))).map(|(bytes, _)| bytes));
-            clean_outputs.extend(effects.marks.iter().map(wire::encode_mark));
+            clean_outputs.extend(encode_all(&effects).into_iter().zip(&effects.outputs).filter(|(_, o)| !matches!(o, Output::DeadLetter(_))).map(|(bytes, _)| (None, bytes)));
+            clean_outputs.extend(effects.marks.iter().map(|(to, mark)| (Some(*to), wire::encode_mark(mark))));
             clean.commit(0, &effects);
         }
         prop_assert_eq!(&kafka.outputs, &clean_outputs);
