@@ -341,8 +341,14 @@ pub fn process_batch_at(
     let mut effects = batch.effects;
     for (partition, mut order) in batch.orders {
         order.state.prune();
-        let marks = rules.marks(partition, &order.state).unwrap_or_default();
         let again = tick.publish.contains(&partition) || jumped.contains(&partition);
+        // A shard that owns every partition sends marks only when asked.
+        let all_local = (0..rules.partitions).all(|p| tick.local.contains(&p));
+        let marks = if all_local && !again {
+            Vec::new()
+        } else {
+            rules.marks(partition, &order.state).unwrap_or_default()
+        };
         for (destination, mark) in (0..).zip(marks) {
             // This shard's own partitions have the live state instead, and
             // read a mark of theirs only when asked to publish it: reading
