@@ -22,7 +22,7 @@ use anyhow::Context;
 use ledger::kafka;
 use ledger::store::{Store, StoreOptions};
 use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
-use ledger_core::machine::{InputPartition, Offsets, Source};
+use ledger_core::machine::{process_batch_at, InputPartition, Offsets, Rules, Source, Tick};
 use ledger_core::replay::Encoded;
 use ledger_core::routing;
 use ledger_core::wire;
@@ -211,7 +211,20 @@ fn build_ledger(bench: &Bench, dir: &std::path::Path, accounts: u64) -> anyhow::
         done.accepted,
         done.credits_applied
     );
-    // As a shard does once idle: the last batch is known committed.
+    // As a shard does once its input stops: the floors of the partitions
+    // that only received credits move up to the newest one, which lets it
+    // forget the credits it kept for transfers that never came (one per
+    // account here); then the last batch is known committed.
+    let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    let tick = Tick {
+        now_ms: u64::MAX,
+        idle: &partitions,
+        local: &partitions,
+        ..Tick::default()
+    };
+    let idle = process_batch_at(&store, &Rules::new(PARTITIONS), &[], tick)?;
+    store.write_batch(&idle)?;
+    store.mark_committed();
     store.clear_pending()?;
     Ok(store.offsets().clone())
 }
