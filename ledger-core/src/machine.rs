@@ -310,60 +310,17 @@ pub fn process_batch_at(
     if !records.is_empty() {
         batch.release();
     }
-    let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(tick.now_ms) * 1_000_000).ok();
-    // The newest floor of this shard's own partitions counts too: they
-    // send each other no marks (see below).
-    let local_floor = tick
-        .local
-        .iter()
-        .filter_map(|partition| batch.order(*partition).state.floor)
-        .max();
-    let mut jumped = Vec::new();
-    for partition in tick.idle {
-        if batch.order(*partition).state.jump(now, local_floor) {
-            jumped.push(*partition);
-        }
-    }
-    // A jump may prove shortages held here, but only a batch with records
-    // decides (see above): the marks of the partitions that jumped then go
-    // to this shard's own partitions too, and reading them back is that
-    // batch.
-    let held_here = tick
-        .local
-        .iter()
-        .any(|partition| !batch.order(*partition).state.held.is_empty());
-    if !held_here {
-        jumped.clear();
-    }
+    let wake = batch.jump_idle();
     for partition in tick.publish {
         batch.order(*partition);
     }
     let mut effects = batch.effects;
     for (partition, mut order) in batch.orders {
         order.state.prune();
-        let again = tick.publish.contains(&partition) || jumped.contains(&partition);
-        // A shard that owns every partition sends marks only when asked.
-        let all_local = (0..rules.partitions).all(|p| tick.local.contains(&p));
-        let marks = if all_local && !again {
-            Vec::new()
-        } else {
-            rules.marks(partition, &order.state).unwrap_or_default()
-        };
-        for (destination, mark) in (0..).zip(marks) {
-            // This shard's own partitions have the live state instead, and
-            // read a mark of theirs only when asked to publish it: reading
-            // it back is what wakes a held transfer whose time is up.
-            if tick.local.contains(&destination) && !again {
-                continue;
-            }
-            let before = order
-                .published
-                .as_ref()
-                .and_then(|marks| marks.get(destination as usize));
-            if again || before != Some(&mark) {
-                effects.marks.push((destination, mark));
-            }
-        }
+        let again = tick.publish.contains(&partition) || wake.contains(&partition);
+        effects
+            .marks
+            .extend(order.marks_to_send(partition, rules, &tick, again));
         effects.orders.insert(partition, order.state);
     }
     effects.balances = batch.balances.into_iter().collect();
@@ -389,6 +346,39 @@ struct Ordering {
     /// The first held transfer that pays each account: what holds back
     /// that account's decisions (see [`PartitionOrder::marks`]).
     open: HashMap<AccountId, OrderKey>,
+}
+
+impl Ordering {
+    /// The marks of `partition` to send at the end of the batch, with the
+    /// `ledger-credits` partition each goes to: those that changed, to the
+    /// other shards' partitions; all of them, this shard's own included,
+    /// when `again`.
+    fn marks_to_send(
+        &self,
+        partition: i32,
+        rules: &Rules,
+        tick: &Tick<'_>,
+        again: bool,
+    ) -> Vec<(i32, Mark)> {
+        // This shard's own partitions have the live state instead, and read
+        // a mark of theirs only when asked to publish it: reading it back
+        // is what wakes a held transfer whose time is up.
+        let all_local = (0..rules.partitions).all(|p| tick.local.contains(&p));
+        if all_local && !again {
+            return Vec::new();
+        }
+        let marks = rules.marks(partition, &self.state).unwrap_or_default();
+        (0..)
+            .zip(marks)
+            .filter(|(destination, mark)| {
+                let before = self
+                    .published
+                    .as_ref()
+                    .and_then(|marks| marks.get(*destination as usize));
+                again || (!tick.local.contains(destination) && before != Some(mark))
+            })
+            .collect()
+    }
 }
 
 /// What a funds decision came to.
@@ -426,6 +416,37 @@ impl<V: LedgerView> Batch<'_, V> {
             .get(&id)
             .copied()
             .or_else(|| self.view.decision(id))
+    }
+
+    /// Moves the floors of idle partitions (see `PartitionOrder::jump`).
+    /// Returns the partitions whose marks must also go to this shard's own
+    /// partitions: a jump may prove shortages held here, but only a batch
+    /// with records decides, and reading those marks back is that batch.
+    fn jump_idle(&mut self) -> Vec<i32> {
+        let tick = self.tick;
+        let now =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(tick.now_ms) * 1_000_000).ok();
+        // The newest floor of this shard's own partitions counts too: they
+        // send each other no marks.
+        let local_floor = tick
+            .local
+            .iter()
+            .filter_map(|partition| self.order(*partition).state.floor)
+            .max();
+        let mut jumped = Vec::new();
+        for partition in tick.idle {
+            if self.order(*partition).state.jump(now, local_floor) {
+                jumped.push(*partition);
+            }
+        }
+        let held_here = tick
+            .local
+            .iter()
+            .any(|partition| !self.order(*partition).state.held.is_empty());
+        if !held_here {
+            jumped.clear();
+        }
+        jumped
     }
 
     fn order(&mut self, partition: i32) -> &mut Ordering {
