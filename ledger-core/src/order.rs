@@ -15,12 +15,13 @@
 //!   covers the amount. Credits still on their way can only add funds, so a
 //!   transfer accepted early is one the order accepts.
 //! - **reject** (`insufficient_funds`) only when every partition has said,
-//!   with a [`Mark`], that it will send no more credits ordered before the
-//!   transfer. Until then the transfer is **held**, and so is every later
+//!   with a [`Mark`], that it will send the account no more credits ordered
+//!   before the transfer. Until then the transfer is **held**, and so is every later
 //!   transfer of the same account, whose balance depends on it.
 //!
 //! A mark travels on `ledger-credits` in the same transaction as the
-//! credits it follows, to every partition, so a shard that reads a mark has
+//! credits it follows, to each partition another shard owns (a shard knows
+//! its own partitions' state live), so a shard that reads a mark has
 //! already read every credit the mark speaks for. It names, besides the
 //! floor, the accounts its held transfers would credit: only those
 //! accounts' decisions wait for them. Progress: the smallest held key
