@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +21,7 @@ use deploy_check::dashboard;
 use deploy_check::kube::{self, EnvSource};
 use deploy_check::source::Binary;
 use deploy_check::{assert_no_problems, note, repo};
+use harness::testkit::free_port;
 use serde_json::Value;
 
 /// The hostname of the StatefulSet's second pod.
@@ -84,13 +84,6 @@ fn warn_if_stale(name: &str, path: &Path) {
             newer.join(", ")
         ));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
 }
 
 fn http() -> reqwest::blocking::Client {

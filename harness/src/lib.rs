@@ -27,6 +27,8 @@
 //!   their end, waits for open transactions to settle, bounded waits.
 //! - [`daemon`]: a broker that outlives its starter, behind the
 //!   `txledger-kafka` binary (`src/main.rs`).
+//! - [`ports`]: local ports for the servers of child processes, chosen
+//!   so that two pipelines or an outgoing connection never take the same.
 //! - [`error`]: the error type, [`HarnessError`].
 //! - `classpath` (private): finding `java` and `mvn`, and the cached Maven
 //!   classpath.
@@ -41,6 +43,7 @@ pub mod broker;
 mod classpath;
 pub mod daemon;
 pub mod error;
+pub mod ports;
 mod process;
 pub mod shared;
 pub mod testkit;

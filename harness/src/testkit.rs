@@ -36,12 +36,9 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A free local port (bound, then released: a small race, fine in tests).
+/// A free local port for a child process's server (see [`crate::ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free local port")
-        .port()
+    crate::ports::free_local_port().expect("a free local port")
 }
 
 /// The last `lines` lines of `text`.

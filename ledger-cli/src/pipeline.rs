@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -43,11 +42,14 @@ pub enum PipelineError {
         timeout: Duration,
         detail: String,
     },
-    #[error("{what} exited early with {status}; its log: {log}")]
+    #[error("{what} exited early with {status}; its log, {log}, ends with:\n{tail}")]
     Exited {
         what: String,
         status: ExitStatus,
         log: PathBuf,
+        /// The log's last lines: the log itself may live in a directory
+        /// that is gone by the time anyone reads the error.
+        tail: String,
     },
     #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -187,10 +189,6 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-fn free_port() -> Result<u16, PipelineError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn log_file(path: &Path) -> Result<(File, File), PipelineError> {
     let file = File::options().create(true).append(true).open(path)?;
     Ok((file.try_clone()?, file))
@@ -229,7 +227,7 @@ impl Pipeline {
         for shard in 0..config.shards {
             shards.push(ShardProcess {
                 child: None,
-                http_port: free_port()?,
+                http_port: harness::ports::free_local_port()?,
                 data_dir: config.work_dir.join(format!("shard-{shard}")),
                 log: config.work_dir.join(format!("shard-{shard}.log")),
                 starts: 0,
@@ -388,21 +386,37 @@ impl Pipeline {
             .and_then(|child| child.try_wait().ok().flatten())
     }
 
+    /// An error for the first shard that exited on its own (one the
+    /// pipeline killed does not count), with the end of its log.
+    pub fn check_shards(&mut self) -> Result<(), PipelineError> {
+        for index in 0..self.shards.len() {
+            if let Some(status) = self.shard_exit(index) {
+                let log = self.shards[index].log.clone();
+                let tail = std::fs::read_to_string(&log)
+                    .map(|text| harness::testkit::tail(&text, 40))
+                    .unwrap_or_else(|error| format!("(unreadable: {error})"));
+                return Err(PipelineError::Exited {
+                    what: format!("shard {index}"),
+                    status,
+                    log,
+                    tail,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every shard is ready; a shard that exits meanwhile is an
-    /// error naming its log.
+    /// error with the end of its log.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), PipelineError> {
         let deadline = Instant::now() + timeout;
         for index in 0..self.shards.len() {
             loop {
+                // Exits first: whatever answers on a dead shard's port is
+                // not that shard.
+                self.check_shards()?;
                 if self.shard_ready(index) {
                     break;
-                }
-                if let Some(status) = self.shard_exit(index) {
-                    return Err(PipelineError::Exited {
-                        what: format!("shard {index}"),
-                        status,
-                        log: self.shards[index].log.clone(),
-                    });
                 }
                 if Instant::now() > deadline {
                     return Err(PipelineError::Timeout {
@@ -564,9 +578,10 @@ impl Pipeline {
     }
 
     /// Waits until the shards have consumed everything committed so far.
-    pub fn wait_caught_up(&self, timeout: Duration) -> Result<(), PipelineError> {
+    pub fn wait_caught_up(&mut self, timeout: Duration) -> Result<(), PipelineError> {
         let deadline = Instant::now() + timeout;
         loop {
+            self.check_shards()?;
             if self.caught_up()? {
                 return Ok(());
             }
