@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_DLQ_TOPIC, default_value = names::TOPIC_DEAD_LETTERS)]
     pub dlq_topic: String,
 
+    /// Compacted topic of the shards' state changes, written in each
+    /// batch's transaction; a shard whose sled directory is lost or stale
+    /// rebuilds it from there.
+    #[arg(long, env = names::TXLEDGER_CHANGELOG_TOPIC, default_value = names::TOPIC_CHANGELOG)]
+    pub changelog_topic: String,
+
     /// Partitions of the topics, used to create missing ones and to check
     /// that transfers and credits have the same count.
     #[arg(long, env = names::TXLEDGER_PARTITIONS, default_value_t = 6,
@@ -185,6 +191,7 @@ pub(crate) struct Settings {
     pub credits_topic: String,
     pub results_topic: String,
     pub dlq_topic: String,
+    pub changelog_topic: String,
     pub shard: u32,
     pub shards: u32,
     /// Partition numbers this shard owns in both input topics.
@@ -239,6 +246,7 @@ impl Settings {
             credits_topic: config.credits_topic.clone(),
             results_topic: config.results_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            changelog_topic: config.changelog_topic.clone(),
             shard,
             shards: config.shards,
             owned,

@@ -28,6 +28,7 @@ pub mod config;
 pub mod faults;
 mod http;
 mod measure;
+mod restore;
 mod shard;
 
 use std::future::Future;
@@ -62,6 +63,15 @@ pub enum Error {
     MisroutedCredit(#[from] ledger_core::machine::MisroutedCredit),
     #[error("recovery refused to start the shard: {0}")]
     RecoveryRefused(String),
+    #[error(
+        "restoring from {topic} stalled: nothing read for {stalled:?} after {read} records; \
+         is the broker reachable and the topic readable?"
+    )]
+    RestoreStalled {
+        topic: String,
+        read: u64,
+        stalled: std::time::Duration,
+    },
     #[error("fatal Kafka error at {step}")]
     Kafka {
         step: &'static str,
@@ -150,21 +160,32 @@ async fn drive(
             name: &settings.transfers_topic,
             partitions: config.partitions,
             exact: true,
+            compacted: false,
         },
         TopicSpec {
             name: &settings.credits_topic,
             partitions: config.partitions,
             exact: true,
+            compacted: false,
+        },
+        // Partition p carries the state of partition p.
+        TopicSpec {
+            name: &settings.changelog_topic,
+            partitions: config.partitions,
+            exact: true,
+            compacted: true,
         },
         TopicSpec {
             name: &settings.results_topic,
             partitions: config.partitions,
             exact: false,
+            compacted: false,
         },
         TopicSpec {
             name: &settings.dlq_topic,
             partitions: config.partitions,
             exact: false,
+            compacted: false,
         },
     ];
     let client = kafka::client_config(&settings.bootstrap_servers);

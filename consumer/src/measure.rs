@@ -30,6 +30,8 @@ const HOLD_EXPIRED: &str = "txledger_consumer_hold_expired_total";
 const RETIMED: &str = "txledger_consumer_retimed_total";
 const HOLDING: &str = "txledger_consumer_holding";
 const ERRORS: &str = "txledger_consumer_errors_total";
+const RESTORED_RECORDS: &str = "txledger_consumer_restored_records_total";
+const RESTORE_SECONDS: &str = "txledger_consumer_restore_seconds";
 
 /// Registers descriptions; harmless to call more than once.
 pub fn describe() {
@@ -90,6 +92,20 @@ pub fn describe() {
         "Transfers that arrived after a later one of their partition and were re-timed (effective_at)."
     );
     describe_gauge!(HOLDING, "Transfers held right now, committed state.");
+    describe_counter!(
+        RESTORED_RECORDS,
+        "Changelog records read to rebuild a lost or stale sled directory."
+    );
+    describe_gauge!(
+        RESTORE_SECONDS,
+        "Seconds the last restore from the changelog took (0: none since start)."
+    );
+}
+
+/// A restore from the changelog is done.
+pub fn restored(records: u64, took: Duration) {
+    counter!(RESTORED_RECORDS).increment(records);
+    gauge!(RESTORE_SECONDS).set(took.as_secs_f64());
 }
 
 /// Transfers held right now.

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ledger::kafka;
-use ledger::store::{Store, StoreError, StoreReader, WriteReport};
+use ledger::store::{self, Change, Store, StoreError, StoreReader, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason};
@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Settings;
 use crate::faults::{Mutant, Step};
 use crate::measure::{self, ErrorEvent};
-use crate::Error;
+use crate::{restore, Error};
 
 /// Start-up waits longer than a call in a transaction: the broker may
 /// still be starting. A start gives up after `STARTUP_TIMEOUT` and the
@@ -216,7 +216,7 @@ impl Shard {
         let Some((consumer, committed)) = consumer_with_committed(&settings, &shared)? else {
             return Ok(None);
         };
-        recover(&mut store, &committed)?;
+        recover(&mut store, &committed, &settings)?;
         let group = consumer.group_metadata().ok_or(Error::Kafka {
             step: "reading the consumer group metadata",
             error: KafkaError::Subscription("no group metadata".to_owned()),
@@ -690,8 +690,10 @@ impl Shard {
         let write_first = faults.mutant != Some(Mutant::CommitBeforeSledWrite);
         let mut report = None;
         if write_first {
-            report = Some(self.write(effects)?);
+            let written_report = self.write(effects)?;
             *written = true;
+            self.produce_changes(&written_report.changes)?;
+            report = Some(written_report);
         }
         // A heartbeat consumed nothing: no offsets to commit.
         if offsets.count() > 0 {
@@ -808,6 +810,29 @@ impl Shard {
         }
         // Serve delivery reports so that the queue does not grow unbounded.
         self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// The batch's sled writes, each on the changelog partition of the
+    /// state it changes (a removal as a tombstone), so that the changelog
+    /// commits with the batch. The commit-before-write mutant writes sled
+    /// after the commit, too late for the transaction: its batch has none.
+    fn produce_changes(&self, changes: &[Change]) -> Result<(), Failed> {
+        let rules = &self.settings.rules;
+        for (key, value) in changes {
+            let Some(partition) = store::key_partition(key, |account| rules.partition_of(account))
+            else {
+                continue;
+            };
+            let record = BaseRecord::<[u8], [u8]>::to(&self.settings.changelog_topic)
+                .partition(partition)
+                .key(key.as_slice());
+            let record = match value {
+                Some(value) => record.payload(value.as_slice()),
+                None => record,
+            };
+            self.send(record)?;
+        }
         Ok(())
     }
 
@@ -963,9 +988,9 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
         if let Some(balance) = effects.balances.get_mut(&transfer.to) {
             *balance = *balance - transfer.amount.money();
         }
-        effects.credited.retain(|id| *id != transfer.id);
+        effects.credited.retain(|(_, id)| *id != transfer.id);
     }
-    for (id, decision) in &mut effects.decided {
+    for (_, id, decision) in &mut effects.decided {
         if *id == transfer.id {
             *decision = refused;
         }
@@ -1028,13 +1053,19 @@ fn consumer_with_committed(
 }
 
 /// Acts on the recovery rule: sled's pending record against Kafka's
-/// committed offsets.
-fn recover(store: &mut Store, committed: &Offsets) -> Result<(), Error> {
+/// committed offsets. What no single batch explains (an empty or stale
+/// directory, another deployment's, a restore cut short) is restored from
+/// the changelog, and refused if the changelog does not explain it either.
+fn recover(store: &mut Store, committed: &Offsets, settings: &Settings) -> Result<(), Error> {
     let pending = store.pending().map(|pending| PendingOffsets {
         before: &pending.offsets_before,
         after: &pending.offsets_after,
     });
-    let decision = recovery::decide(pending, store.offsets(), committed);
+    let decision = if store.restore_unfinished() {
+        Recovery::Refuse("a restore from the changelog was cut short".to_owned())
+    } else {
+        recovery::decide(pending, store.offsets(), committed)
+    };
     info!(
         message = "Recovery decided.",
         decision = ?decision,
@@ -1045,7 +1076,25 @@ fn recover(store: &mut Store, committed: &Offsets) -> Result<(), Error> {
         Recovery::Normal => {}
         Recovery::KeepPending => store.clear_pending()?,
         Recovery::UndoPending => store.undo_pending()?,
-        Recovery::Refuse(message) => return Err(Error::RecoveryRefused(message)),
+        Recovery::Refuse(reason) => {
+            warn!(
+                message = "sled does not hold the committed state; restoring the owned partitions from the changelog.",
+                reason = %reason,
+                topic = %settings.changelog_topic,
+            );
+            restore::restore(store, settings)?;
+            if store.offsets() != committed {
+                return Err(Error::RecoveryRefused(format!(
+                    "{reason}; restored from {}, sled has {}, still not Kafka's {}: the \
+                     changelog does not hold the committed state (it was created after the \
+                     ledger, or lost records); give the shard a directory that does, or reset \
+                     the group's offsets",
+                    settings.changelog_topic,
+                    recovery::show(store.offsets()),
+                    recovery::show(committed)
+                )));
+            }
+        }
     }
     // Invariant 5, checked after acting on the decision.
     assert_eq!(

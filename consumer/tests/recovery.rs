@@ -184,12 +184,13 @@ fn sigkill_mid_stream_then_restart() {
     restart_and_verify(&topics, &scenario, &args, &log);
 }
 
-/// A second instance with the same ordinal fences the first: the first
-/// exits non-zero at its next transaction, the second (on a directory that
-/// does not match Kafka's offsets) refuses to start with a clear error, and
-/// after a restart of the first nothing is applied twice.
+/// A second instance with the same ordinal, on an empty directory (a lost
+/// volume), restores the ledger from the changelog and fences the first,
+/// which exits non-zero at its next transaction. The second decides the
+/// transfers; the first, restarted on its now stale directory, restores
+/// again. Nothing is lost or applied twice, and every outcome is there once.
 #[test]
-fn a_second_instance_fences_the_first() {
+fn a_second_instance_on_an_empty_directory_restores_and_fences_the_first() {
     let topics = Topics::create(3);
     let dir = test_dir();
     let data = dir.path().join("shard-0");
@@ -199,24 +200,19 @@ fn a_second_instance_fences_the_first() {
     let mut first = ChildShard::spawn(&args, &[], &log);
     first.wait_ready();
     feed(&topics, &scenario.deposits);
-    wait_for_balances(
-        std::slice::from_ref(&first.url),
-        &scenario.model_after_deposits().balances,
-    );
+    let after_deposits = scenario.model_after_deposits();
+    wait_for_balances(std::slice::from_ref(&first.url), &after_deposits.balances);
 
-    let zombie_args = shard_args(&topics, &dir.path().join("other-dir"));
-    let mut second = ChildShard::spawn(&zombie_args, &[], &dir.path().join("second.log"));
-    let status = second.wait_exit();
+    let second_args = shard_args(&topics, &dir.path().join("empty-dir"));
+    let mut second = ChildShard::spawn(&second_args, &[], &dir.path().join("second.log"));
+    second.wait_ready();
+    let restored = second.log_text();
     assert!(
-        !status.success(),
-        "the second instance must refuse: {status}"
+        restored.contains("Restored from the changelog."),
+        "{restored}"
     );
-    let text = second.log_text();
-    assert!(
-        text.contains("recovery refused") && text.contains("sled and Kafka disagree"),
-        "{text}"
-    );
-    drop(second);
+    // Served from the restored state, before any new input.
+    wait_for_balances(std::slice::from_ref(&second.url), &after_deposits.balances);
 
     feed(&topics, &scenario.transfers);
     let status = first.wait_exit();
@@ -230,8 +226,17 @@ fn a_second_instance_fences_the_first() {
         first.log_text()
     );
     drop(first);
+    wait_for_balances(
+        std::slice::from_ref(&second.url),
+        &scenario.model().balances,
+    );
+    assert!(second.terminate().success());
 
-    restart_and_verify(&topics, &scenario, &args, &log);
+    let recovered = restart_and_verify(&topics, &scenario, &args, &log);
+    assert!(
+        recovered.contains("Restored from the changelog."),
+        "{recovered}"
+    );
 }
 
 /// With the `commit_before_sled_write` mutant, a crash between the commit

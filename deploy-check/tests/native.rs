@@ -331,6 +331,10 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
         ),
         ("TXLEDGER_DLQ_TOPIC", harness::unique_name("native-dlq")),
         (
+            "TXLEDGER_CHANGELOG_TOPIC",
+            harness::unique_name("native-changelog"),
+        ),
+        (
             "TXLEDGER_DATA_DIR",
             dir.path().join("sled").display().to_string(),
         ),
@@ -482,6 +486,10 @@ fn dashboard_metrics_are_exported_by_the_live_binaries() {
             harness::unique_name("metrics-results"),
         )
         .env("TXLEDGER_DLQ_TOPIC", harness::unique_name("metrics-dlq"))
+        .env(
+            "TXLEDGER_CHANGELOG_TOPIC",
+            harness::unique_name("metrics-changelog"),
+        )
         .env("TXLEDGER_PARTITIONS", "6")
         .env("TXLEDGER_SHARD", "0")
         .env("TXLEDGER_SHARDS", "1")

@@ -162,6 +162,8 @@ struct ShardProcess {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Disruptions {
     pub shard_kills: u32,
+    /// Shards whose sled directory was deleted after they were killed.
+    pub data_losses: u32,
     pub shard_starts: u32,
     pub producer_kills: u32,
     pub producer_starts: u32,
@@ -273,20 +275,33 @@ impl Pipeline {
         &self.producer_log
     }
 
-    /// Creates the four topics if they do not exist.
+    /// The shards' changelog: named like the other topics, behind the same
+    /// prefix as `transactions`.
+    pub fn changelog_topic(&self) -> String {
+        let transactions = &self.config.topics.transactions;
+        match transactions.strip_suffix(names::TOPIC_TRANSFERS) {
+            Some(prefix) => format!("{prefix}{}", names::TOPIC_CHANGELOG),
+            None => format!("{transactions}-changelog"),
+        }
+    }
+
+    /// Creates the five topics if they do not exist.
     pub fn create_topics(&self) -> Result<(), PipelineError> {
         let topics = &self.config.topics;
         let partitions = self.config.partitions;
+        let changelog = self.changelog_topic();
         let specs = [
-            (&topics.transactions, true),
-            (&topics.credits, true),
-            (&topics.results, false),
-            (&topics.dead_letters, false),
+            (&topics.transactions, true, false),
+            (&topics.credits, true, false),
+            (&topics.results, false, false),
+            (&topics.dead_letters, false, false),
+            (&changelog, true, true),
         ]
-        .map(|(name, exact)| TopicSpec {
+        .map(|(name, exact, compacted)| TopicSpec {
             name,
             partitions,
             exact,
+            compacted,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -312,6 +327,7 @@ impl Pipeline {
         index: usize,
         env: &[(&str, &str)],
     ) -> Result<(), PipelineError> {
+        let changelog = self.changelog_topic();
         let config = &self.config;
         let shard = &mut self.shards[index];
         if let Some(child) = shard.child.as_mut() {
@@ -324,6 +340,7 @@ impl Pipeline {
             .env(names::TXLEDGER_CREDITS_TOPIC, &config.topics.credits)
             .env(names::TXLEDGER_RESULTS_TOPIC, &config.topics.results)
             .env(names::TXLEDGER_DLQ_TOPIC, &config.topics.dead_letters)
+            .env(names::TXLEDGER_CHANGELOG_TOPIC, &changelog)
             .env(names::TXLEDGER_PARTITIONS, config.partitions.to_string())
             .env(names::TXLEDGER_SHARD, index.to_string())
             .env(names::TXLEDGER_SHARDS, config.shards.to_string())
@@ -367,6 +384,18 @@ impl Pipeline {
             kill(&mut child);
             self.disruptions.shard_kills += 1;
         }
+    }
+
+    /// Kills shard `index` and deletes its sled directory, as when its
+    /// volume is lost: its next start restores it from the changelog.
+    pub fn lose_shard_data(&mut self, index: usize) -> Result<(), PipelineError> {
+        self.kill_shard(index);
+        match std::fs::remove_dir_all(&self.shards[index].data_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+            _ => {}
+        }
+        self.disruptions.data_losses += 1;
+        Ok(())
     }
 
     /// Whether shard `index` answers `/readyz` (recovery done).

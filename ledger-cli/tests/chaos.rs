@@ -1,7 +1,8 @@
 //! The chaos run: the whole pipeline as child processes on a real broker,
-//! with shards killed (SIGKILL) every few seconds, the producer killed
-//! mid-transaction and restarted, and the broker stopped and restarted,
-//! while transfers flow. At the end the audit must pass.
+//! with shards killed (SIGKILL) every few seconds, twice with their sled
+//! directory deleted, the producer killed mid-transaction and restarted,
+//! and the broker stopped and restarted, while transfers flow. At the end
+//! the audit must pass.
 //!
 //! The test is the supervisor (as Kubernetes would be): it restarts what
 //! died, including shards that exit on their own after the broker outage
@@ -28,6 +29,8 @@ const SHARDS: u32 = 3;
 const FAIL_SHARE: f64 = 0.02;
 const SHARD_KILLS_MIN: u32 = 10;
 const PRODUCER_KILLS: u32 = 2;
+/// Shards killed with their sled directory deleted (a lost volume).
+const DATA_LOSSES: u32 = 2;
 const KILL_INTERVAL: Duration = Duration::from_secs(3);
 /// The shard that dies between its sled write and its commit, at its
 /// second non-empty batch (the first may be a recovery's small one).
@@ -229,7 +232,13 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
                 .expect("shard restart");
             planted = Some(shard);
         } else if planted != Some(shard) {
-            pipeline.kill_shard(shard);
+            if round % 3 == 1 && pipeline.disruptions.data_losses < DATA_LOSSES {
+                pipeline
+                    .lose_shard_data(shard)
+                    .expect("deleting a shard's data");
+            } else {
+                pipeline.kill_shard(shard);
+            }
             pipeline.start_shard(shard).expect("shard restart");
         }
         if round % 3 == 0
@@ -268,18 +277,28 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         }
     };
     let disruptions = pipeline.disruptions;
+    let restores: usize = (0..SHARDS as usize)
+        .map(|shard| {
+            std::fs::read_to_string(pipeline.shard_log(shard))
+                .unwrap_or_default()
+                .matches("Restored from the changelog.")
+                .count()
+        })
+        .sum();
     // Written to stderr directly, not with eprintln!, which the test harness
     // captures: what the run survived belongs in every test log, passing or
     // not.
     let _ = writeln!(
         std::io::stderr(),
         "chaos run: {TRANSFERS} transfers per producer run over {:?}; shard kills {}, \
-         shard crashes between sled write and commit {}, producer kills {} ({} left a \
+         shard crashes between sled write and commit {}, sled directories deleted {} \
+         (restores from the changelog {restores}), producer kills {} ({} left a \
          transaction with records open), producer runs {}, broker restarts {}, \
          unplanned restarts {}\n{report}",
         started.elapsed(),
         disruptions.shard_kills,
         u32::from(planted_successor.is_some()),
+        disruptions.data_losses,
         disruptions.producer_kills,
         producer_kills_mid_transaction,
         disruptions.producer_starts,
@@ -303,6 +322,13 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         100.0 * FAIL_SHARE
     );
     assert!(disruptions.shard_kills >= SHARD_KILLS_MIN);
+    assert_eq!(disruptions.data_losses, DATA_LOSSES);
+    // Each lost directory came back from the changelog (a kill between a
+    // restore's start and its end restores once more).
+    assert!(
+        restores >= DATA_LOSSES as usize,
+        "{restores} restores for {DATA_LOSSES} lost directories"
+    );
     assert!(producer_kills_mid_transaction >= PRODUCER_KILLS);
     assert!(
         report.totals.inputs_aborted > 0,

@@ -364,7 +364,12 @@ impl AuditInput {
         };
         let effects = machine::process_batch(model, &self.rules, std::slice::from_ref(&record))
             .expect("only credits can refuse a batch, and this is a transfer");
-        model.decided.extend(effects.decided.iter().copied());
+        model.decided.extend(
+            effects
+                .decided
+                .iter()
+                .map(|(_, id, decision)| (*id, *decision)),
+        );
         for output in &effects.outputs {
             if let Output::DeadLetter(letter) = output {
                 self.dead_letters_expected.insert(wire::record_location(

@@ -210,10 +210,12 @@ pub struct BatchEffects {
     /// New balance of every account the batch touched, in account order so
     /// that the store writes them in a deterministic order.
     pub balances: BTreeMap<AccountId, Money>,
-    /// Transfer ids decided by this batch, in input order.
-    pub decided: Vec<(TransferId, Decision)>,
-    /// Transfer ids whose credit this batch applied, in input order.
-    pub credited: Vec<TransferId>,
+    /// Transfer ids decided by this batch, in input order, each with the
+    /// partition it arrived on: that partition's state remembers it.
+    pub decided: Vec<(i32, TransferId, Decision)>,
+    /// Transfer ids whose credit this batch applied, in input order, each
+    /// with the partition of the account credited.
+    pub credited: Vec<(i32, TransferId)>,
     /// Next offset of every input partition the batch read from.
     pub offsets: Offsets,
     /// New order state of every partition number the batch touched.
@@ -678,7 +680,9 @@ impl<V: LedgerView> Batch<'_, V> {
             self.effects.outputs.push(Output::Credit(credit));
         }
         self.decided_here.insert(transfer.id, decision);
-        self.effects.decided.push((transfer.id, decision));
+        self.effects
+            .decided
+            .push((partition, transfer.id, decision));
         let effective_at = (key.at != transfer.created_at).then_some(key.at);
         self.push_outcome(Outcome {
             transfer_id: Some(transfer.id),
@@ -793,7 +797,7 @@ impl<V: LedgerView> Batch<'_, V> {
             .state
             .note_credit(&credit.to, key, credit.amount.money());
         self.credited_here.insert(id, ());
-        self.effects.credited.push(id);
+        self.effects.credited.push((partition, id));
         self.effects.counts.credits_applied += 1;
     }
 
@@ -857,9 +861,14 @@ impl MemoryLedger {
         for (account, balance) in &effects.balances {
             self.balances.insert(account.clone(), *balance);
         }
-        self.decided.extend(effects.decided.iter().copied());
+        self.decided.extend(
+            effects
+                .decided
+                .iter()
+                .map(|(_, id, decision)| (*id, *decision)),
+        );
         self.credited
-            .extend(effects.credited.iter().map(|id| (*id, ())));
+            .extend(effects.credited.iter().map(|(_, id)| (*id, ())));
         self.offsets
             .extend(effects.offsets.iter().map(|(k, v)| (*k, *v)));
         self.orders

@@ -163,6 +163,9 @@ pub struct TopicSpec<'a> {
     /// and `ledger-credits` must match, since partition numbers decide which
     /// shard owns an account.
     pub exact: bool,
+    /// Created with `cleanup.policy=compact`: the topic keeps the last
+    /// value of each key (the changelog).
+    pub compacted: bool,
 }
 
 /// Creates each topic that does not exist yet (replication factor from the
@@ -183,7 +186,14 @@ pub async fn ensure_topics(
         })?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
-        .map(|spec| NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(-1)))
+        .map(|spec| {
+            let topic = NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(-1));
+            if spec.compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let unreachable = |source| TopicError::Unreachable {

@@ -11,6 +11,9 @@
 /// The topics' default names, defined with the wire format they carry.
 pub use ledger_core::wire::{TOPIC_CREDITS, TOPIC_DEAD_LETTERS, TOPIC_RESULTS, TOPIC_TRANSFERS};
 
+/// The shards' changelog: their sled writes (`crate::store`), compacted.
+pub const TOPIC_CHANGELOG: &str = "ledger-changelog";
+
 /// Read by every binary.
 pub const TXLEDGER_LOG_FORMAT: &str = "TXLEDGER_LOG_FORMAT";
 
@@ -26,6 +29,7 @@ pub const TXLEDGER_TRANSFERS_TOPIC: &str = "TXLEDGER_TRANSFERS_TOPIC";
 // The consumer shard's settings.
 pub const TXLEDGER_BATCH_MS: &str = "TXLEDGER_BATCH_MS";
 pub const TXLEDGER_BATCH_RECORDS: &str = "TXLEDGER_BATCH_RECORDS";
+pub const TXLEDGER_CHANGELOG_TOPIC: &str = "TXLEDGER_CHANGELOG_TOPIC";
 pub const TXLEDGER_CREDITS_TOPIC: &str = "TXLEDGER_CREDITS_TOPIC";
 pub const TXLEDGER_DATA_DIR: &str = "TXLEDGER_DATA_DIR";
 pub const TXLEDGER_DLQ_TOPIC: &str = "TXLEDGER_DLQ_TOPIC";

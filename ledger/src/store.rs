@@ -9,20 +9,27 @@
 //! | key                           | value                                   |
 //! |-------------------------------|-----------------------------------------|
 //! | `b:` account                  | balance, i128 big-endian minor units    |
-//! | `i:` batch seq (u64 BE)       | ids the batch decided or credited, 17 bytes each |
+//! | `i:` batch seq (u64 BE), partition (i32 BE) | ids the batch decided or credited on that partition, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
 //! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
 //! | `h:` partition, order key      | a held transfer, with its offset and since when |
 //! | `r:` partition, account        | the account's credits ordered after some transfer still to decide |
 //! | `m:seq`                       | next batch seq                          |
 //! | `m:pending`                   | the pending record (see `Pending`)      |
+//! | `m:restoring`                 | present while a restore is under way    |
 //!
-//! Decided ids are packed one key per batch, not one key per transfer, and
-//! served from memory: sled pays per key written, and a batch of thousands
-//! of transfers then costs one key for all its ids. The memory they take is
-//! bounded by the idempotency window (`StoreOptions::idempotency_window`).
+//! Decided ids are packed one key per batch and partition, not one key per
+//! transfer, and served from memory: sled pays per key written, and a batch
+//! of thousands of transfers then costs a key per partition for all its
+//! ids. The memory they take is bounded by the idempotency window
+//! (`StoreOptions::idempotency_window`).
+//!
+//! Every key but the `m:` ones belongs to one partition (see
+//! [`key_partition`]): the changelog carries each batch's writes to those
+//! keys ([`WriteReport::changes`]), and [`Store::restore`] rebuilds the
+//! store from them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -39,8 +46,13 @@ const OFFSET_PREFIX: &[u8] = b"o:";
 const ORDER_PREFIX: &[u8] = b"q:";
 const HELD_PREFIX: &[u8] = b"h:";
 const RECENT_PREFIX: &[u8] = b"r:";
+/// The shard's own keys, which no partition's state includes.
+const META_PREFIX: &[u8] = b"m:";
 const SEQ_KEY: &[u8] = b"m:seq";
 const PENDING_KEY: &[u8] = b"m:pending";
+/// Present while a restore is under way: a store cut short in the middle
+/// of one may hold the newest offsets without all the balances.
+const RESTORING_KEY: &[u8] = b"m:restoring";
 
 /// Tag byte of a credited id in a packed id list; decided ids use 0 for
 /// accepted and the reject reason's byte otherwise.
@@ -97,11 +109,17 @@ pub struct Pending {
     pub undo: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// What a durable write cost, for metrics.
-#[derive(Debug, Clone, Copy)]
+/// A write to one key: its new value, or `None` for a removal.
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// What a durable write did and cost.
+#[derive(Debug, Clone)]
 pub struct WriteReport {
     pub keys_written: usize,
     pub flush: Duration,
+    /// The batch's writes to partition state (every key but `m:`), for the
+    /// changelog, in the order written.
+    pub changes: Vec<Change>,
 }
 
 /// Shard-level facts for `stats`.
@@ -338,31 +356,41 @@ fn is_locked(path: &Path) -> bool {
         == Err(rustix::io::Errno::WOULDBLOCK)
 }
 
-/// A batch's decided and credited ids, packed into one value: the id's 16
-/// bytes and a tag byte each.
-fn packed_ids(effects: &BatchEffects) -> Vec<u8> {
-    let mut ids =
-        Vec::with_capacity((effects.decided.len() + effects.credited.len()) * ID_ENTRY_LEN);
-    for (id, decision) in &effects.decided {
+/// A batch's decided and credited ids, packed into one value per
+/// partition: the id's 16 bytes and a tag byte each.
+fn packed_ids(effects: &BatchEffects) -> BTreeMap<i32, Vec<u8>> {
+    let mut packed: BTreeMap<i32, Vec<u8>> = BTreeMap::new();
+    for (partition, id, decision) in &effects.decided {
+        let ids = packed.entry(*partition).or_default();
         ids.extend_from_slice(id.as_bytes());
         ids.push(match decision {
             Decision::Accepted => TAG_ACCEPTED,
             Decision::Rejected(reason) => *reason as u8,
         });
     }
-    for id in &effects.credited {
+    for (partition, id) in &effects.credited {
+        let ids = packed.entry(*partition).or_default();
         ids.extend_from_slice(id.as_bytes());
         ids.push(TAG_CREDITED);
     }
-    ids
+    packed
 }
 
 fn balance_key(account: &AccountId) -> Vec<u8> {
     [BALANCE_PREFIX, account.as_str().as_bytes()].concat()
 }
 
-fn ids_key(seq: u64) -> Vec<u8> {
+fn ids_key(seq: u64, partition: i32) -> Vec<u8> {
+    [IDS_PREFIX, &seq.to_be_bytes(), &partition.to_be_bytes()].concat()
+}
+
+/// Every key of batch `seq`'s ids, one per partition.
+fn ids_prefix(seq: u64) -> Vec<u8> {
     [IDS_PREFIX, &seq.to_be_bytes()].concat()
+}
+
+fn ids_key_seq(key: &[u8]) -> Option<u64> {
+    key.get(2..10)?.try_into().ok().map(u64::from_be_bytes)
 }
 
 fn offset_key(at: InputPartition) -> Vec<u8> {
@@ -390,8 +418,28 @@ fn recent_key(partition: i32, account: &AccountId) -> Vec<u8> {
 }
 
 /// The partition number at the start of a `q:`, `h:` or `r:` key.
-fn key_partition(key: &[u8]) -> Option<i32> {
+fn order_key_partition(key: &[u8]) -> Option<i32> {
     key.get(2..6)?.try_into().ok().map(i32::from_be_bytes)
+}
+
+/// The partition whose state `key` is: where the changelog carries it.
+/// `None` for the shard's own `m:` keys (and anything unknown), which the
+/// changelog does not carry.
+pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Option<i32> {
+    let be =
+        |range: std::ops::Range<usize>| key.get(range)?.try_into().ok().map(i32::from_be_bytes);
+    match key.get(..2)? {
+        prefix if prefix == BALANCE_PREFIX => std::str::from_utf8(&key[2..])
+            .ok()
+            .and_then(|name| AccountId::parse(name).ok())
+            .map(|account| partition_of(&account)),
+        prefix if prefix == IDS_PREFIX => be(10..14),
+        prefix if prefix == OFFSET_PREFIX => be(3..7),
+        prefix if [ORDER_PREFIX, HELD_PREFIX, RECENT_PREFIX].contains(&prefix) => {
+            order_key_partition(key)
+        }
+        _ => None,
+    }
 }
 
 /// What a batch changes of one partition's order state, as sled writes
@@ -536,20 +584,20 @@ impl Store {
         let bad = |what: &str, key: &[u8]| self.corrupt(format!("{what} {key:?} does not decode"));
         for item in self.db.scan_prefix(ORDER_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let partition = key_partition(&key).ok_or_else(|| bad("order key", &key))?;
+            let partition = order_key_partition(&key).ok_or_else(|| bad("order key", &key))?;
             let order =
                 PartitionOrder::decode_meta(&value).ok_or_else(|| bad("the order of", &key))?;
             orders.insert(partition, order);
         }
         for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let partition = key_partition(&key).ok_or_else(|| bad("held key", &key))?;
+            let partition = order_key_partition(&key).ok_or_else(|| bad("held key", &key))?;
             let held = Held::decode(&value).ok_or_else(|| bad("the held transfer", &key))?;
             orders.entry(partition).or_default().held.push(held);
         }
         for item in self.db.scan_prefix(RECENT_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let partition = key_partition(&key).ok_or_else(|| bad("recent key", &key))?;
+            let partition = order_key_partition(&key).ok_or_else(|| bad("recent key", &key))?;
             let account = std::str::from_utf8(&key[6..])
                 .ok()
                 .and_then(|name| AccountId::parse(name).ok())
@@ -577,14 +625,15 @@ impl Store {
         };
         let mut newer = 0usize;
         for item in self.db.scan_prefix(IDS_PREFIX).rev() {
-            if newer >= window_limit {
-                break;
-            }
             let (key, entries) = item.map_err(|e| self.sled_error(e))?;
-            let seq = key[IDS_PREFIX.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("bad id batch key"))?;
+            let seq = ids_key_seq(&key).ok_or_else(|| self.corrupt("bad id batch key"))?;
+            // A batch (all its partitions' keys) is taken whole or not at all.
+            if window.batches.front().map(|(newest, _)| *newest) != Some(seq) {
+                if newer >= window_limit {
+                    break;
+                }
+                window.batches.push_front((seq, 0));
+            }
             if entries.len() % ID_ENTRY_LEN != 0 {
                 return Err(self.corrupt(format!("id batch {seq} has a partial entry")));
             }
@@ -604,7 +653,9 @@ impl Store {
                     window.insert(seq, entry);
                 }
             }
-            window.batches.push_front((seq, count));
+            if let Some((_, batch)) = window.batches.front_mut() {
+                *batch += count;
+            }
             window.total += count;
             newer += count;
         }
@@ -632,6 +683,12 @@ impl Store {
         self.pending.as_ref()
     }
 
+    /// Whether a restore began and did not finish: what the store holds is
+    /// not a state to serve.
+    pub fn restore_unfinished(&self) -> bool {
+        self.db.contains_key(RESTORING_KEY).unwrap_or(true)
+    }
+
     /// Writes the batch and its pending record in one atomic sled batch and
     /// flushes it to disk. Until `mark_committed` (or recovery), readers
     /// keep seeing the state before it.
@@ -643,8 +700,16 @@ impl Store {
             writes.push((balance_key(account), Some(balance.0.to_be_bytes().to_vec())));
         }
         let ids = packed_ids(effects);
-        if !ids.is_empty() {
-            writes.push((ids_key(seq), Some(ids.clone())));
+        for (partition, entries) in &ids {
+            writes.push((ids_key(seq, *partition), Some(entries.clone())));
+        }
+        // Id batches out of the window go with this batch, and come back
+        // with it if it is undone.
+        for old in std::mem::take(&mut self.evicted) {
+            for item in self.db.scan_prefix(ids_prefix(old)) {
+                let (key, _) = item.map_err(|e| self.sled_error(e))?;
+                writes.push((key.to_vec(), None));
+            }
         }
         let unchanged = PartitionOrder::default();
         for (partition, order) in &effects.orders {
@@ -684,9 +749,6 @@ impl Store {
                 None => batch.remove(key.as_slice()),
             }
         }
-        for old in self.evicted.drain(..) {
-            batch.remove(ids_key(old));
-        }
         batch.insert(PENDING_KEY, encode_pending(&pending));
 
         // Readers must stop trusting these keys before they change on disk.
@@ -711,30 +773,56 @@ impl Store {
             self.remember_ids(seq, &ids)?;
         }
         self.pending = Some(pending);
+        let keys_written = writes.len() + 1;
+        let changes = writes
+            .into_iter()
+            .filter(|(key, _)| !key.starts_with(META_PREFIX))
+            .collect();
         Ok(WriteReport {
-            keys_written: writes.len() + 1,
+            keys_written,
             flush,
+            changes,
         })
     }
 
     /// Adds a written batch's ids to the idempotency window, and drops the
     /// oldest batches beyond it (their keys are removed with the next write).
-    fn remember_ids(&mut self, seq: u64, ids: &[u8]) -> Result<(), StoreError> {
+    fn remember_ids(&mut self, seq: u64, ids: &BTreeMap<i32, Vec<u8>>) -> Result<(), StoreError> {
         let mut window = write(&self.shared.window);
-        window.insert(seq, ids);
-        window.batches.push_back((seq, ids.len() / ID_ENTRY_LEN));
-        window.total += ids.len() / ID_ENTRY_LEN;
+        let count: usize = ids
+            .values()
+            .map(|entries| entries.len() / ID_ENTRY_LEN)
+            .sum();
+        for entries in ids.values() {
+            window.insert(seq, entries);
+        }
+        window.batches.push_back((seq, count));
+        window.total += count;
         while window.oldest_is_out() {
             let Some((old, count)) = window.batches.pop_front() else {
                 break;
             };
             window.total -= count;
-            if let Some(entries) = self.db.get(ids_key(old)).map_err(|e| self.sled_error(e))? {
+            for item in self.db.scan_prefix(ids_prefix(old)) {
+                let (_, entries) = item.map_err(|e| self.sled_error(e))?;
                 window.remove(old, &entries);
             }
             self.evicted.push(old);
         }
         Ok(())
+    }
+
+    /// Starts replacing everything in the store by the state the changelog
+    /// rebuilds: the store is emptied first (its pending record too; the
+    /// changelog holds committed batches only).
+    pub fn restore(&mut self) -> Result<Restore<'_>, StoreError> {
+        self.db.clear().map_err(|e| self.sled_error(e))?;
+        self.db
+            .insert(RESTORING_KEY, &[])
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.evicted.clear();
+        Ok(Restore { store: self })
     }
 
     /// The batch in flight is committed in Kafka: readers may see it. Its
@@ -783,6 +871,53 @@ impl Store {
     /// Flushes sled (at shutdown; batches are already flushed).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.sled_error(e))
+    }
+}
+
+/// A restore in progress: changelog records applied in the order read,
+/// the last write of a key winning as it did when they were written.
+/// Nothing is durable until [`Restore::finish`].
+#[derive(Debug)]
+pub struct Restore<'a> {
+    store: &'a mut Store,
+}
+
+impl Restore<'_> {
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in changes {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        let store = &mut *self.store;
+        store.db.apply_batch(batch).map_err(|e| store.sled_error(e))
+    }
+
+    /// Makes the restored state durable and loads it. Batch numbers go on
+    /// after the newest restored one, so that its ids stay the newest.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let store = self.store;
+        let newest = match store.db.scan_prefix(IDS_PREFIX).next_back() {
+            Some(item) => {
+                let (key, _) = item.map_err(|e| store.sled_error(e))?;
+                ids_key_seq(&key).ok_or_else(|| store.corrupt("bad id batch key"))?
+            }
+            None => 0,
+        };
+        store
+            .db
+            .insert(SEQ_KEY, &(newest + 1).to_be_bytes())
+            .map_err(|e| store.sled_error(e))?;
+        // Everything restored is on disk before the marker goes.
+        store.db.flush().map_err(|e| store.sled_error(e))?;
+        store
+            .db
+            .remove(RESTORING_KEY)
+            .map_err(|e| store.sled_error(e))?;
+        store.db.flush().map_err(|e| store.sled_error(e))?;
+        store.load()
     }
 }
 

@@ -167,6 +167,7 @@ pub async fn run(
         name: config.transfers_topic(),
         partitions: config.partitions,
         exact: true,
+        compacted: false,
     };
     let admin_config = kafka::client_config(&config.bootstrap_servers);
     let topics = [topic];
