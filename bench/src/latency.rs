@@ -28,7 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
 use crate::report::{quantile, Row, Target, Unit, Value};
-use crate::shards::{self, metric, Decide};
+use crate::shards::{self, metric, Setup};
 use crate::{say, Bench, PARTITIONS};
 
 /// The allowance on top of the commit interval for p99.
@@ -44,21 +44,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Rows {
     ids: [&'static str; 3],
     targeted: bool,
-    decide: Decide,
+    setup: Setup,
 }
 
 /// At half of row 2's one-shard rate: the figure.
 pub const AT_HALF_MAXIMUM: Rows = Rows {
     ids: ["3a", "3b", "3c"],
     targeted: true,
-    decide: Decide::InOrder,
+    setup: Setup::InOrder,
 };
 
 /// At a fixed, lower rate: for context, no target.
 pub const AT_FIXED_RATE: Rows = Rows {
     ids: ["3d", "3e", "3f"],
     targeted: false,
-    decide: Decide::InOrder,
+    setup: Setup::InOrder,
 };
 
 /// The same fixed rate, deciding on arrival: what holding costs in latency
@@ -66,7 +66,7 @@ pub const AT_FIXED_RATE: Rows = Rows {
 pub const AT_FIXED_RATE_ON_ARRIVAL: Rows = Rows {
     ids: ["7d", "7e", "7f"],
     targeted: false,
-    decide: Decide::OnArrival,
+    setup: Setup::OnArrival,
 };
 
 /// Latencies in milliseconds, by where they were observed.
@@ -82,7 +82,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
     // Each run its own topics and groups.
     let label = format!("latency-{}", rows.ids[0]);
     let topics = shards::topics(bench, &label, None);
-    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, rows.decide)?;
+    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, rows.setup)?;
     shards::start_ready(&mut pipeline)?;
     let count = rate * bench.sizes.latency_secs;
     say(format!(

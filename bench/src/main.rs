@@ -45,7 +45,7 @@ use clap::Parser;
 use ledger_cli::pipeline::{self, Binaries};
 
 use crate::report::{median_by, Report, Row};
-use crate::shards::Decide;
+use crate::shards::Setup;
 
 /// Partitions of every topic: the scaling row asks for six.
 pub const PARTITIONS: i32 = 6;
@@ -325,7 +325,8 @@ struct Chosen {
     holding: bool,
 }
 
-/// Rows 2 (with the pass-through copy), 6 (scaling) and 7a-7c (holding);
+/// Rows 2 (with the pass-through copy), 2b (the changelog), 6 (scaling)
+/// and 7a-7c (holding);
 /// returns one shard's median rate. Contenders run in turn, round after
 /// round, so that a slow spell of the machine hits all of them alike.
 fn shard_rows(
@@ -337,18 +338,22 @@ fn shard_rows(
     let mut copies = Vec::new();
     let mut one = Vec::new();
     let mut on_arrival = Vec::new();
+    let mut without_changelog = Vec::new();
     let mut many: Vec<(u32, Vec<shards::ShardRun>)> = Vec::new();
     for round in 0..bench.sizes.repeat {
         if chosen.pipeline {
             copies.push(passthrough::run(bench, input, round)?);
         }
-        one.push(shards::run(bench, input, 1, round, Decide::InOrder)?);
+        one.push(shards::run(bench, input, 1, round, Setup::InOrder)?);
+        if chosen.pipeline {
+            without_changelog.push(shards::run(bench, input, 1, round, Setup::NoChangelog)?);
+        }
         if chosen.holding {
-            on_arrival.push(shards::run(bench, input, 1, round, Decide::OnArrival)?);
+            on_arrival.push(shards::run(bench, input, 1, round, Setup::OnArrival)?);
         }
         if chosen.scaling {
             for (index, count) in bench.sizes.scaling_shards.iter().enumerate() {
-                let run = shards::run(bench, input, *count, round, Decide::InOrder)?;
+                let run = shards::run(bench, input, *count, round, Setup::InOrder)?;
                 match many.get_mut(index) {
                     Some((_, runs)) => runs.push(run),
                     None => many.push((*count, vec![run])),
@@ -359,6 +364,9 @@ fn shard_rows(
     let one = median_by(one, |run| run.rate).context("no shard run")?;
     if let Some(copied) = median_by(copies, passthrough::Copied::rate) {
         rows.push(shards::pipeline_row(&one, &copied));
+    }
+    if let Some(without) = median_by(without_changelog, |run| run.rate) {
+        rows.push(shards::changelog_row(&one, &without));
     }
     if let Some(on_arrival) = median_by(on_arrival, |run| run.rate) {
         let fail_share = 100.0 * producer_rows::FAIL_SHARE;

@@ -14,13 +14,22 @@
 //! restarts: librdkafka sometimes (one restart in five or so) waits out a
 //! 500 ms timer before `init_transactions` reaches the coordinator, at any
 //! ledger size, and with fewer restarts that wait decided the median.
+//!
+//! Rows 5e-5g: the same ledgers, their sled directory deleted, restored
+//! from the changelog. Building the ledger keeps every batch's sled writes
+//! (`WriteReport::changes`, what a shard's transaction would have carried)
+//! and writes them to the changelog topic, each on its partition. The
+//! figure is the restore's own time (`txledger_consumer_restore_seconds`:
+//! reading the changelog to its end into sled), against the target of
+//! 100,000 accounts per second; the baseline is the same ledger's restart
+//! on its intact directory (rows 5a-5c).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::kafka;
-use ledger::store::{Store, StoreOptions};
+use ledger::store::{self, Change, Store, StoreOptions};
 use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
 use ledger_core::machine::{process_batch_at, InputPartition, Offsets, Rules, Source, Tick};
 use ledger_core::replay::Encoded;
@@ -35,7 +44,7 @@ use time::OffsetDateTime;
 use crate::core_rows::drive;
 use crate::passthrough::Deliveries;
 use crate::report::{median_by, Row, Target, Unit, Value};
-use crate::shards::{self, Decide};
+use crate::shards::{self, Setup};
 use crate::{say, Bench, PARTITIONS};
 
 /// The issue's bound on restart-to-ready.
@@ -46,8 +55,10 @@ const FLAT_RATIO: f64 = 1.25;
 /// Deposits per sled batch while building: large batches build faster,
 /// and the shape of the ledger on disk does not depend on them.
 const BUILD_BATCH: usize = 50_000;
-/// Bound on writing the filler records.
+/// Bound on writing the filler records (and the changelog).
 const FILL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The issue's restore rate.
+const RESTORE_TARGET_ACCOUNTS_PER_SECOND: f64 = 100_000.0;
 
 /// One ledger size's restarts.
 #[derive(Debug)]
@@ -59,6 +70,9 @@ struct Restarts {
     /// The first start of the shard on the freshly built ledger.
     first_start: Duration,
     build: Duration,
+    /// The directory deleted, restored from the changelog: the restore's
+    /// own seconds and spawn-to-ready. `None` for the empty ledger.
+    restore: Option<(f64, Duration)>,
 }
 
 impl Restarts {
@@ -68,6 +82,8 @@ impl Restarts {
             "restart_seconds": self.rounds.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "first_start_seconds": self.first_start.as_secs_f64(),
             "build_seconds": self.build.as_secs_f64(),
+            "restore_seconds": self.restore.map(|(seconds, _)| seconds),
+            "restore_to_ready_seconds": self.restore.map(|(_, ready)| ready.as_secs_f64()),
         })
     }
 }
@@ -114,6 +130,32 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             Some(Target::RatioAtMost { ratio: FLAT_RATIO }),
         ));
     }
+    let first_restore = rows.len();
+    for (index, restarts) in measured.iter().enumerate() {
+        let Some((seconds, ready)) = restarts.restore else {
+            continue;
+        };
+        let accounts = restarts.accounts as f64;
+        rows.push(
+            Row::new(
+                format!("5{}", char::from(b'a' + (first_restore + index) as u8)),
+                format!(
+                    "restore from the changelog, sled directory lost, {} accounts",
+                    restarts.accounts
+                ),
+                Value::new(seconds, Unit::Seconds),
+                "restart on the intact directory",
+                Value::new(restarts.median.as_secs_f64(), Unit::Seconds),
+                Some(Target::AtMost {
+                    value: accounts / RESTORE_TARGET_ACCOUNTS_PER_SECOND,
+                }),
+            )
+            .with_details(serde_json::json!({
+                "accounts_per_second": accounts / seconds,
+                "lost_directory_to_ready_seconds": ready.as_secs_f64(),
+            })),
+        );
+    }
     Ok(rows)
 }
 
@@ -122,18 +164,19 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
 fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
     let label = format!("recovery-{accounts}");
     let topics = shards::topics(bench, &label, None);
-    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, Decide::InOrder)?;
+    let mut pipeline = shards::pipeline(bench, &label, topics.clone(), 1, Setup::InOrder)?;
     say(format!(
         "row 5: building a ledger of {accounts} accounts..."
     ));
     let built = Instant::now();
     if accounts > 0 {
-        let consumed = build_ledger(bench, &pipeline.shard_data_dirs()[0], accounts)?;
+        let (consumed, changes) = build_ledger(bench, &pipeline.shard_data_dirs()[0], accounts)?;
         let next: Vec<(&str, i32, i64)> = consumed
             .iter()
             .map(|(at, next)| (topics.of(at.source), at.partition, *next))
             .collect();
         fill(bench, &next)?;
+        write_changelog(bench, &pipeline.changelog_topic(), &changes)?;
         commit_offsets(bench, &pipeline.config().group_id, &next)?;
     }
     let build = built.elapsed();
@@ -147,6 +190,28 @@ fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
         shards::wait_ready(&mut pipeline, 0)?;
         rounds.push(restarted.elapsed());
     }
+    let restore = if accounts > 0 {
+        pipeline.lose_shard_data(0)?;
+        let restarted = Instant::now();
+        pipeline.start_shard(0)?;
+        shards::wait_ready(&mut pipeline, 0)?;
+        let ready = restarted.elapsed();
+        let seconds = shards::metric(&pipeline, "txledger_consumer_restore_seconds", "");
+        anyhow::ensure!(
+            seconds > 0.0,
+            "the shard on a deleted directory did not restore; its log: {}",
+            pipeline.shard_log(0).display()
+        );
+        say(format!(
+            "row 5: {accounts} accounts: restored from the changelog in {seconds:.3} s \
+             ({:.0} accounts/s), lost directory -> ready {:.3} s",
+            accounts as f64 / seconds,
+            ready.as_secs_f64()
+        ));
+        Some((seconds, ready))
+    } else {
+        None
+    };
     pipeline.stop();
     let (median, _) = median_by(rounds.clone(), Duration::as_secs_f64).context("no restart")?;
     say(format!(
@@ -161,6 +226,7 @@ fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
         rounds,
         first_start,
         build,
+        restore,
     })
 }
 
@@ -168,8 +234,13 @@ fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
 /// one shard owning every partition would: the deposits (keyed by `world`,
 /// so all in its partition) decided batch by batch, each batch's credits
 /// applied in the next, every batch durable and committed. Returns the next
-/// offset of every input partition consumed (offsets start at 0, dense).
-fn build_ledger(bench: &Bench, dir: &std::path::Path, accounts: u64) -> anyhow::Result<Offsets> {
+/// offset of every input partition consumed (offsets start at 0, dense),
+/// and the batches' changes, for the changelog.
+fn build_ledger(
+    bench: &Bench,
+    dir: &std::path::Path,
+    accounts: u64,
+) -> anyhow::Result<(Offsets, Vec<Change>)> {
     let mut store = Store::open(dir, StoreOptions::default())?;
     let amount = Amount::from_minor(10_000)?;
     let now = OffsetDateTime::now_utc();
@@ -200,8 +271,9 @@ fn build_ledger(bench: &Bench, dir: &std::path::Path, accounts: u64) -> anyhow::
     });
     // One empty batch more, to apply the last batch's credits.
     let batches = deposits.chain(std::iter::once(Vec::new()));
+    let mut changes = Vec::new();
     let done = drive(batches, &mut store, true, |store, effects| {
-        store.write_batch(effects)?;
+        changes.extend(store.write_batch(effects)?.changes);
         store.mark_committed();
         Ok(())
     })?;
@@ -223,51 +295,81 @@ fn build_ledger(bench: &Bench, dir: &std::path::Path, accounts: u64) -> anyhow::
         ..Tick::default()
     };
     let idle = process_batch_at(&store, &Rules::new(PARTITIONS), &[], tick)?;
-    store.write_batch(&idle)?;
+    changes.extend(store.write_batch(&idle)?.changes);
     store.mark_committed();
     store.clear_pending()?;
-    Ok(store.offsets().clone())
+    Ok((store.offsets().clone(), changes))
+}
+
+/// Writes `changes` to the changelog, each on its partition, in order.
+/// Plain (idempotent) writes: a `read_committed` reader reads them as it
+/// reads a shard's committed ones.
+fn write_changelog(bench: &Bench, topic: &str, changes: &[Change]) -> anyhow::Result<()> {
+    let rules = Rules::new(PARTITIONS);
+    let records = changes.iter().filter_map(|(key, value)| {
+        let partition = store::key_partition(key, |account| rules.partition_of(account))?;
+        let record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .key(key.as_slice());
+        Some(match value {
+            Some(value) => record.payload(value.as_slice()),
+            None => record,
+        })
+    });
+    produce_all(bench, records, "the changelog")
 }
 
 /// Writes `next` filler records into each `(topic, partition, next)`, so
 /// that the offsets the ledger consumed exist in Kafka. The shard starts
 /// past them and never reads them.
 fn fill(bench: &Bench, next: &[(&str, i32, i64)]) -> anyhow::Result<()> {
+    let records = next.iter().flat_map(|&(topic, partition, count)| {
+        (0..count).map(move |_| {
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(partition)
+                .payload(b"filler".as_slice())
+        })
+    });
+    produce_all(bench, records, "the filler")
+}
+
+/// Writes every record with an idempotent producer and waits until each is
+/// delivered, within `FILL_TIMEOUT`.
+fn produce_all<'a>(
+    bench: &Bench,
+    records: impl Iterator<Item = BaseRecord<'a, [u8], [u8]>>,
+    what: &str,
+) -> anyhow::Result<()> {
     let mut config =
         kafka::transactional_producer_config(&bench.bootstrap, "", Duration::from_secs(60));
     config.remove("transactional.id");
     let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default())?;
     let deadline = Instant::now() + FILL_TIMEOUT;
     let mut sent = 0u64;
-    for (topic, partition, count) in next {
-        for _ in 0..*count {
-            let mut record = BaseRecord::<(), [u8]>::to(topic)
-                .partition(*partition)
-                .payload(b"filler".as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        anyhow::ensure!(
-                            Instant::now() < deadline,
-                            "writing the filler took more than {FILL_TIMEOUT:?}"
-                        );
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((error, _)) => return Err(error).context("writing the filler"),
+    for mut record in records {
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "writing {what} took more than {FILL_TIMEOUT:?}"
+                    );
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
                 }
+                Err((error, _)) => return Err(error).with_context(|| format!("writing {what}")),
             }
-            sent += 1;
         }
+        sent += 1;
     }
     producer
         .flush(FILL_TIMEOUT)
-        .context("flushing the filler")?;
+        .with_context(|| format!("flushing {what}"))?;
     let delivered = producer.context().delivered.load(Ordering::Relaxed);
     anyhow::ensure!(
         delivered == sent,
-        "{delivered} of {sent} filler records delivered"
+        "{delivered} of {sent} records of {what} delivered"
     );
     Ok(())
 }

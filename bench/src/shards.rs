@@ -41,20 +41,27 @@ const OUTCOMES: &str = "txledger_consumer_outcomes_total";
 /// The median run and every run's rate.
 pub type Median<T> = (T, Vec<f64>);
 
-/// How the shards decide transfers short of funds.
+/// How the shards run: the defaults, or without one of their costs to
+/// measure it against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decide {
-    /// In the ledger's order, holding what is not yet certain (the default).
+pub enum Setup {
+    /// Deciding in the ledger's order, holding what is not yet certain,
+    /// with the changelog (the defaults).
     InOrder,
-    /// At once, `--hold-max-ms 0`: what holding is measured against.
+    /// Deciding at once, `--hold-max-ms 0`: what holding is measured
+    /// against.
     OnArrival,
+    /// In order, without the changelog (`--changelog-topic ""`): what the
+    /// changelog is measured against.
+    NoChangelog,
 }
 
-impl Decide {
+impl Setup {
     fn label(self) -> &'static str {
         match self {
-            Decide::InOrder => "",
-            Decide::OnArrival => "-arrival",
+            Setup::InOrder => "",
+            Setup::OnArrival => "-arrival",
+            Setup::NoChangelog => "-nochangelog",
         }
     }
 }
@@ -118,7 +125,7 @@ pub fn pipeline(
     label: &str,
     topics: Topics,
     shards: u32,
-    decide: Decide,
+    setup: Setup,
 ) -> anyhow::Result<Pipeline> {
     let mut shard_env: Vec<(String, String)> = bench
         .shard_batch_records
@@ -129,8 +136,14 @@ pub fn pipeline(
             )]
         })
         .unwrap_or_default();
-    if decide == Decide::OnArrival {
-        shard_env.push((names::TXLEDGER_HOLD_MAX_MS.to_owned(), "0".to_owned()));
+    match setup {
+        Setup::InOrder => {}
+        Setup::OnArrival => {
+            shard_env.push((names::TXLEDGER_HOLD_MAX_MS.to_owned(), "0".to_owned()));
+        }
+        Setup::NoChangelog => {
+            shard_env.push((names::TXLEDGER_CHANGELOG_TOPIC.to_owned(), String::new()));
+        }
     }
     let config = PipelineConfig {
         bootstrap_servers: bench.bootstrap.clone(),
@@ -205,13 +218,13 @@ pub fn run(
     input: &Produced,
     shards: u32,
     round: usize,
-    decide: Decide,
+    setup: Setup,
 ) -> anyhow::Result<ShardRun> {
-    let label = format!("shards-{shards}{}-r{round}", decide.label());
+    let label = format!("shards-{shards}{}-r{round}", setup.label());
     let topics = topics(bench, &label, Some(&input.topic));
-    let mut pipeline = pipeline(bench, &label, topics, shards, decide)?;
+    let mut pipeline = pipeline(bench, &label, topics, shards, setup)?;
     say(format!(
-        "rows 2/6/7: {shards} exactly-once shard(s) ({decide:?}) over {} transfers...",
+        "rows 2/6/7: {shards} exactly-once shard(s) ({setup:?}) over {} transfers...",
         input.records
     ));
     let startup = start_ready(&mut pipeline)?;
@@ -317,6 +330,31 @@ pub fn pipeline_row(one: &Median<ShardRun>, baseline: &Median<Copied>) -> Row {
         "baseline_records": baseline.records,
         "baseline_seconds": baseline.elapsed.as_secs_f64(),
         "baseline_rates": baseline_rates,
+    }))
+}
+
+/// The bound on what the changelog may cost.
+const CHANGELOG_RATIO_TARGET: f64 = 0.8;
+
+/// Row 2b: one shard with its changelog against the same shard without it,
+/// over the same input.
+pub fn changelog_row(with: &Median<ShardRun>, without: &Median<ShardRun>) -> Row {
+    let ((with, with_rates), (without, without_rates)) = (with, without);
+    Row::new(
+        "2b",
+        "changelog: 1 shard writing its changelog, input transfers/s",
+        Value::new(with.rate, Unit::TransfersPerSecond),
+        "without the changelog",
+        Value::new(without.rate, Unit::TransfersPerSecond),
+        Some(Target::RatioAtLeast {
+            ratio: CHANGELOG_RATIO_TARGET,
+        }),
+    )
+    .with_details(serde_json::json!({
+        "rates": with_rates,
+        "baseline_rates": without_rates,
+        "shard": with.breakdown,
+        "baseline_shard": without.breakdown,
     }))
 }
 

@@ -155,7 +155,7 @@ async fn drive(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
-    let topics = [
+    let mut topics = vec![
         TopicSpec {
             name: &settings.transfers_topic,
             partitions: config.partitions,
@@ -167,13 +167,6 @@ async fn drive(
             partitions: config.partitions,
             exact: true,
             compacted: false,
-        },
-        // Partition p carries the state of partition p.
-        TopicSpec {
-            name: &settings.changelog_topic,
-            partitions: config.partitions,
-            exact: true,
-            compacted: true,
         },
         TopicSpec {
             name: &settings.results_topic,
@@ -188,6 +181,15 @@ async fn drive(
             compacted: false,
         },
     ];
+    if let Some(changelog) = &settings.changelog_topic {
+        // Partition p carries the state of partition p.
+        topics.push(TopicSpec {
+            name: changelog,
+            partitions: config.partitions,
+            exact: true,
+            compacted: true,
+        });
+    }
     let client = kafka::client_config(&settings.bootstrap_servers);
     tokio::select! {
         created = kafka::ensure_topics(&client, &topics, TOPIC_TIMEOUT) => created?,

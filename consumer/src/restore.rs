@@ -36,8 +36,8 @@ const STALL: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Replaces the store's content with the owned partitions' state read from
-/// the changelog.
-pub fn restore(store: &mut Store, settings: &Settings) -> Result<(), Error> {
+/// `topic`, the changelog.
+pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<(), Error> {
     let kafka_error = |step: &'static str| move |error| Error::Kafka { step, error };
     let mut config = kafka::read_committed_consumer_config(
         &settings.bootstrap_servers,
@@ -50,7 +50,7 @@ pub fn restore(store: &mut Store, settings: &Settings) -> Result<(), Error> {
     let mut assignment = TopicPartitionList::new();
     for partition in &settings.owned {
         assignment
-            .add_partition_offset(&settings.changelog_topic, *partition, Offset::Beginning)
+            .add_partition_offset(topic, *partition, Offset::Beginning)
             .map_err(kafka_error("assigning the changelog"))?;
     }
     reader
@@ -85,7 +85,7 @@ pub fn restore(store: &mut Store, settings: &Settings) -> Result<(), Error> {
             Some(Err(error)) => return Err(kafka_error("reading the changelog")(error)),
             None if last_progress.elapsed() > STALL => {
                 return Err(Error::RestoreStalled {
-                    topic: settings.changelog_topic.clone(),
+                    topic: topic.to_owned(),
                     read,
                     stalled: STALL,
                 });
@@ -106,7 +106,7 @@ pub fn restore(store: &mut Store, settings: &Settings) -> Result<(), Error> {
     crate::measure::restored(read, started.elapsed());
     info!(
         message = "Restored from the changelog.",
-        topic = %settings.changelog_topic,
+        topic,
         partitions = ?settings.owned,
         records = read,
         seconds = started.elapsed().as_secs_f64(),

@@ -818,13 +818,16 @@ impl Shard {
     /// commits with the batch. The commit-before-write mutant writes sled
     /// after the commit, too late for the transaction: its batch has none.
     fn produce_changes(&self, changes: &[Change]) -> Result<(), Failed> {
+        let Some(topic) = &self.settings.changelog_topic else {
+            return Ok(());
+        };
         let rules = &self.settings.rules;
         for (key, value) in changes {
             let Some(partition) = store::key_partition(key, |account| rules.partition_of(account))
             else {
                 continue;
             };
-            let record = BaseRecord::<[u8], [u8]>::to(&self.settings.changelog_topic)
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
                 .partition(partition)
                 .key(key.as_slice());
             let record = match value {
@@ -1077,19 +1080,24 @@ fn recover(store: &mut Store, committed: &Offsets, settings: &Settings) -> Resul
         Recovery::KeepPending => store.clear_pending()?,
         Recovery::UndoPending => store.undo_pending()?,
         Recovery::Refuse(reason) => {
+            let Some(topic) = &settings.changelog_topic else {
+                return Err(Error::RecoveryRefused(format!(
+                    "{reason}; the changelog is off (--changelog-topic is empty), so nothing \
+                     can restore this directory"
+                )));
+            };
             warn!(
                 message = "sled does not hold the committed state; restoring the owned partitions from the changelog.",
                 reason = %reason,
-                topic = %settings.changelog_topic,
+                topic = %topic,
             );
-            restore::restore(store, settings)?;
+            restore::restore(store, settings, topic)?;
             if store.offsets() != committed {
                 return Err(Error::RecoveryRefused(format!(
-                    "{reason}; restored from {}, sled has {}, still not Kafka's {}: the \
+                    "{reason}; restored from {topic}, sled has {}, still not Kafka's {}: the \
                      changelog does not hold the committed state (it was created after the \
                      ledger, or lost records); give the shard a directory that does, or reset \
                      the group's offsets",
-                    settings.changelog_topic,
                     recovery::show(store.offsets()),
                     recovery::show(committed)
                 )));

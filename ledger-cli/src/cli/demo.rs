@@ -171,21 +171,27 @@ fn drive(
 /// Every fifth event hits the producer: it is restarted with the same seed
 /// and transactional id, so it fences its predecessor and resends the
 /// stream from the start; the shards answer the already-decided ids with
-/// `duplicate`. The others kill and restart a shard.
+/// `duplicate`. The others kill and restart a shard; one in five deletes
+/// its sled directory first, as a lost volume, and the shard restores it
+/// from the changelog.
 fn chaos_event(
     pipeline: &mut Pipeline,
     run: &ProducerRun,
     round: u64,
     shards: u32,
 ) -> anyhow::Result<()> {
-    if round % 5 == 0 {
-        pipeline.kill_producer();
-        pipeline.start_producer(run)?;
-    } else {
-        let shard = (round as usize * 7) % shards as usize;
-        pipeline.kill_shard(shard);
-        pipeline.start_shard(shard)?;
+    let shard = (round as usize * 7) % shards as usize;
+    match round % 5 {
+        0 => {
+            pipeline.kill_producer();
+            pipeline.start_producer(run)?;
+            return Ok(());
+        }
+        // The shard's disk is lost: it restores from the changelog.
+        3 => pipeline.lose_shard_data(shard)?,
+        _ => pipeline.kill_shard(shard),
     }
+    pipeline.start_shard(shard)?;
     Ok(())
 }
 
@@ -200,8 +206,12 @@ fn audit_and_stop(
     print!("{report}");
     let disruptions = pipeline.disruptions;
     println!(
-        "survived: {} shard kills, {} producer kills ({} producer runs)",
-        disruptions.shard_kills, disruptions.producer_kills, disruptions.producer_starts
+        "survived: {} shard kills ({} with their sled directory deleted), {} producer kills \
+         ({} producer runs)",
+        disruptions.shard_kills,
+        disruptions.data_losses,
+        disruptions.producer_kills,
+        disruptions.producer_starts
     );
     let statuses = pipeline.stop();
     if statuses.iter().any(|s| !s.is_some_and(|s| s.success())) {
