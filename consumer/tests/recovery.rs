@@ -239,6 +239,46 @@ fn a_second_instance_on_an_empty_directory_restores_and_fences_the_first() {
     );
 }
 
+/// With the changelog off, nothing can rebuild a lost directory: a shard on
+/// an empty one refuses to start, saying why, rather than start from zero.
+#[test]
+fn without_the_changelog_an_empty_directory_is_refused() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let off = |data: &Path| {
+        let mut args = shard_args(&topics, data);
+        let at = args
+            .iter()
+            .position(|arg| arg == "--changelog-topic")
+            .expect("the test's topics name a changelog");
+        args[at + 1] = String::new();
+        args
+    };
+    let scenario = Scenario::new(37, 12, 150);
+    let log = dir.path().join("first.log");
+    let mut first = ChildShard::spawn(&off(&dir.path().join("shard-0")), &[], &log);
+    first.wait_ready();
+    feed(&topics, &scenario.deposits);
+    wait_for_balances(
+        std::slice::from_ref(&first.url),
+        &scenario.model_after_deposits().balances,
+    );
+    assert!(first.terminate().success());
+
+    let mut second = ChildShard::spawn(
+        &off(&dir.path().join("empty-dir")),
+        &[],
+        &dir.path().join("second.log"),
+    );
+    let status = second.wait_exit();
+    assert!(!status.success(), "{status}");
+    let text = second.log_text();
+    assert!(
+        text.contains("recovery refused") && text.contains("the changelog is off"),
+        "{text}"
+    );
+}
+
 /// With the `commit_before_sled_write` mutant, a crash between the commit
 /// and the sled write leaves Kafka ahead of sled: the restart refuses
 /// rather than serve balances that miss a committed batch.
