@@ -272,8 +272,23 @@ fn build_ledger(
     // One empty batch more, to apply the last batch's credits.
     let batches = deposits.chain(std::iter::once(Vec::new()));
     let mut changes = Vec::new();
+    // After every batch, as a shard's heartbeat does when its input is read
+    // to the end: the floors of the partitions that only received credits
+    // move up to the newest one, which lets it forget the credits it kept
+    // for transfers that never came (one per account here).
+    let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    let idle = Tick {
+        now_ms: u64::MAX,
+        idle: &partitions,
+        local: &partitions,
+        ..Tick::default()
+    };
+    let rules = Rules::new(PARTITIONS);
     let done = drive(batches, &mut store, true, |store, effects| {
         changes.extend(store.write_batch(effects)?.changes);
+        store.mark_committed();
+        let idle = process_batch_at(store, &rules, &[], idle)?;
+        changes.extend(store.write_batch(&idle)?.changes);
         store.mark_committed();
         Ok(())
     })?;
@@ -283,20 +298,6 @@ fn build_ledger(
         done.accepted,
         done.credits_applied
     );
-    // As a shard does once its input stops: the floors of the partitions
-    // that only received credits move up to the newest one, which lets it
-    // forget the credits it kept for transfers that never came (one per
-    // account here); then the last batch is known committed.
-    let partitions: Vec<i32> = (0..PARTITIONS).collect();
-    let tick = Tick {
-        now_ms: u64::MAX,
-        idle: &partitions,
-        local: &partitions,
-        ..Tick::default()
-    };
-    let idle = process_batch_at(&store, &Rules::new(PARTITIONS), &[], tick)?;
-    changes.extend(store.write_batch(&idle)?.changes);
-    store.mark_committed();
     store.clear_pending()?;
     Ok((store.offsets().clone(), changes))
 }

@@ -407,7 +407,7 @@ impl Shard {
             .iter()
             .copied()
             .filter(|partition| {
-                let order = self.store.order(*partition);
+                let order = self.store.order_state(*partition);
                 let marks = self.settings.rules.marks(*partition, &order);
                 // Marks for this shard's own partitions are never sent.
                 let unpublished = marks.is_some_and(|marks| {
@@ -449,7 +449,7 @@ impl Shard {
         let rules = &self.settings.rules;
         let owned = &self.settings.owned;
         for partition in owned {
-            let order = self.store.order(*partition);
+            let order = self.store.order_state(*partition);
             let Some(first) = order.held.first() else {
                 continue;
             };
@@ -461,7 +461,7 @@ impl Shard {
             let blocking: Vec<String> = (0..rules.partitions)
                 .filter_map(|source| {
                     let mark = if owned.contains(&source) {
-                        let state = self.store.order(source);
+                        let state = self.store.order_state(source);
                         rules
                             .marks(source, &state)
                             .and_then(|marks| marks.into_iter().nth(*partition as usize))
@@ -601,13 +601,7 @@ impl Shard {
                 .insert((mark.partition, *destination), mark.clone());
         }
         if !effects.orders.is_empty() {
-            let holding = self
-                .settings
-                .owned
-                .iter()
-                .map(|partition| self.store.order(*partition).held.len())
-                .sum();
-            measure::holding(holding);
+            measure::holding(self.store.held_count(&self.settings.owned));
         }
         measure::committed(records, effects, committed.flush, started.elapsed());
         debug!(

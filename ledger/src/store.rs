@@ -29,6 +29,7 @@
 //! keys ([`WriteReport::changes`]), and [`Store::restore`] rebuilds the
 //! store from them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -324,13 +325,14 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             .open();
         let error = match opened {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(_)) if is_locked(path) => {
-                if Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-                StoreError::Locked(path.to_owned())
+            // Tried again until the deadline: a lock whose holder lets go
+            // meanwhile (the probe below may already find it free), or an
+            // I/O error that will repeat and is reported then.
+            Err(sled::Error::Io(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
+            Err(sled::Error::Io(_)) if is_locked(path) => StoreError::Locked(path.to_owned()),
             Err(source @ sled::Error::Corruption { .. }) => StoreError::Corrupt {
                 path: path.to_owned(),
                 detail: source.to_string(),
@@ -683,6 +685,23 @@ impl Store {
         self.pending.as_ref()
     }
 
+    /// A partition's order state as on disk (including a pending batch),
+    /// lent rather than copied: the loop reads it between batches.
+    pub fn order_state(&self, partition: i32) -> Cow<'_, PartitionOrder> {
+        self.orders
+            .get(&partition)
+            .map_or_else(|| Cow::Owned(PartitionOrder::default()), Cow::Borrowed)
+    }
+
+    /// Transfers held in `partitions`, as on disk.
+    pub fn held_count(&self, partitions: &[i32]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|partition| self.orders.get(partition))
+            .map(|order| order.held.len())
+            .sum()
+    }
+
     /// Whether a restore began and did not finish: what the store holds is
     /// not a state to serve.
     pub fn restore_unfinished(&self) -> bool {
@@ -822,7 +841,10 @@ impl Store {
             .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
         self.evicted.clear();
-        Ok(Restore { store: self })
+        Ok(Restore {
+            store: self,
+            applied: false,
+        })
     }
 
     /// The batch in flight is committed in Kafka: readers may see it. Its
@@ -880,17 +902,25 @@ impl Store {
 #[derive(Debug)]
 pub struct Restore<'a> {
     store: &'a mut Store,
+    /// Whether anything was applied yet: until then the store is empty,
+    /// and a removal has nothing to remove.
+    applied: bool,
 }
 
 impl Restore<'_> {
-    pub fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+    /// Applies the last write of each key among records read so far; a map,
+    /// so that its keys are distinct and a removal can be skipped while
+    /// nothing was written before it.
+    pub fn apply(&mut self, changes: HashMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (key, value) in changes {
             match value {
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                None => batch.remove(key.as_slice()),
+                Some(value) => batch.insert(key, value),
+                None if self.applied => batch.remove(key),
+                None => {}
             }
         }
+        self.applied = true;
         let store = &mut *self.store;
         store.db.apply_batch(batch).map_err(|e| store.sled_error(e))
     }

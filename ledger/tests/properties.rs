@@ -601,7 +601,7 @@ fn restore_elsewhere(
     let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let mut restore = store.restore().unwrap();
     for chunk in kafka.changelog.chunks(7) {
-        restore.apply(chunk).unwrap();
+        restore.apply(chunk.iter().cloned().collect()).unwrap();
     }
     restore.finish().unwrap();
     prop_assert!(!store.restore_unfinished());
@@ -870,7 +870,7 @@ fn the_idempotency_window_forgets_the_oldest_batches_alike_in_memory_and_on_disk
     let restored_dir = tempfile::tempdir().unwrap();
     let mut restored = Store::open(restored_dir.path(), options).unwrap();
     let mut restore = restored.restore().unwrap();
-    restore.apply(&changelog).unwrap();
+    restore.apply(changelog.iter().cloned().collect()).unwrap();
     restore.finish().unwrap();
     let from_changelog: Vec<bool> = ids
         .iter()
