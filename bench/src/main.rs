@@ -113,6 +113,12 @@ struct Args {
     /// Keep the work directory (shard logs and sled directories).
     #[arg(long)]
     keep: bool,
+
+    /// Every shard runs without its changelog (`--changelog-topic ""`),
+    /// for tuning runs that compare rows with and without it; row 2b then
+    /// compares two runs without.
+    #[arg(long)]
+    no_changelog: bool,
 }
 
 /// How much each row does.
@@ -180,6 +186,7 @@ pub struct Bench {
     pub shard_batch_ms: u64,
     pub shard_batch_records: Option<u32>,
     pub producer_batch_ms: u64,
+    pub no_changelog: bool,
     /// For the producer library, which is async.
     pub runtime: tokio::runtime::Runtime,
 }
@@ -237,6 +244,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         shard_batch_ms: args.shard_batch_ms,
         shard_batch_records: args.shard_batch_records,
+        no_changelog: args.no_changelog,
         producer_batch_ms: args.producer_batch_ms,
         runtime: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -403,6 +411,7 @@ fn report(bench: &Bench, args: &Args, rows: Vec<Row>, started: Instant) -> Repor
             "seed": bench.seed,
             "shard_batch_ms": bench.shard_batch_ms,
             "shard_batch_records": bench.shard_batch_records,
+            "no_changelog": bench.no_changelog,
             "producer_batch_ms": bench.producer_batch_ms,
             "quick": args.quick,
         }),

@@ -136,6 +136,9 @@ pub fn pipeline(
             )]
         })
         .unwrap_or_default();
+    if bench.no_changelog {
+        shard_env.push((names::TXLEDGER_CHANGELOG_TOPIC.to_owned(), String::new()));
+    }
     match setup {
         Setup::InOrder => {}
         Setup::OnArrival => {
