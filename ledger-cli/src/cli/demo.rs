@@ -36,8 +36,10 @@ pub struct Args {
     /// Seed of the generated stream.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Kill a random shard (SIGKILL) every --chaos-interval seconds and
-    /// restart it, and kill the producer mid-transaction now and then.
+    /// Every --chaos-interval seconds, kill a shard (SIGKILL) and restart
+    /// it, one time in four with its sled directory deleted (it restores
+    /// it from the changelog); every fifth event kills the producer
+    /// mid-transaction instead.
     #[arg(long)]
     chaos: bool,
     /// Seconds between chaos events.
@@ -171,8 +173,8 @@ fn drive(
 /// Every fifth event hits the producer: it is restarted with the same seed
 /// and transactional id, so it fences its predecessor and resends the
 /// stream from the start; the shards answer the already-decided ids with
-/// `duplicate`. The others kill and restart a shard; one in five deletes
-/// its sled directory first, as a lost volume, and the shard restores it
+/// `duplicate`. The others kill and restart a shard, one in four deleting
+/// its sled directory first, as a lost volume, which the shard restores
 /// from the changelog.
 fn chaos_event(
     pipeline: &mut Pipeline,
