@@ -39,7 +39,7 @@ pub struct Args {
     /// Every --chaos-interval seconds, kill a shard (SIGKILL) and restart
     /// it, one time in four with its sled directory deleted (it restores
     /// it from the changelog); every fifth event kills the producer
-    /// mid-transaction instead.
+    /// mid-transaction instead, at most three times.
     #[arg(long)]
     chaos: bool,
     /// Seconds between chaos events.
@@ -84,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut status = StatusLine::new();
     drive(&args, &mut pipeline, &stop, &mut status, started)?;
     pipeline.stop_producer();
+    restart_exited(&mut pipeline, args.shards)?;
     pipeline.wait_ready(Duration::from_secs(120))?;
     pipeline.wait_caught_up(Duration::from_secs(args.settle_timeout))?;
     status.render(&pipeline, started);
@@ -158,24 +159,36 @@ fn drive(
             next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
             chaos_event(pipeline, &run, chaos_round, args.shards)?;
         }
-        for index in 0..args.shards as usize {
-            if let Some(exit) = pipeline.shard_exit(index) {
-                eprintln!(
-                    "\nshard {index} exited ({exit}); restarting it. Its log: {}",
-                    pipeline.shard_log(index).display()
-                );
-                pipeline.start_shard(index)?;
-            }
-        }
+        restart_exited(pipeline, args.shards)?;
     }
 }
 
-/// Every fifth event hits the producer: it is restarted with the same seed
-/// and transactional id, so it fences its predecessor and resends the
-/// stream from the start; the shards answer the already-decided ids with
-/// `duplicate`. The others kill and restart a shard, one in four deleting
-/// its sled directory first, as a lost volume, which the shard restores
-/// from the changelog.
+/// Producer kills in one demo: each restarts the stream from its start, so
+/// a stream longer than the time between them would never end.
+const PRODUCER_KILLS_MAX: u32 = 3;
+
+/// Restarts every shard that exited on its own, saying so. Also after
+/// Ctrl-C: a terminal sends SIGINT to the shards too, and they stop
+/// cleanly; the demo still needs them to catch up and to audit.
+fn restart_exited(pipeline: &mut Pipeline, shards: u32) -> anyhow::Result<()> {
+    for index in 0..shards as usize {
+        if let Some(exit) = pipeline.shard_exit(index) {
+            eprintln!(
+                "\nshard {index} exited ({exit}); restarting it. Its log: {}",
+                pipeline.shard_log(index).display()
+            );
+            pipeline.start_shard(index)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every fifth event hits the producer, up to `PRODUCER_KILLS_MAX` times:
+/// it is restarted with the same seed and transactional id, so it fences
+/// its predecessor and resends the stream from the start; the shards
+/// answer the already-decided ids with `duplicate`. The others kill and
+/// restart a shard, one in four deleting its sled directory first, as a
+/// lost volume, which the shard restores from the changelog.
 fn chaos_event(
     pipeline: &mut Pipeline,
     run: &ProducerRun,
@@ -184,7 +197,7 @@ fn chaos_event(
 ) -> anyhow::Result<()> {
     let shard = (round as usize * 7) % shards as usize;
     match round % 5 {
-        0 => {
+        0 if pipeline.disruptions.producer_kills < PRODUCER_KILLS_MAX => {
             pipeline.kill_producer();
             pipeline.start_producer(run)?;
             return Ok(());
