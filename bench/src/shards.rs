@@ -165,23 +165,12 @@ pub fn pipeline(
     Ok(pipeline)
 }
 
-/// A shard that exited is an error naming its log.
-fn still_running(pipeline: &mut Pipeline, index: usize) -> anyhow::Result<()> {
-    match pipeline.shard_exit(index) {
-        Some(status) => anyhow::bail!(
-            "shard {index} exited with {status}; its log: {}",
-            pipeline.shard_log(index).display()
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Waits until shard `index` answers `/readyz`; a shard that exits first is
-/// an error naming its log.
+/// an error with the end of its log.
 pub fn wait_ready(pipeline: &mut Pipeline, index: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while !pipeline.shard_ready(index) {
-        still_running(pipeline, index)?;
+        pipeline.check_shards()?;
         anyhow::ensure!(
             Instant::now() < deadline,
             "shard {index} was not ready within {READY_TIMEOUT:?}; its log: {}",
@@ -244,9 +233,7 @@ pub fn run(
         if outcomes >= input.records as f64 && credits >= accepted {
             break;
         }
-        for index in 0..shards as usize {
-            still_running(&mut pipeline, index)?;
-        }
+        pipeline.check_shards()?;
         anyhow::ensure!(
             Instant::now() < deadline,
             "{shards} shard(s) decided {outcomes} of {} transfers and applied {credits} of \
