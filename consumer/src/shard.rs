@@ -8,7 +8,7 @@
 //! visible to queries. The pending record stays on disk until the next write
 //! replaces it or an idle round clears it; recovery resolves it after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use ledger::kafka;
 use ledger::store::{self, Change, Store, StoreError, StoreReader, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
-use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason};
+use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason, TransferId};
 use ledger_core::machine::{
     process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output,
     Source, Tick,
@@ -949,17 +949,28 @@ impl Shard {
 }
 
 /// The `refuse_funded` mutant: the batch's first accepted payment (not from
-/// `world`) becomes `insufficient_funds`, its debit and credit taken back,
-/// so that balances and credits stay consistent with the lie.
+/// `world`) whose credit leaves through `ledger-credits` becomes
+/// `insufficient_funds`, its debit and its credit taken back, so that the
+/// balances and credits stay consistent with the lie. A payment whose credit
+/// was applied here is never chosen: the batch may have spent that credit
+/// already, and taking it back could leave a balance negative.
 fn refuse_first_funded(effects: &mut BatchEffects) {
     let refused = Decision::Rejected(RejectReason::InsufficientFunds);
+    let sent: HashSet<TransferId> = effects
+        .outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Credit(credit) if !credit.local => Some(credit.transfer_id),
+            _ => None,
+        })
+        .collect();
     let transfer = effects.outputs.iter_mut().find_map(|output| match output {
         Output::Outcome(outcome)
             if outcome.kind == OutcomeKind::Accepted
                 && outcome
                     .transfer
                     .as_ref()
-                    .is_some_and(|t| !t.from.is_world()) =>
+                    .is_some_and(|t| !t.from.is_world() && sent.contains(&t.id)) =>
         {
             outcome.kind = refused.into();
             outcome.transfer.clone()
@@ -970,22 +981,11 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
         return;
     };
     warn!(message = "Mutant refuse_funded: refusing a funded transfer.", id = %transfer.id);
-    let local = effects.outputs.iter().any(|output| {
-        matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id && credit.local)
-    });
     effects.outputs.retain(
         |output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id),
     );
     if let Some(balance) = effects.balances.get_mut(&transfer.from) {
         *balance = *balance + transfer.amount.money();
-    }
-    // A credit to a partition of this shard was applied already: take it
-    // back too.
-    if local {
-        if let Some(balance) = effects.balances.get_mut(&transfer.to) {
-            *balance = *balance - transfer.amount.money();
-        }
-        effects.credited.retain(|(_, id)| *id != transfer.id);
     }
     for (_, id, decision) in &mut effects.decided {
         if *id == transfer.id {
@@ -1182,4 +1182,103 @@ fn committed_offsets(
         }
     }
     Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::domain::{AccountId, Amount, Currency, Transfer};
+    use ledger_core::machine::{InputPartition, MemoryLedger, Rules, Source};
+    use time::OffsetDateTime;
+
+    /// The first `count` accounts `acc-N` that partition `owner` of
+    /// `rules` holds, or that it does not.
+    fn accounts(rules: &Rules, owner: i32, held: bool, count: usize) -> Vec<AccountId> {
+        (0..)
+            .map(|n| AccountId::parse(&format!("acc-{n}")).unwrap())
+            .filter(|account| (rules.partition_of(account) == owner) == held)
+            .take(count)
+            .collect()
+    }
+
+    /// The mutant lies about one transfer but must leave a state that the
+    /// shard can go on from: a funded payment whose local credit the batch
+    /// spent again must not be the one refused.
+    #[test]
+    fn the_refuse_funded_mutant_never_takes_back_a_credit_spent_in_its_batch() {
+        let rules = Rules::new(2);
+        let world = AccountId::world();
+        let here = rules.partition_of(&world);
+        let [a, b] = accounts(&rules, here, true, 2).try_into().unwrap();
+        let [away] = accounts(&rules, here, false, 1).try_into().unwrap();
+        let cents = |minor| Amount::from_minor(minor).unwrap();
+        let epoch = OffsetDateTime::UNIX_EPOCH;
+        let transfers: Vec<Transfer> = [(&world, &a, 10_000), (&a, &b, 6_000), (&b, &away, 6_000)]
+            .into_iter()
+            .enumerate()
+            .map(|(n, (from, to, minor))| {
+                let at = epoch + time::Duration::milliseconds(n as i64);
+                Transfer::new(
+                    TransferId::new_random(),
+                    from.clone(),
+                    to.clone(),
+                    cents(minor),
+                    Currency::EUR,
+                    at,
+                )
+                .unwrap()
+            })
+            .collect();
+        let payloads: Vec<Vec<u8>> = transfers.iter().map(wire::encode_transfer).collect();
+        let records: Vec<InputRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(offset, payload)| InputRecord {
+                at: InputPartition {
+                    source: Source::Transfers,
+                    partition: here,
+                },
+                offset: offset as i64,
+                key: None,
+                payload: Some(payload),
+            })
+            .collect();
+        let tick = Tick {
+            now_ms: 0,
+            local: &[here],
+            ..Tick::default()
+        };
+        let mut effects =
+            process_batch_at(&MemoryLedger::default(), &rules, &records, tick).unwrap();
+        assert_eq!(effects.counts.accepted, 3, "{:?}", effects.outputs);
+
+        refuse_first_funded(&mut effects);
+
+        let refused = Decision::Rejected(RejectReason::InsufficientFunds);
+        let decided: Vec<(TransferId, Decision)> = effects
+            .decided
+            .iter()
+            .map(|(_, id, decision)| (*id, *decision))
+            .collect();
+        assert_eq!(
+            decided,
+            vec![
+                (transfers[0].id, Decision::Accepted),
+                (transfers[1].id, Decision::Accepted),
+                (transfers[2].id, refused),
+            ]
+        );
+        assert!(
+            effects
+                .balances
+                .iter()
+                .all(|(account, balance)| account.is_world() || *balance >= Money::ZERO),
+            "{:?}",
+            effects.balances
+        );
+        assert_eq!(effects.balances[&b], Money::from(cents(6_000).money()));
+        assert!(!effects.outputs.iter().any(
+            |output| matches!(output, Output::Credit(credit) if credit.transfer_id == transfers[2].id)
+        ));
+    }
 }
