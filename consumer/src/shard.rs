@@ -1276,7 +1276,7 @@ mod tests {
             "{:?}",
             effects.balances
         );
-        assert_eq!(effects.balances[&b], Money::from(cents(6_000).money()));
+        assert_eq!(effects.balances[&b], cents(6_000).money());
         assert!(!effects.outputs.iter().any(
             |output| matches!(output, Output::Credit(credit) if credit.transfer_id == transfers[2].id)
         ));
