@@ -181,7 +181,9 @@ fn measure(bench: &Bench, accounts: u64) -> anyhow::Result<Restarts> {
             .collect();
         fill(bench, &next)?;
         write_changelog(bench, &pipeline.changelog_topic(), &changes)?;
-        commit_offsets(bench, &pipeline.config().group_id, &next)?;
+        let config = pipeline.config();
+        let shard_zero = kafka::shard_transactional_id(&config.transactional_id_prefix, 0);
+        commit_offsets(bench, &config.group_id, &shard_zero, &next)?;
     }
     let build = built.elapsed();
 
@@ -392,13 +394,21 @@ fn produce_all<'a>(
 }
 
 /// Commits each `(topic, partition, next)` as `group`'s offset, as the
-/// shard's transactions would have.
-fn commit_offsets(bench: &Bench, group: &str, next: &[(&str, i32, i64)]) -> anyhow::Result<()> {
+/// transactions of the shard with `transactional_id` would have, naming it.
+fn commit_offsets(
+    bench: &Bench,
+    group: &str,
+    transactional_id: &str,
+    next: &[(&str, i32, i64)],
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer =
         kafka::read_committed_consumer_config(&bench.bootstrap, group).create()?;
     let mut offsets = TopicPartitionList::new();
     for (topic, partition, next) in next {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    for mut element in offsets.elements() {
+        element.set_metadata(kafka::committer_tag(transactional_id));
     }
     consumer
         .commit(&offsets, CommitMode::Sync)

@@ -257,7 +257,7 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("./data/shard-{shard}"))),
             group_id: config.group_id.clone(),
-            transactional_id: format!("{}-{shard}", config.transactional_id_prefix),
+            transactional_id: kafka::shard_transactional_id(&config.transactional_id_prefix, shard),
             batch_records: config.batch_records as usize,
             batch_time: Duration::from_millis(config.batch_ms),
             transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),

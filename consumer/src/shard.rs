@@ -153,7 +153,7 @@ struct Polled {
 }
 
 /// What a committed batch cost, for metrics.
-struct Committed {
+struct BatchCost {
     flush: Duration,
     /// Change of this shard's sum of balances.
     delta: Money,
@@ -576,8 +576,8 @@ impl Shard {
     ) -> Result<(), Error> {
         let mut written = false;
         match self.transact(effects, &mut written) {
-            Ok(committed) => {
-                self.committed(records, effects, &committed, started);
+            Ok(cost) => {
+                self.committed(records, effects, &cost, started);
                 Ok(())
             }
             Err(interrupted) => self.interrupted(interrupted, written),
@@ -590,11 +590,11 @@ impl Shard {
         &mut self,
         records: &[InputRecord<'_>],
         effects: &BatchEffects,
-        committed: &Committed,
+        cost: &BatchCost,
         started: Instant,
     ) {
         self.store.mark_committed();
-        self.balance_sum = self.balance_sum + committed.delta;
+        self.balance_sum = self.balance_sum + cost.delta;
         measure::balance_sum(self.balance_sum);
         for (destination, mark) in &effects.marks {
             self.published
@@ -603,7 +603,7 @@ impl Shard {
         if !effects.orders.is_empty() {
             measure::holding(self.store.held_count(&self.settings.owned));
         }
-        measure::committed(records, effects, committed.flush, started.elapsed());
+        measure::committed(records, effects, cost.flush, started.elapsed());
         debug!(
             message = "Batch committed.",
             records = records.len(),
@@ -664,7 +664,7 @@ impl Shard {
         &mut self,
         effects: &BatchEffects,
         written: &mut bool,
-    ) -> Result<Committed, Interrupted> {
+    ) -> Result<BatchCost, Interrupted> {
         let faults = self.settings.faults;
         self.transactions += 1;
         attempt("begin_transaction", || self.producer.begin_transaction())?;
@@ -712,7 +712,7 @@ impl Shard {
             Some(report) => report,
             None => self.write(effects)?,
         };
-        Ok(Committed {
+        Ok(BatchCost {
             flush: report.flush,
             delta,
         })
@@ -862,6 +862,11 @@ impl Shard {
                 class: ErrorClass::Fatal,
                 error,
             })?;
+        }
+        // Who committed each offset, for the restore guard of whoever
+        // takes the partition next (`check_committers`).
+        for mut element in list.elements() {
+            element.set_metadata(kafka::committer_tag(&self.settings.transactional_id));
         }
         Ok(list)
     }
@@ -1035,7 +1040,7 @@ fn fenced_producer(
 fn consumer_with_committed(
     settings: &Settings,
     shared: &Shared,
-) -> Result<Option<(BaseConsumer<KafkaContext>, Offsets)>, Error> {
+) -> Result<Option<(BaseConsumer<KafkaContext>, Committed)>, Error> {
     let consumer: BaseConsumer<KafkaContext> =
         kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id)
             .create_with_context(KafkaContext)
@@ -1053,7 +1058,7 @@ fn consumer_with_committed(
 /// committed offsets. What no single batch explains (an empty or stale
 /// directory, another deployment's, a restore cut short) is restored from
 /// the changelog, and refused if the changelog does not explain it either.
-fn recover(store: &mut Store, committed: &Offsets, settings: &Settings) -> Result<(), Error> {
+fn recover(store: &mut Store, committed: &Committed, settings: &Settings) -> Result<(), Error> {
     let pending = store.pending().map(|pending| PendingOffsets {
         before: &pending.offsets_before,
         after: &pending.offsets_after,
@@ -1061,13 +1066,13 @@ fn recover(store: &mut Store, committed: &Offsets, settings: &Settings) -> Resul
     let decision = if store.restore_unfinished() {
         Recovery::Refuse("a restore from the changelog was cut short".to_owned())
     } else {
-        recovery::decide(pending, store.offsets(), committed)
+        recovery::decide(pending, store.offsets(), &committed.offsets)
     };
     info!(
         message = "Recovery decided.",
         decision = ?decision,
         sled = %recovery::show(store.offsets()),
-        kafka = %recovery::show(committed),
+        kafka = %recovery::show(&committed.offsets),
     );
     match decision {
         Recovery::Normal => {}
@@ -1080,28 +1085,30 @@ fn recover(store: &mut Store, committed: &Offsets, settings: &Settings) -> Resul
                      can restore this directory"
                 )));
             };
+            check_committers(committed, &settings.transactional_id)
+                .map_err(|why| Error::RecoveryRefused(format!("{reason}; {why}")))?;
             warn!(
                 message = "sled does not hold the committed state; restoring the owned partitions from the changelog.",
                 reason = %reason,
                 topic = %topic,
             );
             restore::restore(store, settings, topic)?;
-            if store.offsets() != committed {
+            if *store.offsets() != committed.offsets {
                 return Err(Error::RecoveryRefused(format!(
                     "{reason}; restored from {topic}, sled has {}, still not Kafka's {}: the \
                      changelog does not hold the committed state (it was created after the \
                      ledger, or lost records); give the shard a directory that does, or reset \
                      the group's offsets",
                     recovery::show(store.offsets()),
-                    recovery::show(committed)
+                    recovery::show(&committed.offsets)
                 )));
             }
         }
     }
     // Invariant 5, checked after acting on the decision.
     assert_eq!(
-        store.offsets(),
-        committed,
+        *store.offsets(),
+        committed.offsets,
         "invariant violated: after recovery sled's offsets must equal Kafka's"
     );
     Ok(())
@@ -1153,13 +1160,56 @@ fn startup_retry<T>(
     })
 }
 
-/// The group's committed offsets of the owned partitions; a partition
-/// without one has no entry, as recovery expects.
+/// The group's committed offsets of the owned partitions, and who
+/// committed each.
+struct Committed {
+    /// A partition without a committed offset has no entry, as recovery
+    /// expects.
+    offsets: Offsets,
+    /// The metadata of each committed offset: `kafka::committer_tag` of
+    /// the shard whose transaction committed it, empty from anything else.
+    committers: BTreeMap<InputPartition, String>,
+}
+
+/// A restore rebuilds the committed state of partitions that another
+/// process may still be processing. That is safe only when this shard's
+/// `init_transactions` has fenced whoever committed them last, that is when
+/// it was an incarnation of the same transactional id. A partition last
+/// committed under another id is refused: its shard may still run, with a
+/// shard count that gives it the partition too, and nothing would stop the
+/// two from applying the same transfers.
+fn check_committers(committed: &Committed, transactional_id: &str) -> Result<(), String> {
+    let ours = kafka::committer_tag(transactional_id);
+    let others: Vec<String> = committed
+        .committers
+        .iter()
+        .filter(|(_, committer)| **committer != ours)
+        .map(
+            |(at, committer)| match committer.strip_prefix(kafka::COMMITTER_PREFIX) {
+                Some(id) => format!("{at} by {id}"),
+                None => format!("{at} by something other than a shard ({committer:?})"),
+            },
+        )
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "partitions last committed by another shard ({}); this shard is {transactional_id}: \
+         restoring them could apply their transfers twice if that shard still runs. The shard \
+         count (--shards) must not change while shards run, and two deployments must not share \
+         the group; restore the previous --shards, or stop every shard before changing it",
+        others.join(", ")
+    ))
+}
+
+/// The group's committed offsets of the owned partitions, with their
+/// committers.
 fn committed_offsets(
     consumer: &BaseConsumer<KafkaContext>,
     settings: &Settings,
     timeout: Duration,
-) -> KafkaResult<Offsets> {
+) -> KafkaResult<Committed> {
     let mut list = TopicPartitionList::new();
     for source in [Source::Transfers, Source::Credits] {
         for partition in &settings.owned {
@@ -1167,21 +1217,24 @@ fn committed_offsets(
         }
     }
     let list = consumer.committed_offsets(list, timeout)?;
-    let mut offsets = Offsets::new();
+    let mut committed = Committed {
+        offsets: Offsets::new(),
+        committers: BTreeMap::new(),
+    };
     for element in list.elements() {
         element.error()?;
-        let source = settings.source_of(element.topic());
+        let at = InputPartition {
+            source: settings.source_of(element.topic()),
+            partition: element.partition(),
+        };
         if let Offset::Offset(next) = element.offset() {
-            offsets.insert(
-                InputPartition {
-                    source,
-                    partition: element.partition(),
-                },
-                next,
-            );
+            committed.offsets.insert(at, next);
+            committed
+                .committers
+                .insert(at, element.metadata().to_owned());
         }
     }
-    Ok(offsets)
+    Ok(committed)
 }
 
 #[cfg(test)]

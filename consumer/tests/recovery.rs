@@ -239,6 +239,52 @@ fn a_second_instance_on_an_empty_directory_restores_and_fences_the_first() {
     );
 }
 
+/// A restore is refused for partitions that another shard committed last:
+/// with a changed `--shards`, that shard may still be processing them, and
+/// its transactional id is not this one's, so nothing would fence it. Shard
+/// 1 of 2, started on an empty directory after shard 0 of 1 ran the
+/// deposits, refuses and names the committer; shard 0 of 1 then goes on
+/// as if nothing had happened.
+#[test]
+fn a_restore_of_partitions_another_shard_committed_is_refused() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let args = shard_args(&topics, &dir.path().join("shard-0"));
+    let scenario = Scenario::new(41, 12, 150);
+    let log = dir.path().join("first.log");
+    let mut first = ChildShard::spawn(&args, &[], &log);
+    first.wait_ready();
+    feed(&topics, &scenario.deposits);
+    wait_for_balances(
+        std::slice::from_ref(&first.url),
+        &scenario.model_after_deposits().balances,
+    );
+    assert!(first.terminate().success());
+
+    let mut other_args = topics.args(1, 2, &dir.path().join("shard-1-of-2"));
+    other_args.extend(["--batch-records".to_owned(), "20".to_owned()]);
+    let mut other = ChildShard::spawn(&other_args, &[], &dir.path().join("other.log"));
+    let status = other.wait_exit();
+    assert!(!status.success(), "{status}");
+    let text = other.log_text();
+    let committer = format!("by {}-0", topics.transactional_prefix);
+    assert!(
+        text.contains("recovery refused")
+            && text.contains("last committed by another shard")
+            && text.contains(&committer)
+            && !text.contains("Restored from the changelog."),
+        "{text}"
+    );
+    drop(other);
+
+    feed(&topics, &scenario.transfers);
+    let recovered = restart_and_verify(&topics, &scenario, &args, &log);
+    assert!(
+        !recovered.contains("Restored from the changelog."),
+        "{recovered}"
+    );
+}
+
 /// With the changelog off, nothing can rebuild a lost directory: a shard on
 /// an empty one refuses to start, saying why, rather than start from zero.
 #[test]

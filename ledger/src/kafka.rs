@@ -107,6 +107,22 @@ pub fn read_committed_consumer_config(bootstrap_servers: &str, group_id: &str) -
     config
 }
 
+/// A shard's transactional.id: `prefix-N` for shard N. An incarnation of
+/// the same shard fences the previous one through it.
+pub fn shard_transactional_id(prefix: &str, shard: u32) -> String {
+    format!("{prefix}-{shard}")
+}
+
+/// The metadata a shard commits with its offsets, naming it by its
+/// transactional.id, so that whoever takes a partition next knows whether
+/// its own `init_transactions` fenced the last committer.
+pub fn committer_tag(transactional_id: &str) -> String {
+    format!("{COMMITTER_PREFIX}{transactional_id}")
+}
+
+/// How every committer tag starts; other metadata came from something else.
+pub const COMMITTER_PREFIX: &str = "txledger:";
+
 /// Fetches `topics`' metadata into the consumer's cache before an
 /// `assign`. Without it the assignment finds no partition leader and
 /// librdkafka looks them up on 500 ms timers: the first records arrived a
