@@ -408,7 +408,7 @@ fn commit_offsets(
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
     }
     for mut element in offsets.elements() {
-        element.set_metadata(kafka::committer_tag(transactional_id));
+        element.set_metadata(kafka::committer_tag(transactional_id, None));
     }
     consumer
         .commit(&offsets, CommitMode::Sync)

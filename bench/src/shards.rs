@@ -159,6 +159,7 @@ pub fn pipeline(
         producer_transactional_id: bench.name(&format!("{label}-producer")),
         batch_ms: bench.shard_batch_ms,
         shard_env,
+        group_assignment: false,
     };
     let pipeline = Pipeline::new(config, bench.binaries.clone())?;
     pipeline.create_topics()?;

@@ -48,6 +48,22 @@ pub enum ConfigError {
     },
 }
 
+/// How a shard comes to own its partitions (`--assignment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Assignment {
+    Ordinal,
+    Group,
+}
+
+/// The partitions a shard owns, as settled at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Fixed: `p mod shards == shard`.
+    Ordinal(Vec<i32>),
+    /// Whatever the consumer group assigns, from one rebalance to the next.
+    Group { max_poll_interval: Duration },
+}
+
 /// An exactly-once consumer shard of the txledger pipeline.
 ///
 /// Kafka client security settings (SASL, TLS) come from KAFKA_SECURITY_PROTOCOL,
@@ -103,10 +119,26 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_SHARD)]
     pub shard: Option<u32>,
 
-    /// How many shards share the partitions.
+    /// How many shards share the partitions (with `--assignment ordinal`).
     #[arg(long, env = names::TXLEDGER_SHARDS, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub shards: u32,
+
+    /// Who decides which partitions this shard owns. `ordinal`: partition p
+    /// belongs to shard `p mod --shards`, fixed at start. `group`: the
+    /// consumer group does (range assignor), so that shards can come and
+    /// go; a partition's state follows it through the changelog, and a
+    /// shard of an older group generation cannot commit (KIP-447).
+    #[arg(long, env = names::TXLEDGER_ASSIGNMENT, value_enum, default_value_t = Assignment::Ordinal)]
+    pub assignment: Assignment,
+
+    /// With `--assignment group`: how long the shard may go without asking
+    /// for records (a batch, a restore of taken-over partitions) before
+    /// the group gives its partitions to the others (Kafka's
+    /// max.poll.interval.ms).
+    #[arg(long, env = names::TXLEDGER_MAX_POLL_INTERVAL_MS, default_value_t = 300_000,
+          value_parser = clap::value_parser!(u64).range(10_000..=3_600_000))]
+    pub max_poll_interval_ms: u64,
 
     /// Consumer group whose committed offsets the transactions carry.
     #[arg(long, env = names::TXLEDGER_GROUP_ID, default_value = "txledger-ledger")]
@@ -196,8 +228,8 @@ pub(crate) struct Settings {
     pub changelog_topic: Option<String>,
     pub shard: u32,
     pub shards: u32,
-    /// Partition numbers this shard owns in both input topics.
-    pub owned: Vec<i32>,
+    /// Which partitions of both input topics this shard owns.
+    pub ownership: Ownership,
     pub data_dir: PathBuf,
     pub group_id: String,
     pub transactional_id: String,
@@ -220,20 +252,28 @@ impl Settings {
                 ordinal_of_hostname(&host).ok_or(ConfigError::NoOrdinal(host))?
             }
         };
-        if shard >= config.shards {
-            return Err(ConfigError::OrdinalOutOfRange {
-                shard,
-                shards: config.shards,
-            });
-        }
-        let owned = owned_partitions(shard, config.shards, config.partitions);
-        if owned.is_empty() {
-            return Err(ConfigError::NoPartition {
-                shard,
-                shards: config.shards,
-                partitions: config.partitions,
-            });
-        }
+        let ownership = match config.assignment {
+            Assignment::Ordinal => {
+                if shard >= config.shards {
+                    return Err(ConfigError::OrdinalOutOfRange {
+                        shard,
+                        shards: config.shards,
+                    });
+                }
+                let owned = owned_partitions(shard, config.shards, config.partitions);
+                if owned.is_empty() {
+                    return Err(ConfigError::NoPartition {
+                        shard,
+                        shards: config.shards,
+                        partitions: config.partitions,
+                    });
+                }
+                Ownership::Ordinal(owned)
+            }
+            Assignment::Group => Ownership::Group {
+                max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
+            },
+        };
         if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
             || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
         {
@@ -251,7 +291,7 @@ impl Settings {
             changelog_topic: Some(config.changelog_topic.clone()).filter(|topic| !topic.is_empty()),
             shard,
             shards: config.shards,
-            owned,
+            ownership,
             data_dir: config
                 .data_dir
                 .clone()
@@ -346,7 +386,7 @@ mod tests {
             "t",
         ]);
         let settings = Settings::resolve(&config).unwrap();
-        assert_eq!(settings.owned, vec![1, 4]);
+        assert_eq!(settings.ownership, Ownership::Ordinal(vec![1, 4]));
         assert_eq!(settings.transactional_id, "t-1");
         assert_eq!(settings.data_dir, PathBuf::from("./data/shard-1"));
         assert_eq!(settings.rules.currency, Currency::EUR);

@@ -9,6 +9,12 @@
 //! - `TXLEDGER_ABORT_EVERY=N` (N >= 2): abort every N-th transaction on
 //!   purpose, after its sled write and offsets, through the ordinary abort
 //!   path (undo, seek back); the redo is the next transaction, so it commits.
+//! - `TXLEDGER_STALL_AT=<step>` with `TXLEDGER_STALL_MS=N` (and
+//!   `TXLEDGER_STALL_AFTER_BATCHES=B`, default 1): the loop sleeps N ms at
+//!   that step of the B-th non-empty batch or the first after it, once, as a
+//!   shard does that a
+//!   long pause or a partition cuts off from the group (a zombie), while its
+//!   transaction stays open.
 //! - `TXLEDGER_MUTANT=skip_seek_back|skip_undo|commit_before_sled_write`: break the
 //!   protocol on purpose, so that the audit can prove it notices.
 
@@ -70,6 +76,9 @@ pub const ENV_FAIL_AT: &str = "TXLEDGER_FAIL_AT";
 pub const ENV_FAIL_AFTER_BATCHES: &str = "TXLEDGER_FAIL_AFTER_BATCHES";
 pub const ENV_ABORT_EVERY: &str = "TXLEDGER_ABORT_EVERY";
 pub const ENV_MUTANT: &str = "TXLEDGER_MUTANT";
+pub const ENV_STALL_AT: &str = "TXLEDGER_STALL_AT";
+pub const ENV_STALL_MS: &str = "TXLEDGER_STALL_MS";
+pub const ENV_STALL_AFTER_BATCHES: &str = "TXLEDGER_STALL_AFTER_BATCHES";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -78,6 +87,9 @@ pub struct Faults {
     /// Abort every N-th transaction deliberately.
     pub abort_every: Option<u64>,
     pub mutant: Option<Mutant>,
+    /// Sleep this long at this step of the first non-empty batch numbered
+    /// at least this.
+    pub stall_at: Option<(Step, std::time::Duration, u64)>,
 }
 
 impl Faults {
@@ -93,29 +105,28 @@ impl Faults {
             value,
             why,
         };
+        let step_of = |variable, value: String| {
+            Step::ALL
+                .into_iter()
+                .find(|step| step.name() == value)
+                .ok_or_else(|| {
+                    invalid(variable, value, "use after_poll, after_produce, after_sled_write, after_send_offsets, after_commit or before_clear_pending")
+                })
+        };
+        let batch_of = |variable| match lookup(variable) {
+            None => Ok(1),
+            Some(value) => value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid(variable, value, "use a number >= 1")),
+        };
         let fail_at = match lookup(ENV_FAIL_AT) {
             None => None,
-            Some(value) => {
-                let step = Step::ALL
-                    .into_iter()
-                    .find(|step| step.name() == value)
-                    .ok_or_else(|| {
-                        invalid(ENV_FAIL_AT, value, "use after_poll, after_produce, after_sled_write, after_send_offsets, after_commit or before_clear_pending")
-                    })?;
-                let batch = match lookup(ENV_FAIL_AFTER_BATCHES) {
-                    None => 1,
-                    Some(value) => {
-                        value
-                            .parse::<u64>()
-                            .ok()
-                            .filter(|n| *n >= 1)
-                            .ok_or_else(|| {
-                                invalid(ENV_FAIL_AFTER_BATCHES, value, "use a number >= 1")
-                            })?
-                    }
-                };
-                Some((step, batch))
-            }
+            Some(value) => Some((
+                step_of(ENV_FAIL_AT, value)?,
+                batch_of(ENV_FAIL_AFTER_BATCHES)?,
+            )),
         };
         let abort_every = match lookup(ENV_ABORT_EVERY) {
             None => None,
@@ -142,10 +153,28 @@ impl Faults {
                 ))
             }
         };
+        let stall_at = match lookup(ENV_STALL_AT) {
+            None => None,
+            Some(value) => {
+                let step = step_of(ENV_STALL_AT, value)?;
+                let ms = lookup(ENV_STALL_MS).unwrap_or_default();
+                let ms = ms
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms >= 1)
+                    .ok_or_else(|| invalid(ENV_STALL_MS, ms, "use a number of ms >= 1"))?;
+                Some((
+                    step,
+                    std::time::Duration::from_millis(ms),
+                    batch_of(ENV_STALL_AFTER_BATCHES)?,
+                ))
+            }
+        };
         Ok(Faults {
             fail_at,
             abort_every,
             mutant,
+            stall_at,
         })
     }
 
@@ -156,6 +185,23 @@ impl Faults {
     /// Aborts the process if `step` of batch number `batch` (1-based count
     /// of non-empty batches) is the one to die at.
     pub fn check(&self, step: Step, batch: u64) {
+        if let Some((at, pause, nth)) = self.stall_at {
+            // Once per process: later transactions of batch 1 (the
+            // heartbeat's) pass the same step.
+            static STALLED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if at == step
+                && batch >= nth
+                && !STALLED.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    message = "Failure injection: stalling the loop.",
+                    step = step.name(),
+                    ms = pause.as_millis() as u64,
+                );
+                std::thread::sleep(pause);
+            }
+        }
         let Some((at, nth)) = self.fail_at else {
             return;
         };
@@ -213,11 +259,27 @@ mod tests {
         assert_eq!(parsed.fail_at, Some((Step::AfterCommit, 3)));
         assert!(parsed.abort_transaction(8) && !parsed.abort_transaction(9));
         assert_eq!(parsed.mutant, Some(Mutant::SkipSeekBack));
+        let stalled = faults(&[(ENV_STALL_AT, "after_sled_write"), (ENV_STALL_MS, "250")]).unwrap();
+        assert_eq!(
+            stalled.stall_at,
+            Some((
+                Step::AfterSledWrite,
+                std::time::Duration::from_millis(250),
+                1
+            ))
+        );
         for bad in [
             &[(ENV_FAIL_AT, "later")][..],
             &[(ENV_FAIL_AT, "after_poll"), (ENV_FAIL_AFTER_BATCHES, "0")],
             &[(ENV_ABORT_EVERY, "1")],
             &[(ENV_MUTANT, "chaos")],
+            &[(ENV_STALL_AT, "after_poll")],
+            &[(ENV_STALL_AT, "soon"), (ENV_STALL_MS, "5")],
+            &[
+                (ENV_STALL_AT, "after_commit"),
+                (ENV_STALL_MS, "5"),
+                (ENV_STALL_AFTER_BATCHES, "0"),
+            ],
         ] {
             assert!(faults(bad).is_err(), "{bad:?}");
         }

@@ -77,11 +77,16 @@ async fn read<T: Send + 'static>(
     state: &AppState,
     query: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let Some(reader) = state.shared.reader.get().cloned() else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the shard is recovering; retry once /readyz answers 200".to_owned(),
-        ));
+    // Not ready: recovering, or (group assignment) taking or giving away
+    // partitions, whose state is then not the one to serve.
+    let reader = match state.shared.reader.get() {
+        Some(reader) if state.shared.ready.load(Ordering::Acquire) => reader.clone(),
+        _ => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the shard is recovering or rebalancing; retry once /readyz answers 200".to_owned(),
+            ))
+        }
     };
     tokio::task::spawn_blocking(move || query(&reader))
         .await

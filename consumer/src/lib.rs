@@ -64,6 +64,15 @@ pub enum Error {
     #[error("recovery refused to start the shard: {0}")]
     RecoveryRefused(String),
     #[error(
+        "the group assigned partitions {transfers:?} of the transfers but {credits:?} of the \
+         credits: a shard must own partition p of both. Give both topics the same partition \
+         count, and every member of the group the range assignor"
+    )]
+    SplitAssignment {
+        transfers: Vec<i32>,
+        credits: Vec<i32>,
+    },
+    #[error(
         "restoring from {topic} stalled: nothing read for {stalled:?} after {read} records; \
          is the broker reachable and the topic readable?"
     )]

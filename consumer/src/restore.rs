@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use ledger::kafka::{self, EofReader, EofReaderContext};
-use ledger::store::Store;
+use ledger::store::Restore;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -43,9 +43,15 @@ const WINDOW_KEYS: usize = 500_000;
 const STALL: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Replaces the store's content with the owned partitions' state read from
-/// `topic`, the changelog.
-pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<(), Error> {
+/// Rebuilds `partitions`' state from `topic`, the changelog, into
+/// `restore` (begun by [`Store::restore`], which empties the store, or
+/// [`Store::restore_partitions`], which empties those partitions only).
+pub fn restore(
+    mut restore: Restore<'_>,
+    settings: &Settings,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(), Error> {
     let started = Instant::now();
     let kafka_error = |step: &'static str| move |error| Error::Kafka { step, error };
     let mut config = kafka::read_committed_consumer_config(
@@ -64,7 +70,7 @@ pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<()
     kafka::prefetch_metadata(&reader, &[topic], STALL)
         .map_err(kafka_error("fetching the changelog's metadata"))?;
     let mut assignment = TopicPartitionList::new();
-    for partition in &settings.owned {
+    for partition in partitions {
         assignment
             .add_partition_offset(topic, *partition, Offset::Beginning)
             .map_err(kafka_error("assigning the changelog"))?;
@@ -73,7 +79,6 @@ pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<()
         .assign(&assignment)
         .map_err(kafka_error("assigning the changelog"))?;
 
-    let mut restore = store.restore()?;
     let mut window: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     let mut read = 0u64;
     let mut at_end = BTreeSet::new();
@@ -81,7 +86,7 @@ pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<()
     let mut last_report = Instant::now();
     // Where the time goes, for the log: applying to sled, the rest reading.
     let mut writing = Duration::ZERO;
-    while at_end.len() < settings.owned.len() {
+    while at_end.len() < partitions.len() {
         match reader.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 last_progress = Instant::now();
@@ -127,7 +132,7 @@ pub fn restore(store: &mut Store, settings: &Settings, topic: &str) -> Result<()
     info!(
         message = "Restored from the changelog.",
         topic,
-        partitions = ?settings.owned,
+        partitions = ?partitions,
         records = read,
         seconds = started.elapsed().as_secs_f64(),
         writing_seconds = writing.as_secs_f64(),

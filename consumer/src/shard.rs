@@ -8,13 +8,13 @@
 //! visible to queries. The pending record stays on disk until the next write
 //! replaces it or an idle round clears it; recovery resolves it after a crash.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use ledger::kafka;
-use ledger::store::{self, Change, Store, StoreError, StoreReader, WriteReport};
+use ledger::store::{self, Change, Stamp, Store, StoreError, StoreReader, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
 use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason, TransferId};
@@ -27,7 +27,9 @@ use ledger_core::recovery::{self, PendingOffsets, Recovery};
 use ledger_core::wire;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -35,7 +37,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{Ownership, Settings};
 use crate::faults::{Mutant, Step};
 use crate::measure::{self, ErrorEvent};
 use crate::{restore, Error};
@@ -78,7 +80,29 @@ pub(crate) struct Shared {
 /// lost connection an error; here ERROR means "possible data loss or
 /// operator action", which the protocol's own checks decide, so client-level
 /// events are WARN at most.
-struct KafkaContext;
+#[derive(Default)]
+struct KafkaContext {
+    /// The group's last change of this consumer's partitions (group
+    /// assignment only), for the loop to act on once `poll` returns.
+    group: Mutex<Option<GroupChange>>,
+}
+
+/// What a rebalance did to the shard's partitions.
+#[derive(Debug)]
+enum GroupChange {
+    /// Everything was taken away (the eager protocol, before every
+    /// assignment).
+    Revoked,
+    /// The new assignment: (topic, partition) of both input topics.
+    Assigned(Vec<(String, i32)>),
+}
+
+impl KafkaContext {
+    fn group_change(&self) -> std::sync::MutexGuard<'_, Option<GroupChange>> {
+        // A panic while holding it is a panic of the loop, which stops.
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
@@ -102,7 +126,32 @@ impl ClientContext for KafkaContext {
     }
 }
 
-impl ConsumerContext for KafkaContext {}
+impl ConsumerContext for KafkaContext {
+    /// Runs inside `poll`, on the loop's thread and so between transactions
+    /// (the loop polls only with none open): librdkafka has (un)assigned the
+    /// partitions; the loop acts on the change when `poll` returns.
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let change = match rebalance {
+            Rebalance::Assign(list) => GroupChange::Assigned(
+                list.elements()
+                    .iter()
+                    .map(|element| (element.topic().to_owned(), element.partition()))
+                    .collect(),
+            ),
+            Rebalance::Revoke(_) => GroupChange::Revoked,
+            Rebalance::Error(error) => {
+                report(
+                    ErrorEvent::Consumer,
+                    "rebalance",
+                    error,
+                    "The group failed to rebalance; it tries again.",
+                );
+                return;
+            }
+        };
+        *self.group_change() = Some(change);
+    }
+}
 
 impl ProducerContext for KafkaContext {
     type DeliveryOpaque = ();
@@ -192,6 +241,11 @@ struct Shard {
     /// The marks this incarnation published, by the partition they speak
     /// for and the `ledger-credits` partition they went to.
     published: BTreeMap<(i32, i32), Mark>,
+    /// The partitions this shard owns now, of both input topics.
+    owned: Vec<i32>,
+    /// With group assignment: the partitions whose state sled holds, as
+    /// far as this incarnation knows (`None` until its first assignment).
+    held: Option<BTreeSet<i32>>,
     last_heartbeat: Instant,
     last_stuck_report: Instant,
 }
@@ -206,21 +260,31 @@ impl Shard {
             path = %settings.data_dir.display(),
             shard = settings.shard,
             shards = settings.shards,
-            partitions = ?settings.owned,
+            ownership = ?settings.ownership,
             offsets = %recovery::show(store.offsets()),
             pending = store.pending().is_some(),
         );
         let Some(producer) = fenced_producer(&settings, &shared)? else {
             return Ok(None);
         };
-        let Some((consumer, committed)) = consumer_with_committed(&settings, &shared)? else {
-            return Ok(None);
+        let consumer = shard_consumer(&settings)?;
+        let owned = match &settings.ownership {
+            Ownership::Ordinal(owned) => {
+                let Some(committed) = fetch_committed(&consumer, &settings, owned, &shared)? else {
+                    return Ok(None);
+                };
+                recover(&mut store, &committed, &settings, owned)?;
+                owned.clone()
+            }
+            Ownership::Group { .. } => {
+                if !settle_leftovers(&mut store, &consumer, &settings, &shared)? {
+                    return Ok(None);
+                }
+                // Nothing until the group assigns partitions.
+                Vec::new()
+            }
         };
-        recover(&mut store, &committed, &settings)?;
-        let group = consumer.group_metadata().ok_or(Error::Kafka {
-            step: "reading the consumer group metadata",
-            error: KafkaError::Subscription("no group metadata".to_owned()),
-        })?;
+        let group = group_metadata(&consumer)?;
         let reader = store.reader();
         let watcher = kafka::client_config(&settings.bootstrap_servers)
             .set("isolation.level", "read_uncommitted")
@@ -241,29 +305,34 @@ impl Shard {
             balance_sum: Money::ZERO,
             watcher,
             published: BTreeMap::new(),
+            owned,
+            held: None,
             last_heartbeat: Instant::now(),
             last_stuck_report: Instant::now(),
         };
-        shard.assign_and_open(reader.clone())?;
+        shard.assign_and_open(reader)?;
         // After the shard is ready: the sum only feeds a gauge, and scanning
         // a million balances would double the restart time.
-        shard.balance_sum = reader
-            .balances()
-            .map_err(|error| {
-                Error::Store(StoreError::Sled {
-                    path: shard.settings.data_dir.clone(),
-                    source: error,
-                })
-            })?
-            .into_iter()
-            .map(|(_, balance)| balance)
-            .sum();
-        measure::balance_sum(shard.balance_sum);
+        shard.sum_balances()?;
         Ok(Some(shard))
     }
 
-    /// Assigns the owned partitions at sled's offsets, then opens the HTTP
-    /// API's queries and readiness: recovery is done.
+    /// The sum of the committed balances, for the gauge, from scratch.
+    fn sum_balances(&mut self) -> Result<(), Error> {
+        let balances = self.store.reader().balances().map_err(|error| {
+            Error::Store(StoreError::Sled {
+                path: self.settings.data_dir.clone(),
+                source: error,
+            })
+        })?;
+        self.balance_sum = balances.into_iter().map(|(_, balance)| balance).sum();
+        measure::balance_sum(self.balance_sum);
+        Ok(())
+    }
+
+    /// Assigns the owned partitions at sled's offsets (or, with group
+    /// assignment, joins the group), then opens the HTTP API's queries and,
+    /// once partitions are owned, readiness: recovery is done.
     fn assign_and_open(&mut self, reader: StoreReader) -> Result<(), Error> {
         // An optimisation only: without the metadata, assign finds the
         // leaders itself, later. Here and not in seek_to_store, which an
@@ -279,24 +348,47 @@ impl Shard {
                 error = %chain(&error),
             );
         }
-        self.seek_to_store()?;
         // A reader set twice (impossible: one start per Shared) keeps the first.
         let _ = self.shared.reader.set(reader);
+        if let Ownership::Group { .. } = self.settings.ownership {
+            // Partitions, and readiness, come with the first assignment.
+            return self
+                .consumer
+                .subscribe(&topics)
+                .map_err(|error| Error::Kafka {
+                    step: "subscribing to the input topics",
+                    error,
+                });
+        }
+        self.seek_to_store()?;
+        self.set_ready();
+        Ok(())
+    }
+
+    fn set_ready(&self) {
         self.shared.ready.store(true, Ordering::Release);
         measure::ready(true);
         info!(
             message = "Shard ready.",
             shard = self.settings.shard,
             transactional_id = %self.settings.transactional_id,
+            partitions = ?self.owned,
             offsets = %recovery::show(self.store.offsets()),
         );
-        Ok(())
     }
 
     fn serve(&mut self) -> Result<(), Error> {
         let faults = self.settings.faults;
         while !self.shared.stop.load(Ordering::Acquire) {
             let polled = self.poll_batch()?;
+            let change = self.consumer.context().group_change().take();
+            if let Some(change) = change {
+                // Whatever was polled may belong to partitions given away,
+                // or start past where the new assignment is positioned:
+                // dropped, and read again after the seek to sled's offsets.
+                self.regroup(change)?;
+                continue;
+            }
             if polled.is_empty() {
                 // Idle: the pending record's batch is committed; clearing it
                 // now makes a later restart a plain Normal start.
@@ -344,7 +436,11 @@ impl Shard {
             } else {
                 IDLE_END
             };
-            match self.consumer.poll((deadline - now).min(slice)) {
+            let message = self.consumer.poll((deadline - now).min(slice));
+            if self.consumer.context().group_change().is_some() {
+                break;
+            }
+            match message {
                 None if !batch.is_empty() => break,
                 None => {}
                 Some(Ok(message)) => {
@@ -402,7 +498,6 @@ impl Shard {
         }
         let idle = self.idle_partitions();
         let publish: Vec<i32> = self
-            .settings
             .owned
             .iter()
             .copied()
@@ -412,7 +507,7 @@ impl Shard {
                 // Marks for this shard's own partitions are never sent.
                 let unpublished = marks.is_some_and(|marks| {
                     (0..).zip(marks).any(|(destination, mark)| {
-                        !self.settings.owned.contains(&destination)
+                        !self.owned.contains(&destination)
                             && self.published.get(&(*partition, destination)) != Some(&mark)
                     })
                 });
@@ -430,10 +525,11 @@ impl Shard {
             now_ms,
             idle: &idle,
             publish: &publish,
-            local: &self.settings.owned,
+            local: &self.owned,
         };
-        let effects = process_batch_at(&self.store, &self.settings.rules, &[], tick)
+        let mut effects = process_batch_at(&self.store, &self.settings.rules, &[], tick)
             .expect("a batch without records refuses nothing");
+        self.cover(&mut effects);
         if effects.marks.is_empty() {
             return Ok(());
         }
@@ -447,7 +543,7 @@ impl Shard {
     /// transfers expire.
     fn report_stuck(&self, now_ms: u64) {
         let rules = &self.settings.rules;
-        let owned = &self.settings.owned;
+        let owned = &self.owned;
         for partition in owned {
             let order = self.store.order_state(*partition);
             let Some(first) = order.held.first() else {
@@ -493,8 +589,7 @@ impl Shard {
     fn idle_partitions(&self) -> Vec<i32> {
         let positions = self.consumer.position().unwrap_or_default();
         let topic = self.settings.transfers_topic.as_str();
-        self.settings
-            .owned
+        self.owned
             .iter()
             .copied()
             .filter(|partition| {
@@ -538,7 +633,7 @@ impl Shard {
             .collect();
         let tick = Tick {
             now_ms: now_ms(),
-            local: &self.settings.owned,
+            local: &self.owned,
             ..Tick::default()
         };
         let mut effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)
@@ -551,6 +646,7 @@ impl Shard {
         if self.settings.faults.mutant == Some(Mutant::RefuseFunded) {
             refuse_first_funded(&mut effects);
         }
+        self.cover(&mut effects);
         if effects.counts.misrouted > 0 {
             warn!(
                 message = "Transfers in a partition that does not own their source account were rejected as misrouted; their producer must use the murmur2 partitioner.",
@@ -565,6 +661,41 @@ impl Shard {
             );
         }
         self.run(&records, &effects, started)
+    }
+
+    /// Gives every partition the batch changes offsets in the batch, both
+    /// topics', unchanged where it consumed nothing (from 0 where nothing
+    /// was ever consumed): the transaction then commits them with the
+    /// batch's stamp, and the stamp goes on the partition in sled, so that
+    /// the committed offsets always name the version of the partition's
+    /// state. A batch changes partitions it did not consume from when it
+    /// applies a credit locally or moves order state.
+    fn cover(&self, effects: &mut BatchEffects) {
+        let rules = &self.settings.rules;
+        let touched: BTreeSet<i32> = effects
+            .balances
+            .keys()
+            .map(|account| rules.partition_of(account))
+            .chain(effects.orders.keys().copied())
+            .chain(effects.decided.iter().map(|(partition, _, _)| *partition))
+            .chain(effects.credited.iter().map(|(partition, _)| *partition))
+            .chain(effects.offsets.keys().map(|at| at.partition))
+            .collect();
+        for partition in touched {
+            // Invariant: a batch changes only what this shard owns; an
+            // offset committed for another shard's partition would move it.
+            assert!(
+                self.owned.contains(&partition),
+                "invariant violated: a batch changes partition {partition}, which this shard \
+                 does not own ({:?})",
+                self.owned
+            );
+            for source in [Source::Transfers, Source::Credits] {
+                let at = InputPartition { source, partition };
+                let now = self.store.offsets().get(&at).copied().unwrap_or(0);
+                effects.offsets.entry(at).or_insert(now);
+            }
+        }
     }
 
     /// The batch's transaction, and what follows its commit or its failure.
@@ -601,7 +732,7 @@ impl Shard {
                 .insert((mark.partition, *destination), mark.clone());
         }
         if !effects.orders.is_empty() {
-            measure::holding(self.store.held_count(&self.settings.owned));
+            measure::holding(self.store.held_count(&self.owned));
         }
         measure::committed(records, effects, cost.flush, started.elapsed());
         debug!(
@@ -676,7 +807,9 @@ impl Shard {
             .iter()
             .map(|(account, new)| *new - self.store.balance(account))
             .sum();
-        let offsets = self.offsets_list(&effects.offsets)?;
+        // This batch's version of every partition it changes (`cover` gave
+        // each of them offsets).
+        let stamp: Stamp = *uuid::Uuid::new_v4().as_bytes();
 
         // One sequence; the commit-before-write mutant only moves its sled
         // write after the commit (and, writing nothing before, never
@@ -684,12 +817,14 @@ impl Shard {
         let write_first = faults.mutant != Some(Mutant::CommitBeforeSledWrite);
         let mut report = None;
         if write_first {
-            let written_report = self.write(effects)?;
+            let written_report = self.write(effects, stamp)?;
             *written = true;
             self.produce_changes(&written_report.changes)?;
             report = Some(written_report);
         }
-        // A heartbeat consumed nothing: no offsets to commit.
+        let offsets = self.offsets_to_commit(effects)?;
+        // A heartbeat consumed nothing: no offsets to commit (with group
+        // assignment, none only before anything was consumed).
         if offsets.count() > 0 {
             self.send_offsets(&offsets)?;
         }
@@ -710,7 +845,7 @@ impl Shard {
         faults.check(Step::AfterCommit, self.batches);
         let report = match report {
             Some(report) => report,
-            None => self.write(effects)?,
+            None => self.write(effects, stamp)?,
         };
         Ok(BatchCost {
             flush: report.flush,
@@ -719,10 +854,10 @@ impl Shard {
     }
 
     /// The batch's one durable sled write, with its pending record.
-    fn write(&mut self, effects: &BatchEffects) -> Result<WriteReport, Interrupted> {
+    fn write(&mut self, effects: &BatchEffects, stamp: Stamp) -> Result<WriteReport, Interrupted> {
         let report = self
             .store
-            .write_batch(effects)
+            .write_stamped(effects, Some(stamp))
             .map_err(Interrupted::Store)?;
         self.settings
             .faults
@@ -848,10 +983,30 @@ impl Shard {
         })
     }
 
-    /// The batch's next offsets, for the transaction.
-    fn offsets_list(&self, offsets: &Offsets) -> Result<TopicPartitionList, Failed> {
+    /// The offsets the transaction commits: the batch's, each with its
+    /// committer and its partition's stamp as sled holds them now (after the
+    /// sled write, this batch's) in the metadata.
+    ///
+    /// With group assignment a batch without offsets (a heartbeat's marks
+    /// and order state) commits the owned partitions' offsets again,
+    /// unchanged: only offsets carry the group generation that fences a
+    /// shard the group has moved on from, and without them a zombie's
+    /// transaction would commit, its changelog records overwriting the state
+    /// the partitions' new owner restores.
+    fn offsets_to_commit(&self, effects: &BatchEffects) -> Result<TopicPartitionList, Interrupted> {
+        let group = matches!(self.settings.ownership, Ownership::Group { .. });
+        let offsets: Offsets = if effects.offsets.is_empty() && group {
+            self.store
+                .offsets()
+                .iter()
+                .filter(|(at, _)| self.owned.contains(&at.partition))
+                .map(|(at, next)| (*at, *next))
+                .collect()
+        } else {
+            effects.offsets.clone()
+        };
         let mut list = TopicPartitionList::new();
-        for (at, next) in offsets {
+        for (at, next) in &offsets {
             list.add_partition_offset(
                 self.settings.topic(at.source),
                 at.partition,
@@ -863,10 +1018,15 @@ impl Shard {
                 error,
             })?;
         }
-        // Who committed each offset, for the restore guard of whoever
-        // takes the partition next (`check_committers`).
         for mut element in list.elements() {
-            element.set_metadata(kafka::committer_tag(&self.settings.transactional_id));
+            let stamp = self
+                .store
+                .stamp(element.partition())
+                .map_err(Interrupted::Store)?;
+            element.set_metadata(kafka::committer_tag(
+                &self.settings.transactional_id,
+                stamp.as_ref(),
+            ));
         }
         Ok(list)
     }
@@ -926,11 +1086,13 @@ impl Shard {
 
     /// (Re)assigns every owned partition of both input topics at sled's next
     /// offsets, from the beginning where sled has none. Assigning anew also
-    /// discards whatever the consumer had fetched past those offsets.
+    /// discards whatever the consumer had fetched past those offsets. With
+    /// group assignment the group assigns: the partitions are sought there
+    /// instead, which discards the same.
     fn seek_to_store(&self) -> Result<(), Error> {
         let mut list = TopicPartitionList::new();
         for source in [Source::Transfers, Source::Credits] {
-            for partition in &self.settings.owned {
+            for partition in &self.owned {
                 let at = InputPartition {
                     source,
                     partition: *partition,
@@ -946,10 +1108,145 @@ impl Shard {
                     })?;
             }
         }
-        self.consumer.assign(&list).map_err(|error| Error::Kafka {
-            step: "assign",
+        if let Ownership::Ordinal(_) = self.settings.ownership {
+            return self.consumer.assign(&list).map_err(|error| Error::Kafka {
+                step: "assign",
+                error,
+            });
+        }
+        let kafka_error = |error| Error::Kafka {
+            step: "seeking to sled's offsets",
             error,
-        })
+        };
+        let sought = self
+            .consumer
+            .seek_partitions(list, STARTUP_CALL_TIMEOUT)
+            .map_err(kafka_error)?;
+        for element in sought.elements() {
+            element.error().map_err(kafka_error)?;
+        }
+        Ok(())
+    }
+
+    /// Acts on a rebalance (group assignment). The loop polls only between
+    /// transactions, so the last batch is committed, or aborted and undone:
+    /// its pending record is history. Partitions given away are dropped from
+    /// sled; partitions taken whose state in sled is not the committed one
+    /// (new here, or changed by another shard since) are restored from the
+    /// changelog; then sled's offsets equal the group's for every owned
+    /// partition, as at any start. Queries answer 503 meanwhile. A shard of
+    /// an older generation cannot commit: the group metadata the
+    /// transactions send is this generation's (KIP-447).
+    fn regroup(&mut self, change: GroupChange) -> Result<(), Error> {
+        self.shared.ready.store(false, Ordering::Release);
+        measure::ready(false);
+        self.store.clear_pending()?;
+        let assigned = match change {
+            GroupChange::Revoked => {
+                info!(message = "Partitions revoked by the group.", partitions = ?self.owned);
+                self.owned.clear();
+                return Ok(());
+            }
+            GroupChange::Assigned(assigned) => assigned,
+        };
+        let started = Instant::now();
+        let of = |source: Source| -> BTreeSet<i32> {
+            assigned
+                .iter()
+                .filter(|(topic, _)| self.settings.source_of(topic) == source)
+                .map(|(_, partition)| *partition)
+                .collect()
+        };
+        let (transfers, credits) = (of(Source::Transfers), of(Source::Credits));
+        if transfers != credits {
+            return Err(Error::SplitAssignment {
+                transfers: transfers.into_iter().collect(),
+                credits: credits.into_iter().collect(),
+            });
+        }
+        let owned: Vec<i32> = transfers.iter().copied().collect();
+        let rules = &self.settings.rules;
+        let partition_of = |account: &_| rules.partition_of(account);
+        // Until this incarnation knows, sled may hold any partition.
+        let dropped: Vec<i32> = match &self.held {
+            Some(held) => held.difference(&transfers).copied().collect(),
+            None => (0..rules.partitions)
+                .filter(|partition| !transfers.contains(partition))
+                .collect(),
+        };
+        self.store.drop_partitions(&dropped, partition_of)?;
+        self.held = Some(transfers);
+        let Some(committed) =
+            fetch_committed(&self.consumer, &self.settings, &owned, &self.shared)?
+        else {
+            return Ok(());
+        };
+        let of_partition = |offsets: &Offsets, partition: i32| -> Vec<(InputPartition, i64)> {
+            offsets
+                .iter()
+                .filter(|(at, _)| at.partition == partition)
+                .map(|(at, next)| (*at, *next))
+                .collect()
+        };
+        // A partition's copy here is the committed one if its offsets and
+        // its stamp are: offsets alone do not tell, as a batch elsewhere can
+        // change the partition without consuming from it (a credit applied
+        // locally, order state).
+        let mut stale = Vec::new();
+        for partition in &owned {
+            if of_partition(self.store.offsets(), *partition)
+                != of_partition(&committed.offsets, *partition)
+                || self.store.stamp(*partition)? != committed.stamp(*partition)
+            {
+                stale.push(*partition);
+            }
+        }
+        if !stale.is_empty() {
+            let Some(topic) = &self.settings.changelog_topic else {
+                return Err(Error::RecoveryRefused(format!(
+                    "partitions {stale:?} were assigned to this shard, which does not hold their \
+                     committed state, and the changelog is off (--changelog-topic is empty): \
+                     group assignment needs the changelog"
+                )));
+            };
+            info!(
+                message = "Restoring assigned partitions from the changelog.",
+                partitions = ?stale,
+            );
+            let restore = self.store.restore_partitions(&stale, partition_of)?;
+            restore::restore(restore, &self.settings, topic, &stale)?;
+        }
+        let held: Offsets = self
+            .store
+            .offsets()
+            .iter()
+            .filter(|(at, _)| owned.contains(&at.partition))
+            .map(|(at, next)| (*at, *next))
+            .collect();
+        if held != committed.offsets {
+            return Err(Error::RecoveryRefused(format!(
+                "restored partitions {stale:?} from the changelog, sled has {}, still not Kafka's \
+                 {}: the changelog does not hold the committed state",
+                recovery::show(&held),
+                recovery::show(&committed.offsets)
+            )));
+        }
+        self.owned = owned;
+        self.published.clear();
+        self.group = group_metadata(&self.consumer)?;
+        self.seek_to_store()?;
+        self.sum_balances()?;
+        info!(
+            message = "Partitions assigned by the group.",
+            partitions = ?self.owned,
+            restored = ?stale,
+            dropped = ?dropped,
+            seconds = started.elapsed().as_secs_f64(),
+        );
+        if !self.owned.is_empty() {
+            self.set_ready();
+        }
+        Ok(())
     }
 }
 
@@ -1020,7 +1317,7 @@ fn fenced_producer(
         &settings.transactional_id,
         settings.transaction_timeout,
     )
-    .create_with_context(KafkaContext)
+    .create_with_context(KafkaContext::default())
     .map_err(|error| Error::Kafka {
         step: "creating the producer",
         error,
@@ -1035,30 +1332,126 @@ fn fenced_producer(
     Ok(init.map(|()| producer))
 }
 
-/// The shard's consumer and the group's committed offsets of the owned
-/// partitions. `None`: stopped first.
-fn consumer_with_committed(
+/// The shard's consumer. With group assignment it joins the group with
+/// the range assignor: for two topics of equal partition counts, it gives
+/// partition p of both to the same member, which `regroup` checks.
+fn shard_consumer(settings: &Settings) -> Result<BaseConsumer<KafkaContext>, Error> {
+    let mut config =
+        kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id);
+    if let Ownership::Group { max_poll_interval } = settings.ownership {
+        // librdkafka refuses a session longer than the poll interval; its
+        // default session is 45 s.
+        let session = max_poll_interval.min(Duration::from_secs(45));
+        config
+            .set("partition.assignment.strategy", "range")
+            // Static membership: a restarted shard takes its member's place
+            // and partitions back at once, with no rebalance, instead of the
+            // group waiting out the dead incarnation's session; the group
+            // fences the old one (FENCED_INSTANCE_ID) like a new generation.
+            .set("group.instance.id", &settings.transactional_id)
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval.as_millis().to_string(),
+            )
+            .set("session.timeout.ms", session.as_millis().to_string());
+    }
+    config
+        .create_with_context(KafkaContext::default())
+        .map_err(|error| Error::Kafka {
+            step: "creating the consumer",
+            error,
+        })
+}
+
+/// The group's committed offsets of `partitions`, retried like a start-up
+/// call. `None`: stopped first.
+fn fetch_committed(
+    consumer: &BaseConsumer<KafkaContext>,
+    settings: &Settings,
+    partitions: &[i32],
+    shared: &Shared,
+) -> Result<Option<Committed>, Error> {
+    startup_retry(shared, "fetching committed offsets", |left| {
+        committed_offsets(consumer, settings, partitions, left)
+    })
+}
+
+/// The consumer's group metadata, sent with each transaction's offsets: with
+/// group assignment it carries the generation, which fences a shard that
+/// the group has moved on from.
+fn group_metadata(consumer: &BaseConsumer<KafkaContext>) -> Result<ConsumerGroupMetadata, Error> {
+    consumer.group_metadata().ok_or(Error::Kafka {
+        step: "reading the consumer group metadata",
+        error: KafkaError::Subscription("no group metadata".to_owned()),
+    })
+}
+
+/// Group assignment, at start: what this incarnation finds in sled before it
+/// knows its partitions. A pending batch is resolved against the committed
+/// offsets of the partitions sled holds; if they match neither side of it
+/// (another shard has moved them on since), it is undone and those
+/// partitions are dropped, to be restored if assigned. A restore cut short
+/// leaves nothing worth keeping. `false`: stopped first.
+fn settle_leftovers(
+    store: &mut Store,
+    consumer: &BaseConsumer<KafkaContext>,
     settings: &Settings,
     shared: &Shared,
-) -> Result<Option<(BaseConsumer<KafkaContext>, Committed)>, Error> {
-    let consumer: BaseConsumer<KafkaContext> =
-        kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id)
-            .create_with_context(KafkaContext)
-            .map_err(|error| Error::Kafka {
-                step: "creating the consumer",
-                error,
-            })?;
-    let committed = startup_retry(shared, "fetching committed offsets", |left| {
-        committed_offsets(&consumer, settings, left)
-    })?;
-    Ok(committed.map(|committed| (consumer, committed)))
+) -> Result<bool, Error> {
+    if store.restore_unfinished() {
+        warn!(message = "A restore from the changelog was cut short; emptying the store.");
+        store.restore()?.finish()?;
+        return Ok(true);
+    }
+    let Some(pending) = store.pending() else {
+        return Ok(true);
+    };
+    let partitions: Vec<i32> = pending
+        .offsets_after
+        .keys()
+        .map(|at| at.partition)
+        .collect::<BTreeSet<i32>>()
+        .into_iter()
+        .collect();
+    let Some(committed) = fetch_committed(consumer, settings, &partitions, shared)? else {
+        return Ok(false);
+    };
+    let decision = recovery::decide(
+        Some(PendingOffsets {
+            before: &pending.offsets_before,
+            after: &pending.offsets_after,
+        }),
+        store.offsets(),
+        &committed.offsets,
+    );
+    info!(
+        message = "Recovery decided.",
+        decision = ?decision,
+        sled = %recovery::show(store.offsets()),
+        kafka = %recovery::show(&committed.offsets),
+    );
+    match decision {
+        Recovery::Normal | Recovery::KeepPending => store.clear_pending()?,
+        Recovery::UndoPending => store.undo_pending()?,
+        Recovery::Refuse(_) => {
+            store.undo_pending()?;
+            let rules = &settings.rules;
+            store.drop_partitions(&partitions, |account| rules.partition_of(account))?;
+        }
+    }
+    Ok(true)
 }
 
 /// Acts on the recovery rule: sled's pending record against Kafka's
 /// committed offsets. What no single batch explains (an empty or stale
 /// directory, another deployment's, a restore cut short) is restored from
 /// the changelog, and refused if the changelog does not explain it either.
-fn recover(store: &mut Store, committed: &Committed, settings: &Settings) -> Result<(), Error> {
+fn recover(
+    store: &mut Store,
+    committed: &Committed,
+    settings: &Settings,
+    owned: &[i32],
+) -> Result<(), Error> {
     let pending = store.pending().map(|pending| PendingOffsets {
         before: &pending.offsets_before,
         after: &pending.offsets_after,
@@ -1092,7 +1485,7 @@ fn recover(store: &mut Store, committed: &Committed, settings: &Settings) -> Res
                 reason = %reason,
                 topic = %topic,
             );
-            restore::restore(store, settings, topic)?;
+            restore::restore(store.restore()?, settings, topic, owned)?;
             if *store.offsets() != committed.offsets {
                 return Err(Error::RecoveryRefused(format!(
                     "{reason}; restored from {topic}, sled has {}, still not Kafka's {}: the \
@@ -1171,6 +1564,17 @@ struct Committed {
     committers: BTreeMap<InputPartition, String>,
 }
 
+impl Committed {
+    /// The stamp committed with `partition`'s offsets: the version of its
+    /// state that goes with them.
+    fn stamp(&self, partition: i32) -> Option<Stamp> {
+        self.committers
+            .iter()
+            .filter(|(at, _)| at.partition == partition)
+            .find_map(|(_, tag)| kafka::parse_committer_tag(tag).and_then(|(_, stamp)| stamp))
+    }
+}
+
 /// A restore rebuilds the committed state of partitions that another
 /// process may still be processing. That is safe only when this shard's
 /// `init_transactions` has fenced whoever committed them last, that is when
@@ -1179,17 +1583,14 @@ struct Committed {
 /// shard count that gives it the partition too, and nothing would stop the
 /// two from applying the same transfers.
 fn check_committers(committed: &Committed, transactional_id: &str) -> Result<(), String> {
-    let ours = kafka::committer_tag(transactional_id);
     let others: Vec<String> = committed
         .committers
         .iter()
-        .filter(|(_, committer)| **committer != ours)
-        .map(
-            |(at, committer)| match committer.strip_prefix(kafka::COMMITTER_PREFIX) {
-                Some(id) => format!("{at} by {id}"),
-                None => format!("{at} by something other than a shard ({committer:?})"),
-            },
-        )
+        .filter_map(|(at, tag)| match kafka::parse_committer_tag(tag) {
+            Some((id, _)) if id == transactional_id => None,
+            Some((id, _)) => Some(format!("{at} by {id}")),
+            None => Some(format!("{at} by something other than a shard ({tag:?})")),
+        })
         .collect();
     if others.is_empty() {
         return Ok(());
@@ -1208,11 +1609,12 @@ fn check_committers(committed: &Committed, transactional_id: &str) -> Result<(),
 fn committed_offsets(
     consumer: &BaseConsumer<KafkaContext>,
     settings: &Settings,
+    partitions: &[i32],
     timeout: Duration,
 ) -> KafkaResult<Committed> {
     let mut list = TopicPartitionList::new();
     for source in [Source::Transfers, Source::Credits] {
-        for partition in &settings.owned {
+        for partition in partitions {
             list.add_partition(settings.topic(source), *partition);
         }
     }

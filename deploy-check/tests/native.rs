@@ -404,11 +404,10 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
         Some(format!("{prefix}-{POD_ORDINAL}").as_str()),
         "the shard's transactional id: {ready}"
     );
-    let opened = log_event(&mut consumer, "Ledger opened.");
     let owned = numbers(
-        opened["partitions"]
+        ready["partitions"]
             .as_str()
-            .unwrap_or_else(|| panic!("no partitions in {opened}")),
+            .unwrap_or_else(|| panic!("no partitions in {ready}")),
     );
     let expected: Vec<i32> = (0..partitions)
         .filter(|p| p % shards as i32 == POD_ORDINAL as i32)
@@ -417,7 +416,7 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     assert_eq!(
         owned, expected,
         "shard {POD_ORDINAL} of {shards} must own the partitions p with p % {shards} == \
-         {POD_ORDINAL}: {opened}"
+         {POD_ORDINAL}: {ready}"
     );
 
     consumer.stop_cleanly();

@@ -137,7 +137,16 @@ pub struct PipelineConfig {
     pub batch_ms: u64,
     /// Extra environment of every shard (failure injection in tests).
     pub shard_env: Vec<(String, String)>,
+    /// The consumer group assigns the shards' partitions
+    /// (`--assignment group`), so that shards can be retired and added while
+    /// the pipeline runs; otherwise shard i owns `p mod shards == i`.
+    pub group_assignment: bool,
 }
+
+/// With group assignment, how long a shard may go without polling before
+/// the group gives its partitions away, and its session: short, so that a
+/// retired shard's partitions move on within seconds.
+const GROUP_MAX_POLL_INTERVAL_MS: &str = "10000";
 
 /// One run of the producer.
 #[derive(Debug, Clone)]
@@ -156,6 +165,8 @@ struct ShardProcess {
     data_dir: PathBuf,
     log: PathBuf,
     starts: u32,
+    /// Stopped on purpose and left stopped (a scale-in), until started again.
+    retired: bool,
 }
 
 /// Counts of what the pipeline went through.
@@ -167,6 +178,10 @@ pub struct Disruptions {
     pub shard_starts: u32,
     pub producer_kills: u32,
     pub producer_starts: u32,
+    /// Shards stopped and left stopped while the others ran, and shards
+    /// started again after that (group assignment).
+    pub scale_ins: u32,
+    pub scale_outs: u32,
 }
 
 /// A running pipeline. Dropping it kills every child.
@@ -233,6 +248,7 @@ impl Pipeline {
                 data_dir: config.work_dir.join(format!("shard-{shard}")),
                 log: config.work_dir.join(format!("shard-{shard}.log")),
                 starts: 0,
+                retired: false,
             });
         }
         let http = reqwest::blocking::Client::builder()
@@ -260,6 +276,13 @@ impl Pipeline {
         self.shards
             .iter()
             .map(|shard| format!("http://127.0.0.1:{}", shard.http_port))
+            .collect()
+    }
+
+    /// The shards not retired: those that serve the ledger between them.
+    pub fn active_shards(&self) -> Vec<usize> {
+        (0..self.shards.len())
+            .filter(|index| !self.shards[*index].retired)
             .collect()
     }
 
@@ -333,6 +356,11 @@ impl Pipeline {
         if let Some(child) = shard.child.as_mut() {
             kill(child);
         }
+        let (assignment, max_poll_interval) = if config.group_assignment {
+            ("group", GROUP_MAX_POLL_INTERVAL_MS)
+        } else {
+            ("ordinal", "300000")
+        };
         let (stdout, stderr) = log_file(&shard.log)?;
         let child = Command::new(&self.binaries.consumer)
             .env(kafka::ENV_BOOTSTRAP, &config.bootstrap_servers)
@@ -355,6 +383,8 @@ impl Pipeline {
                 format!("127.0.0.1:{}", shard.http_port),
             )
             .env(names::TXLEDGER_BATCH_MS, config.batch_ms.to_string())
+            .env(names::TXLEDGER_ASSIGNMENT, assignment)
+            .env(names::TXLEDGER_MAX_POLL_INTERVAL_MS, max_poll_interval)
             .envs(config.shard_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -367,8 +397,26 @@ impl Pipeline {
             })?;
         shard.child = Some(child);
         shard.starts += 1;
+        if shard.retired {
+            shard.retired = false;
+            self.disruptions.scale_outs += 1;
+        }
         self.disruptions.shard_starts += 1;
         Ok(())
+    }
+
+    /// Stops shard `index` with SIGTERM and leaves it stopped, as a scale-in
+    /// does: with group assignment the others take its partitions.
+    /// `start_shard` brings it back (a scale-out). `None`: it had to be
+    /// killed.
+    pub fn retire_shard(&mut self, index: usize) -> Option<ExitStatus> {
+        let shard = &mut self.shards[index];
+        shard.retired = true;
+        self.disruptions.scale_ins += 1;
+        shard
+            .child
+            .take()
+            .and_then(|mut child| terminate(&mut child, Duration::from_secs(30)))
     }
 
     pub fn start_shards(&mut self) -> Result<(), PipelineError> {
@@ -439,7 +487,7 @@ impl Pipeline {
     /// error with the end of its log.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), PipelineError> {
         let deadline = Instant::now() + timeout;
-        for index in 0..self.shards.len() {
+        for index in self.active_shards() {
             loop {
                 // Exits first: whatever answers on a dead shard's port is
                 // not that shard.
@@ -516,11 +564,16 @@ impl Pipeline {
             .and_then(|child| child.try_wait().ok().flatten())
     }
 
-    /// Each shard's `/v1/stats`, `None` where the shard does not answer.
+    /// Each shard's `/v1/stats`, `None` where the shard does not answer
+    /// (or is retired).
     pub fn stats(&self) -> Vec<Option<StatsView>> {
         self.shard_urls()
             .iter()
-            .map(|url| {
+            .zip(&self.shards)
+            .map(|(url, shard)| {
+                if shard.retired {
+                    return None;
+                }
                 self.http
                     .get(format!("{url}/v1/stats"))
                     .send()
@@ -554,7 +607,14 @@ impl Pipeline {
     /// partitions: a read_committed reader placed at each shard's next
     /// offsets finds nothing more before the end of every partition.
     pub fn caught_up(&self) -> Result<bool, PipelineError> {
-        let stats = self.stats();
+        let active = self.active_shards();
+        let stats: Vec<Option<StatsView>> = self
+            .stats()
+            .into_iter()
+            .enumerate()
+            .filter(|(index, _)| active.contains(index))
+            .map(|(_, view)| view)
+            .collect();
         if stats.iter().any(Option::is_none) {
             return Ok(false);
         }
@@ -630,7 +690,10 @@ impl Pipeline {
     /// transaction markers and aborted records count too.
     pub fn lag(&self) -> Option<i64> {
         let mut lag = 0;
-        for view in self.stats() {
+        for (view, shard) in self.stats().into_iter().zip(&self.shards) {
+            if shard.retired {
+                continue;
+            }
             for offset in view?.offsets {
                 let topic = self.config.topics.of(offset.source);
                 let (_, high) = self
@@ -657,7 +720,9 @@ impl Pipeline {
             &mut input,
             &mut |_| {},
         )?;
-        for url in self.shard_urls() {
+        let urls = self.shard_urls();
+        for index in self.active_shards() {
+            let url = urls[index].clone();
             input.push_balances(audit::fetch_balances(
                 &BalanceSource::Url(url),
                 Duration::from_secs(60),

@@ -2,7 +2,9 @@
 //! with shards killed (SIGKILL) every few seconds, twice with their sled
 //! directory deleted, the producer killed mid-transaction and restarted,
 //! and the broker stopped and restarted, while transfers flow. At the end
-//! the audit must pass.
+//! the audit must pass. It runs twice: with partitions assigned by ordinal,
+//! and with the consumer group assigning them, where the shard set is also
+//! scaled in (a shard stopped for good) and out again (started) meanwhile.
 //!
 //! The test is the supervisor (as Kubernetes would be): it restarts what
 //! died, including shards that exit on their own after the broker outage
@@ -32,6 +34,11 @@ const PRODUCER_KILLS: u32 = 2;
 /// Shards killed with their sled directory deleted (a lost volume).
 const DATA_LOSSES: u32 = 2;
 const KILL_INTERVAL: Duration = Duration::from_secs(3);
+/// With group assignment, the round from which a shard is retired (the
+/// first whose victim is not the planted crash); it is started again once
+/// the others have taken its partitions over. The producer, restarted from
+/// the start of its stream at rounds 3 and 6, runs well past both.
+const SCALE_IN_ROUND: u32 = 1;
 /// The shard that dies between its sled write and its commit, at its
 /// second non-empty batch (the first may be a recovery's small one).
 const PLANTED_CRASH: [(&str, &str); 2] = [
@@ -113,6 +120,21 @@ fn kill_producer_mid_transaction(
     pipeline.start_producer(run).expect("producer restart");
     left_open
 }
+/// Whether the shards not retired own every partition between them, each
+/// answering with its offsets (after a rebalance, the partitions it took).
+fn taken_over(pipeline: &Pipeline, partitions: i32) -> bool {
+    let active = pipeline.active_shards();
+    let stats = pipeline.stats();
+    let mut owned = std::collections::BTreeSet::new();
+    for index in active {
+        let Some(view) = &stats[index] else {
+            return false;
+        };
+        owned.extend(view.offsets.iter().map(|offset| offset.partition));
+    }
+    owned.len() == partitions as usize
+}
+
 /// A shard's log from byte `from` on.
 fn shard_log_from(pipeline: &Pipeline, shard: usize, from: u64) -> String {
     let log = std::fs::read(pipeline.shard_log(shard)).unwrap_or_default();
@@ -134,6 +156,15 @@ fn print_logs(pipeline: &Pipeline, broker: &harness::Broker) {
 
 #[test]
 fn the_pipeline_survives_chaos_and_the_audit_passes() {
+    chaos(false);
+}
+
+#[test]
+fn with_group_assignment_the_pipeline_survives_chaos_and_scaling() {
+    chaos(true);
+}
+
+fn chaos(group_assignment: bool) {
     let binaries = Binaries::locate().expect("the producer and consumer binaries");
     // Its own broker, not the shared one: this test stops and restarts it.
     let mut broker = harness::Broker::start(harness::BrokerOptions::default())
@@ -151,6 +182,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
         shard_env: Vec::new(),
+        group_assignment,
     };
     let mut pipeline = Pipeline::new(config, binaries).expect("pipeline");
     pipeline.create_topics().expect("topics");
@@ -184,6 +216,10 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     // shard and the length of its log when its successor started.
     let mut planted: Option<usize> = None;
     let mut planted_successor: Option<(usize, u64)> = None;
+    // With group assignment: the shard retired, until it is started again,
+    // and whether both happened while the producer ran.
+    let mut retired: Option<usize> = None;
+    let mut scaled_while_producing = true;
     // Pseudo-random but reproducible choice of victims.
     let mut victim = 0x9e37_79b9_u32;
     loop {
@@ -193,9 +229,15 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
             pipeline.disruptions
         );
         std::thread::sleep(Duration::from_millis(200));
-        let producer_done = producer_kills_mid_transaction >= PRODUCER_KILLS;
+        let scaled = !group_assignment || pipeline.disruptions.scale_outs > 0;
+        let producer_done = producer_kills_mid_transaction >= PRODUCER_KILLS && scaled;
         match pipeline.producer_exit() {
             Some(status) if status.success() && producer_done => break,
+            Some(status) if status.success() && !scaled => {
+                // Traffic goes on until the shard set has been scaled in
+                // and out: the next run resends the stream (duplicates).
+                pipeline.start_producer(&run).expect("producer restart");
+            }
             Some(_) => {
                 // Died on its own (e.g. during the broker outage): restart.
                 unplanned_restarts += 1;
@@ -203,7 +245,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
             }
             None => {}
         }
-        for shard in 0..SHARDS as usize {
+        for shard in pipeline.active_shards() {
             if pipeline.shard_exit(shard).is_some() {
                 if planted == Some(shard) {
                     planted = None;
@@ -223,8 +265,25 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         victim ^= victim << 13;
         victim ^= victim >> 17;
         victim ^= victim << 5;
-        let shard = (victim % SHARDS) as usize;
-        if round == 2 {
+        let active = pipeline.active_shards();
+        let shard = active[victim as usize % active.len()];
+        let scale_in = group_assignment
+            && pipeline.disruptions.scale_ins == 0
+            && round >= SCALE_IN_ROUND
+            && planted != Some(shard);
+        if scale_in {
+            scaled_while_producing &= pipeline.producer_exit().is_none();
+            let status = pipeline.retire_shard(shard);
+            assert!(
+                status.is_some_and(|status| status.success()),
+                "a retired shard stops cleanly: {status:?}"
+            );
+            retired = Some(shard);
+        } else if let Some(shard) = retired.filter(|_| taken_over(&pipeline, 6)) {
+            scaled_while_producing &= pipeline.producer_exit().is_none();
+            pipeline.start_shard(shard).expect("scale-out");
+            retired = None;
+        } else if round == 2 {
             // Once: this incarnation dies by itself, mid-protocol.
             pipeline.kill_shard(shard);
             pipeline
@@ -258,7 +317,8 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
     // Keep killing shards until the minimum is reached, then settle.
     while pipeline.disruptions.shard_kills < SHARD_KILLS_MIN {
         std::thread::sleep(KILL_INTERVAL);
-        let shard = (pipeline.disruptions.shard_kills % SHARDS) as usize;
+        let active = pipeline.active_shards();
+        let shard = active[pipeline.disruptions.shard_kills as usize % active.len()];
         pipeline.kill_shard(shard);
         pipeline.start_shard(shard).expect("shard restart");
     }
@@ -294,7 +354,7 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
          shard crashes between sled write and commit {}, sled directories deleted {} \
          (restores from the changelog {restores}), producer kills {} ({} left a \
          transaction with records open), producer runs {}, broker restarts {}, \
-         unplanned restarts {}\n{report}",
+         scale-ins {}, scale-outs {}, unplanned restarts {}\n{report}",
         started.elapsed(),
         disruptions.shard_kills,
         u32::from(planted_successor.is_some()),
@@ -303,6 +363,8 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         producer_kills_mid_transaction,
         disruptions.producer_starts,
         u32::from(broker_restarted),
+        disruptions.scale_ins,
+        disruptions.scale_outs,
         unplanned_restarts,
     );
     if !report.passed() {
@@ -335,6 +397,40 @@ fn the_pipeline_survives_chaos_and_the_audit_passes() {
         "producers killed mid-transaction leave aborted input records"
     );
     assert!(broker_restarted);
+    if group_assignment {
+        for shard in 0..SHARDS as usize {
+            let log = std::fs::read_to_string(pipeline.shard_log(shard)).unwrap_or_default();
+            for line in log.lines().filter(|line| {
+                line.contains("Partitions assigned by the group.")
+                    || line.contains("Partitions revoked by the group.")
+            }) {
+                let _ = writeln!(std::io::stderr(), "shard {shard}: {line}");
+            }
+        }
+        assert!(disruptions.scale_ins >= 1 && disruptions.scale_outs >= 1);
+        assert!(
+            scaled_while_producing,
+            "the shard set was scaled in and out while the producer ran"
+        );
+        // The others restored the retired shard's partitions, and it
+        // restored them back: more restores than lost directories.
+        assert!(
+            restores > DATA_LOSSES as usize,
+            "{restores} restores: partitions moved with the scale-in and out"
+        );
+        let regroups: usize = (0..SHARDS as usize)
+            .map(|shard| {
+                std::fs::read_to_string(pipeline.shard_log(shard))
+                    .unwrap_or_default()
+                    .matches("Partitions assigned by the group.")
+                    .count()
+            })
+            .sum();
+        assert!(
+            regroups >= 2 * SHARDS as usize,
+            "the group assigned partitions {regroups} times"
+        );
+    }
     let (shard, from) = planted_successor.expect("the planted shard crash happened");
     let successor = shard_log_from(&pipeline, shard, from);
     assert!(

@@ -63,6 +63,7 @@ fn audited_run(mutant: Option<&str>) -> AuditReport {
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
         shard_env,
+        group_assignment: false,
     };
     let transfers_topic = config.topics.transactions.clone();
     let bootstrap = config.bootstrap_servers.clone();

@@ -9,6 +9,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 
+use crate::store::Stamp;
+
 /// The environment variable naming the brokers, read by every binary.
 pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
 
@@ -113,15 +115,36 @@ pub fn shard_transactional_id(prefix: &str, shard: u32) -> String {
     format!("{prefix}-{shard}")
 }
 
-/// The metadata a shard commits with its offsets, naming it by its
-/// transactional.id, so that whoever takes a partition next knows whether
-/// its own `init_transactions` fenced the last committer.
-pub fn committer_tag(transactional_id: &str) -> String {
-    format!("{COMMITTER_PREFIX}{transactional_id}")
+/// The metadata a shard commits with each offset: `txledger:<id>` names
+/// the committer by its transactional.id, so that whoever takes the
+/// partition next knows whether its own `init_transactions` fenced it, and
+/// `#<stamp>` (32 hex digits) is the partition's state version
+/// (`store::Stamp`).
+pub fn committer_tag(transactional_id: &str, stamp: Option<&Stamp>) -> String {
+    match stamp {
+        Some(stamp) => format!(
+            "{COMMITTER_PREFIX}{transactional_id}#{}",
+            uuid::Uuid::from_bytes(*stamp).simple()
+        ),
+        None => format!("{COMMITTER_PREFIX}{transactional_id}"),
+    }
+}
+
+/// The other way round: the committer's transactional.id and the stamp, or
+/// `None` for metadata that no shard wrote.
+pub fn parse_committer_tag(metadata: &str) -> Option<(&str, Option<Stamp>)> {
+    let tag = metadata.strip_prefix(COMMITTER_PREFIX)?;
+    match tag.split_once('#') {
+        None => Some((tag, None)),
+        Some((id, stamp)) => {
+            let stamp = uuid::Uuid::try_parse(stamp).ok()?;
+            Some((id, Some(*stamp.as_bytes())))
+        }
+    }
 }
 
 /// How every committer tag starts; other metadata came from something else.
-pub const COMMITTER_PREFIX: &str = "txledger:";
+const COMMITTER_PREFIX: &str = "txledger:";
 
 /// Fetches `topics`' metadata into the consumer's cache before an
 /// `assign`. Without it the assignment finds no partition leader and
@@ -270,3 +293,27 @@ impl rdkafka::consumer::ConsumerContext for EofReaderContext {}
 
 /// A `BaseConsumer` for readers that stop at the end of each partition.
 pub type EofReader = rdkafka::consumer::BaseConsumer<EofReaderContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committer_tags_read_back_and_foreign_metadata_is_none() {
+        let stamp: Stamp = *b"0123456789abcdef";
+        let tag = committer_tag("ledger-consumer-2", Some(&stamp));
+        assert_eq!(
+            parse_committer_tag(&tag),
+            Some(("ledger-consumer-2", Some(stamp)))
+        );
+        let plain = committer_tag("ledger-consumer-2", None);
+        assert_eq!(plain, "txledger:ledger-consumer-2");
+        assert_eq!(
+            parse_committer_tag(&plain),
+            Some(("ledger-consumer-2", None))
+        );
+        assert_eq!(parse_committer_tag(""), None);
+        assert_eq!(parse_committer_tag("checkpoint 7"), None);
+        assert_eq!(parse_committer_tag("txledger:x#not-hex"), None);
+    }
+}

@@ -14,6 +14,7 @@
 //! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
 //! | `h:` partition, order key      | a held transfer, with its offset and since when |
 //! | `r:` partition, account        | the account's credits ordered after some transfer still to decide |
+//! | `v:` partition                 | the stamp of the last batch that changed the partition (`Stamp`) |
 //! | `m:seq`                       | next batch seq                          |
 //! | `m:pending`                   | the pending record (see `Pending`)      |
 //! | `m:restoring`                 | present while a restore is under way    |
@@ -30,7 +31,7 @@
 //! store from them.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ const OFFSET_PREFIX: &[u8] = b"o:";
 const ORDER_PREFIX: &[u8] = b"q:";
 const HELD_PREFIX: &[u8] = b"h:";
 const RECENT_PREFIX: &[u8] = b"r:";
+const STAMP_PREFIX: &[u8] = b"v:";
 /// The shard's own keys, which no partition's state includes.
 const META_PREFIX: &[u8] = b"m:";
 const SEQ_KEY: &[u8] = b"m:seq";
@@ -54,6 +56,13 @@ const PENDING_KEY: &[u8] = b"m:pending";
 /// Present while a restore is under way: a store cut short in the middle
 /// of one may hold the newest offsets without all the balances.
 const RESTORING_KEY: &[u8] = b"m:restoring";
+
+/// What names one version of a partition's state: a batch that changes a
+/// partition writes its stamp there and commits the same stamp with the
+/// partition's offsets (in their metadata), so that a shard taking the
+/// partition can tell whether its copy is the committed one even when
+/// the offsets did not move (a credit applied locally, order state).
+pub type Stamp = [u8; 16];
 
 /// Tag byte of a credited id in a packed id list; decided ids use 0 for
 /// accepted and the reject reason's byte otherwise.
@@ -402,6 +411,10 @@ fn offset_key(at: InputPartition) -> Vec<u8> {
     key
 }
 
+fn stamp_key(partition: i32) -> Vec<u8> {
+    [STAMP_PREFIX, &partition.to_be_bytes()].concat()
+}
+
 fn order_key(partition: i32) -> Vec<u8> {
     [ORDER_PREFIX, &partition.to_be_bytes()].concat()
 }
@@ -419,7 +432,7 @@ fn recent_key(partition: i32, account: &AccountId) -> Vec<u8> {
     .concat()
 }
 
-/// The partition number at the start of a `q:`, `h:` or `r:` key.
+/// The partition number at the start of a `q:`, `h:`, `r:` or `v:` key.
 fn order_key_partition(key: &[u8]) -> Option<i32> {
     key.get(2..6)?.try_into().ok().map(i32::from_be_bytes)
 }
@@ -437,7 +450,7 @@ pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Op
             .map(|account| partition_of(&account)),
         prefix if prefix == IDS_PREFIX => be(10..14),
         prefix if prefix == OFFSET_PREFIX => be(3..7),
-        prefix if [ORDER_PREFIX, HELD_PREFIX, RECENT_PREFIX].contains(&prefix) => {
+        prefix if [ORDER_PREFIX, HELD_PREFIX, RECENT_PREFIX, STAMP_PREFIX].contains(&prefix) => {
             order_key_partition(key)
         }
         _ => None,
@@ -702,6 +715,19 @@ impl Store {
             .sum()
     }
 
+    /// The stamp of the last batch that changed `partition` here, if any.
+    pub fn stamp(&self, partition: i32) -> Result<Option<Stamp>, StoreError> {
+        let value = self
+            .db
+            .get(stamp_key(partition))
+            .map_err(|e| self.sled_error(e))?;
+        value
+            .map(|bytes| {
+                Stamp::try_from(bytes.as_ref()).map_err(|_| self.corrupt("a stamp is not 16 bytes"))
+            })
+            .transpose()
+    }
+
     /// Whether a restore began and did not finish: what the store holds is
     /// not a state to serve.
     pub fn restore_unfinished(&self) -> bool {
@@ -712,6 +738,16 @@ impl Store {
     /// flushes it to disk. Until `mark_committed` (or recovery), readers
     /// keep seeing the state before it.
     pub fn write_batch(&mut self, effects: &BatchEffects) -> Result<WriteReport, StoreError> {
+        self.write_stamped(effects, None)
+    }
+
+    /// [`Store::write_batch`], and `stamp` on every partition the batch
+    /// has offsets of.
+    pub fn write_stamped(
+        &mut self,
+        effects: &BatchEffects,
+        stamp: Option<Stamp>,
+    ) -> Result<WriteReport, StoreError> {
         let seq = self.next_seq;
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             Vec::with_capacity(effects.balances.len() + effects.offsets.len() + 2);
@@ -746,6 +782,12 @@ impl Store {
                 "invariant violated: offset of {at} would go back from {previous:?} to {next}"
             );
             writes.push((offset_key(*at), Some(next.to_be_bytes().to_vec())));
+        }
+        if let Some(stamp) = stamp {
+            let partitions: BTreeSet<i32> = effects.offsets.keys().map(|at| at.partition).collect();
+            for partition in partitions {
+                writes.push((stamp_key(partition), Some(stamp.to_vec())));
+            }
         }
         writes.push((SEQ_KEY.to_vec(), Some((seq + 1).to_be_bytes().to_vec())));
 
@@ -847,6 +889,53 @@ impl Store {
         })
     }
 
+    /// Starts replacing the state of `partitions` alone by what the
+    /// changelog rebuilds (a partition taken over from another shard): their
+    /// keys are removed first, the other partitions' state stays. Their
+    /// batches must be resolved: no pending record.
+    pub fn restore_partitions(
+        &mut self,
+        partitions: &[i32],
+        partition_of: impl Fn(&AccountId) -> i32,
+    ) -> Result<Restore<'_>, StoreError> {
+        self.drop_partitions(partitions, partition_of)?;
+        self.db
+            .insert(RESTORING_KEY, &[])
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(Restore {
+            store: self,
+            applied: false,
+        })
+    }
+
+    /// Removes the state of `partitions` (partitions given away), every key
+    /// that [`key_partition`] maps to one of them, in one flushed batch.
+    /// Their batches must be resolved: no pending record.
+    pub fn drop_partitions(
+        &mut self,
+        partitions: &[i32],
+        partition_of: impl Fn(&AccountId) -> i32,
+    ) -> Result<(), StoreError> {
+        assert!(
+            self.pending.is_none(),
+            "invariant violated: partitions are dropped only with every batch resolved"
+        );
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.db.iter() {
+            let (key, _) = item.map_err(|e| self.sled_error(e))?;
+            if key_partition(&key, &partition_of).is_some_and(|p| partitions.contains(&p)) {
+                batch.remove(key);
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.load()
+    }
+
     /// The batch in flight is committed in Kafka: readers may see it. Its
     /// pending record stays on disk until the next write replaces it (or
     /// `clear_pending`), which saves a flush per batch; recovery resolves it.
@@ -926,7 +1015,8 @@ impl Restore<'_> {
     }
 
     /// Makes the restored state durable and loads it. Batch numbers go on
-    /// after the newest restored one, so that its ids stay the newest.
+    /// after the newest restored one (and this store's own), so that new
+    /// ids are the newest and no batch key is written twice.
     pub fn finish(self) -> Result<(), StoreError> {
         let store = self.store;
         let newest = match store.db.scan_prefix(IDS_PREFIX).next_back() {
@@ -936,9 +1026,10 @@ impl Restore<'_> {
             }
             None => 0,
         };
+        let next = (newest + 1).max(store.next_seq);
         store
             .db
-            .insert(SEQ_KEY, &(newest + 1).to_be_bytes())
+            .insert(SEQ_KEY, &next.to_be_bytes())
             .map_err(|e| store.sled_error(e))?;
         // Everything restored is on disk before the marker goes.
         store.db.flush().map_err(|e| store.sled_error(e))?;

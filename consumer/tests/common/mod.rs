@@ -421,9 +421,20 @@ pub fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> T {
 /// All balances served by the shards at `urls`, merged; panics if an
 /// account is served by two shards.
 pub fn served_balances(urls: &[String]) -> BTreeMap<String, i128> {
+    try_served_balances(urls).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// All balances served by the shards at `urls`, merged, or why not: a shard
+/// that does not answer 200, an account served by two shards.
+pub fn try_served_balances(urls: &[String]) -> Result<BTreeMap<String, i128>, String> {
     let mut all = BTreeMap::new();
     for url in urls {
-        let top: TopView = get_json(&format!("{url}/v1/accounts?top=1000"));
+        let url = format!("{url}/v1/accounts?top=1000");
+        let response = http().get(&url).send().map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: {}", response.status()));
+        }
+        let top: TopView = response.json().expect("JSON body");
         assert!(
             top.accounts.len() < 1000,
             "more accounts than one query shows"
@@ -433,14 +444,12 @@ pub fn served_balances(urls: &[String]) -> BTreeMap<String, i128> {
             let minor = (balance * Decimal::from(100))
                 .to_i128()
                 .expect("balance in minor units");
-            assert!(
-                all.insert(entry.account.clone(), minor).is_none(),
-                "account {} is served by two shards",
-                entry.account
-            );
+            if all.insert(entry.account.clone(), minor).is_some() {
+                return Err(format!("account {} is served by two shards", entry.account));
+            }
         }
     }
-    all
+    Ok(all)
 }
 
 /// Waits until the shards serve exactly `expected` balances (zero balances

@@ -108,6 +108,7 @@ fn pipeline_config(args: &Args, bootstrap: String, work_dir: &Path) -> PipelineC
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
         shard_env: Vec::new(),
+        group_assignment: false,
     }
 }
 

@@ -521,7 +521,18 @@ fn balance(
     let partition = partition_for(account.as_str().as_bytes(), partitions);
     // `shards` holds at most SHARDS_MAX entries, so the cast is exact.
     let owner = &shards[shard_for(partition, shards.len() as u32) as usize];
-    match owner.balance(account)? {
+    let mut found = owner.balance(account)?;
+    if found.is_none() {
+        // With group assignment (`--assignment group`) the consumer group,
+        // not the ordinal, decides which shard holds the partition.
+        for shard in shards.iter().filter(|shard| !std::ptr::eq(*shard, owner)) {
+            found = shard.balance(account)?;
+            if found.is_some() {
+                break;
+            }
+        }
+    }
+    match found {
         Some(view) => {
             if json {
                 print_json(&view)?;
@@ -542,8 +553,9 @@ fn balance(
                 // A wrong partition count or shard order sends the question
                 // to a shard that cannot know the account.
                 message.push_str(&format!(
-                    " (it owns the account's partition {partition} of {partitions}; check \
-                     --partitions and the shard order if the account exists)"
+                    " (it owns the account's partition {partition} of {partitions}, and no other \
+                     shard given knows it either; check --partitions and the shard order if the \
+                     account exists)"
                 ));
             }
             not_found(json, message)
