@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ledger::kafka;
 use ledger_cli::audit::Topics;
-use ledger_cli::pipeline::{Pipeline, ProducerRun};
+use ledger_cli::pipeline::Pipeline;
 use ledger_core::domain::{OutcomeKind, TransferId};
 use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -91,13 +91,7 @@ pub fn run(bench: &Bench, rate: u64, rows: Rows) -> anyhow::Result<Vec<Row>> {
 
     let reader = reader(bench, &label, &topics)?;
     let started_at = OffsetDateTime::now_utc();
-    pipeline.start_producer(&ProducerRun {
-        count,
-        rate,
-        seed: bench.seed,
-        accounts: bench.sizes.accounts,
-        batch_ms: bench.producer_batch_ms,
-    })?;
+    pipeline.start_producer(&bench.live_producer(count, rate))?;
     let deadline = Instant::now() + Duration::from_secs(bench.sizes.latency_secs) + DRAIN_TIMEOUT;
     let samples = read_on_a_thread(reader, topics.results.clone(), count, started_at, deadline)?;
     if let Some(status) = pipeline.producer_exit() {

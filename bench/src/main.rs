@@ -27,11 +27,13 @@
 //!   outcomes.
 //! - [`recovery`]: row 5, restart-to-ready after SIGKILL over a sled ledger
 //!   written directly.
+//! - [`rebalance`]: row 8, the pause in outcomes while a shard joins.
 
 mod core_rows;
 mod latency;
 mod passthrough;
 mod producer_rows;
+mod rebalance;
 mod recovery;
 mod report;
 mod shards;
@@ -42,7 +44,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use ledger_cli::pipeline::{self, Binaries};
+use ledger_cli::pipeline::{self, Binaries, ProducerRun};
 
 use crate::report::{median_by, Report, Row};
 use crate::shards::Setup;
@@ -63,11 +65,12 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Rows to run, comma-separated (1-7) [default: all]. Row 3 runs at half
+    /// Rows to run, comma-separated (1-8) [default: all]. Row 3 runs at half
     /// the one-shard rate of row 2, measured for it unless --latency-rate.
     /// Row 7 (what deciding in the ledger's order costs) reruns row 2's
-    /// shard and row 3's fixed rate deciding on arrival.
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
+    /// shard and row 3's fixed rate deciding on arrival. Row 8 is the pause
+    /// in outcomes while a shard joins a group-assigned set.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
     rows: Vec<u8>,
 
     /// Transfers in the pipeline rows' input (2, 3's rate, 6)
@@ -140,6 +143,10 @@ pub struct Sizes {
     pub recovery_rounds: usize,
     /// Row 6: shard counts besides the one-shard baseline.
     pub scaling_shards: Vec<u32>,
+    /// Row 8: the producer's rate, and seconds of traffic (the shard joins
+    /// halfway).
+    pub rebalance_rate: u64,
+    pub rebalance_secs: u64,
     /// Rows 1, 2 and 6: runs of each contender; the median is reported.
     pub repeat: usize,
 }
@@ -156,6 +163,8 @@ impl Sizes {
                 recovery_accounts: vec![10_000, 100_000],
                 recovery_rounds: 1,
                 scaling_shards: vec![2, 3],
+                rebalance_rate: 2_000,
+                rebalance_secs: 12,
                 repeat: 1,
             }
         } else {
@@ -168,6 +177,8 @@ impl Sizes {
                 recovery_accounts: vec![10_000, 100_000, 1_000_000],
                 recovery_rounds: 9,
                 scaling_shards: vec![2, 3],
+                rebalance_rate: 5_000,
+                rebalance_secs: 30,
                 repeat: 3,
             }
         }
@@ -195,6 +206,17 @@ impl Bench {
     /// A name unique to this run, for topics, groups and transactional ids.
     pub fn name(&self, what: &str) -> String {
         format!("bench-{}-{what}", self.run_id)
+    }
+
+    /// The live producer of the rows that send at a fixed rate (3, 8).
+    pub fn live_producer(&self, count: u64, rate: u64) -> ProducerRun {
+        ProducerRun {
+            count,
+            rate,
+            seed: self.seed,
+            accounts: self.sizes.accounts,
+            batch_ms: self.producer_batch_ms,
+        }
     }
 }
 
@@ -319,6 +341,9 @@ fn measure_rows(bench: &Bench, args: &Args) -> anyhow::Result<Vec<Row>> {
             args.latency_fixed_rate,
             latency::AT_FIXED_RATE_ON_ARRIVAL,
         )?);
+    }
+    if selected(8) {
+        rows.extend(rebalance::run(bench)?);
     }
     if selected(5) {
         rows.extend(recovery::run(bench)?);

@@ -54,6 +54,9 @@ pub enum Setup {
     /// In order, without the changelog (`--changelog-topic ""`): what the
     /// changelog is measured against.
     NoChangelog,
+    /// The defaults, with the consumer group assigning the partitions
+    /// (`--assignment group`): shards can join while traffic flows.
+    GroupAssigned,
 }
 
 impl Setup {
@@ -62,6 +65,7 @@ impl Setup {
             Setup::InOrder => "",
             Setup::OnArrival => "-arrival",
             Setup::NoChangelog => "-nochangelog",
+            Setup::GroupAssigned => "-group",
         }
     }
 }
@@ -140,7 +144,7 @@ pub fn pipeline(
         shard_env.push((names::TXLEDGER_CHANGELOG_TOPIC.to_owned(), String::new()));
     }
     match setup {
-        Setup::InOrder => {}
+        Setup::InOrder | Setup::GroupAssigned => {}
         Setup::OnArrival => {
             shard_env.push((names::TXLEDGER_HOLD_MAX_MS.to_owned(), "0".to_owned()));
         }
@@ -159,7 +163,7 @@ pub fn pipeline(
         producer_transactional_id: bench.name(&format!("{label}-producer")),
         batch_ms: bench.shard_batch_ms,
         shard_env,
-        group_assignment: false,
+        group_assignment: setup == Setup::GroupAssigned,
     };
     let pipeline = Pipeline::new(config, bench.binaries.clone())?;
     pipeline.create_topics()?;

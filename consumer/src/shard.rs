@@ -1424,12 +1424,7 @@ fn settle_leftovers(
         store.offsets(),
         &committed.offsets,
     );
-    info!(
-        message = "Recovery decided.",
-        decision = ?decision,
-        sled = %recovery::show(store.offsets()),
-        kafka = %recovery::show(&committed.offsets),
-    );
+    log_decision(&decision, store, &committed);
     match decision {
         Recovery::Normal | Recovery::KeepPending => store.clear_pending()?,
         Recovery::UndoPending => store.undo_pending()?,
@@ -1440,6 +1435,16 @@ fn settle_leftovers(
         }
     }
     Ok(true)
+}
+
+/// The recovery rule's decision, with the offsets it was taken on.
+fn log_decision(decision: &Recovery, store: &Store, committed: &Committed) {
+    info!(
+        message = "Recovery decided.",
+        decision = ?decision,
+        sled = %recovery::show(store.offsets()),
+        kafka = %recovery::show(&committed.offsets),
+    );
 }
 
 /// Acts on the recovery rule: sled's pending record against Kafka's
@@ -1461,12 +1466,7 @@ fn recover(
     } else {
         recovery::decide(pending, store.offsets(), &committed.offsets)
     };
-    info!(
-        message = "Recovery decided.",
-        decision = ?decision,
-        sled = %recovery::show(store.offsets()),
-        kafka = %recovery::show(&committed.offsets),
-    );
+    log_decision(&decision, store, committed);
     match decision {
         Recovery::Normal => {}
         Recovery::KeepPending => store.clear_pending()?,

@@ -251,15 +251,7 @@ fn a_restore_of_partitions_another_shard_committed_is_refused() {
     let dir = test_dir();
     let args = shard_args(&topics, &dir.path().join("shard-0"));
     let scenario = Scenario::new(41, 12, 150);
-    let log = dir.path().join("first.log");
-    let mut first = ChildShard::spawn(&args, &[], &log);
-    first.wait_ready();
-    feed(&topics, &scenario.deposits);
-    wait_for_balances(
-        std::slice::from_ref(&first.url),
-        &scenario.model_after_deposits().balances,
-    );
-    assert!(first.terminate().success());
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
 
     let mut other_args = topics.args(1, 2, &dir.path().join("shard-1-of-2"));
     other_args.extend(["--batch-records".to_owned(), "20".to_owned()]);
@@ -278,7 +270,7 @@ fn a_restore_of_partitions_another_shard_committed_is_refused() {
     drop(other);
 
     feed(&topics, &scenario.transfers);
-    let recovered = restart_and_verify(&topics, &scenario, &args, &log);
+    let recovered = restart_and_verify(&topics, &scenario, &args, &dir.path().join("shard.log"));
     assert!(
         !recovered.contains("Restored from the changelog."),
         "{recovered}"

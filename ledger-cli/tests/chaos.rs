@@ -135,6 +135,18 @@ fn taken_over(pipeline: &Pipeline, partitions: i32) -> bool {
     owned.len() == partitions as usize
 }
 
+/// How often `text` occurs in the shards' logs, together.
+fn count_in_logs(pipeline: &Pipeline, text: &str) -> usize {
+    (0..SHARDS as usize)
+        .map(|shard| {
+            std::fs::read_to_string(pipeline.shard_log(shard))
+                .unwrap_or_default()
+                .matches(text)
+                .count()
+        })
+        .sum()
+}
+
 /// A shard's log from byte `from` on.
 fn shard_log_from(pipeline: &Pipeline, shard: usize, from: u64) -> String {
     let log = std::fs::read(pipeline.shard_log(shard)).unwrap_or_default();
@@ -337,14 +349,7 @@ fn chaos(group_assignment: bool) {
         }
     };
     let disruptions = pipeline.disruptions;
-    let restores: usize = (0..SHARDS as usize)
-        .map(|shard| {
-            std::fs::read_to_string(pipeline.shard_log(shard))
-                .unwrap_or_default()
-                .matches("Restored from the changelog.")
-                .count()
-        })
-        .sum();
+    let restores = count_in_logs(&pipeline, "Restored from the changelog.");
     // Written to stderr directly, not with eprintln!, which the test harness
     // captures: what the run survived belongs in every test log, passing or
     // not.
@@ -418,14 +423,7 @@ fn chaos(group_assignment: bool) {
             restores > DATA_LOSSES as usize,
             "{restores} restores: partitions moved with the scale-in and out"
         );
-        let regroups: usize = (0..SHARDS as usize)
-            .map(|shard| {
-                std::fs::read_to_string(pipeline.shard_log(shard))
-                    .unwrap_or_default()
-                    .matches("Partitions assigned by the group.")
-                    .count()
-            })
-            .sum();
+        let regroups = count_in_logs(&pipeline, "Partitions assigned by the group.");
         assert!(
             regroups >= 2 * SHARDS as usize,
             "the group assigned partitions {regroups} times"

@@ -36,10 +36,18 @@ pub struct Args {
     /// Seed of the generated stream.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Who assigns the shards' partitions: `ordinal` (shard i owns
+    /// `p mod shards == i`) or `group` (the consumer group; shards can be
+    /// retired and added while the demo runs).
+    #[arg(long, value_enum, default_value_t = Assignment::Ordinal)]
+    assignment: Assignment,
     /// Every --chaos-interval seconds, kill a shard (SIGKILL) and restart
     /// it, one time in four with its sled directory deleted (it restores
     /// it from the changelog); every fifth event kills the producer
-    /// mid-transaction instead, at most three times.
+    /// mid-transaction instead, at most three times. With
+    /// `--assignment group`, one event in five scales the shard set instead:
+    /// in (a shard stopped and left stopped) and out (started again), in
+    /// turn.
     #[arg(long)]
     chaos: bool,
     /// Seconds between chaos events.
@@ -52,6 +60,12 @@ pub struct Args {
     /// Give up waiting for the shards to catch up after this many seconds.
     #[arg(long, default_value_t = 300)]
     settle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Assignment {
+    Ordinal,
+    Group,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -85,6 +99,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drive(&args, &mut pipeline, &stop, &mut status, started)?;
     pipeline.stop_producer();
     restart_exited(&mut pipeline, args.shards)?;
+    // A shard retired by the chaos comes back for the end, as a scale-out.
+    for index in 0..args.shards as usize {
+        if !pipeline.active_shards().contains(&index) {
+            eprintln!("starting shard {index} again (scale-out) for the audit");
+            pipeline.start_shard(index)?;
+        }
+    }
     pipeline.wait_ready(Duration::from_secs(120))?;
     pipeline.wait_caught_up(Duration::from_secs(args.settle_timeout))?;
     status.render(&pipeline, started);
@@ -108,7 +129,7 @@ fn pipeline_config(args: &Args, bootstrap: String, work_dir: &Path) -> PipelineC
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
         shard_env: Vec::new(),
-        group_assignment: false,
+        group_assignment: args.assignment == Assignment::Group,
     }
 }
 
@@ -158,7 +179,7 @@ fn drive(
         if args.chaos && Instant::now() >= next_chaos {
             chaos_round += 1;
             next_chaos = Instant::now() + Duration::from_secs(args.chaos_interval);
-            chaos_event(pipeline, &run, chaos_round, args.shards)?;
+            chaos_event(pipeline, &run, chaos_round, args)?;
         }
         restart_exited(pipeline, args.shards)?;
     }
@@ -172,6 +193,7 @@ const PRODUCER_KILLS_MAX: u32 = 3;
 /// Ctrl-C: a terminal sends SIGINT to the shards too, and they stop
 /// cleanly; the demo still needs them to catch up and to audit.
 fn restart_exited(pipeline: &mut Pipeline, shards: u32) -> anyhow::Result<()> {
+    // A retired shard has no process: it is not restarted here.
     for index in 0..shards as usize {
         if let Some(exit) = pipeline.shard_exit(index) {
             eprintln!(
@@ -189,18 +211,36 @@ fn restart_exited(pipeline: &mut Pipeline, shards: u32) -> anyhow::Result<()> {
 /// its predecessor and resends the stream from the start; the shards
 /// answer the already-decided ids with `duplicate`. The others kill and
 /// restart a shard, one in four deleting its sled directory first, as a
-/// lost volume, which the shard restores from the changelog.
+/// lost volume, which the shard restores from the changelog. With group
+/// assignment and more than one shard, every fifth event from the second
+/// on scales the shard set: in (a shard stopped, its partitions taken by
+/// the others once its session expires) or, with one retired, out again.
 fn chaos_event(
     pipeline: &mut Pipeline,
     run: &ProducerRun,
     round: u64,
-    shards: u32,
+    args: &Args,
 ) -> anyhow::Result<()> {
-    let shard = (round as usize * 7) % shards as usize;
+    let active = pipeline.active_shards();
+    let shard = active[(round as usize * 7) % active.len()];
+    let scaling = args.assignment == Assignment::Group && args.shards > 1;
     match round % 5 {
         0 if pipeline.disruptions.producer_kills < PRODUCER_KILLS_MAX => {
             pipeline.kill_producer();
             pipeline.start_producer(run)?;
+            return Ok(());
+        }
+        2 if scaling => {
+            match (0..args.shards as usize).find(|index| !active.contains(index)) {
+                Some(retired) => {
+                    eprintln!("\nscale-out: starting shard {retired} again");
+                    pipeline.start_shard(retired)?;
+                }
+                None => {
+                    eprintln!("\nscale-in: stopping shard {shard}; the others take its partitions");
+                    pipeline.retire_shard(shard);
+                }
+            }
             return Ok(());
         }
         // The shard's disk is lost: it restores from the changelog.
@@ -223,11 +263,13 @@ fn audit_and_stop(
     let disruptions = pipeline.disruptions;
     println!(
         "survived: {} shard kills ({} with their sled directory deleted), {} producer kills \
-         ({} producer runs)",
+         ({} producer runs), {} scale-ins, {} scale-outs",
         disruptions.shard_kills,
         disruptions.data_losses,
         disruptions.producer_kills,
-        disruptions.producer_starts
+        disruptions.producer_starts,
+        disruptions.scale_ins,
+        disruptions.scale_outs
     );
     let statuses = pipeline.stop();
     if statuses.iter().any(|s| !s.is_some_and(|s| s.success())) {
