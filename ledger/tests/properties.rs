@@ -567,6 +567,11 @@ enum Crash {
     /// sled has the batch, Kafka does not, and the directory is lost: a new
     /// one is restored from the changelog.
     LostDirectory,
+    /// Kafka does not have the batch and sled's copy of one partition is
+    /// stale (it holds the batch there): that partition alone is restored
+    /// from the changelog, as a shard does with a partition the group gives
+    /// it.
+    StalePartition,
 }
 
 fn crash() -> impl Strategy<Value = Crash> {
@@ -576,6 +581,7 @@ fn crash() -> impl Strategy<Value = Crash> {
         1 => Just(Crash::AfterSledWrite),
         1 => Just(Crash::AfterKafkaCommit),
         1 => Just(Crash::LostDirectory),
+        1 => Just(Crash::StalePartition),
     ]
 }
 
@@ -606,6 +612,43 @@ fn restore_elsewhere(
     restore.finish().unwrap();
     prop_assert!(!store.restore_unfinished());
     restart(dir.path(), store, kafka)
+}
+
+/// The batch in sled did not commit: it is undone, except on `partition`,
+/// whose copy is made to hold it (a stale copy, as a shard has of a
+/// partition another shard has moved on since), and that partition alone
+/// is then restored from the changelog, the others left as they are.
+fn restore_stale_partition(
+    dir: &std::path::Path,
+    mut store: Store,
+    kafka: &SimulatedKafka,
+    aborted: &[Change],
+    partition: i32,
+) -> Result<Store, TestCaseError> {
+    let of = |changes: &[Change]| -> Vec<Change> {
+        changes
+            .iter()
+            .filter(|(key, _)| store::key_partition(key, partition_of) == Some(partition))
+            .cloned()
+            .collect()
+    };
+    let committed = of(&kafka.changelog);
+    store.undo_pending().unwrap();
+    let mut stale = store
+        .restore_partitions(&[partition], partition_of)
+        .unwrap();
+    stale.apply(committed.iter().cloned().collect()).unwrap();
+    stale.apply(of(aborted).into_iter().collect()).unwrap();
+    stale.finish().unwrap();
+    let mut restore = store
+        .restore_partitions(&[partition], partition_of)
+        .unwrap();
+    for chunk in committed.chunks(5) {
+        restore.apply(chunk.iter().cloned().collect()).unwrap();
+    }
+    restore.finish().unwrap();
+    prop_assert!(!store.restore_unfinished());
+    restart(dir, store, kafka)
 }
 
 /// Reopens the store the way a restarted shard does and applies the
@@ -715,6 +758,11 @@ proptest! {
                 }
                 Crash::LostDirectory => {
                     store = restore_elsewhere(&mut dir, store, &kafka)?;
+                    continue;
+                }
+                Crash::StalePartition => {
+                    let partition = written.changes.len() as i32 % PARTITIONS;
+                    store = restore_stale_partition(dir.path(), store, &kafka, &written.changes, partition)?;
                     continue;
                 }
                 _ => {}
