@@ -823,11 +823,7 @@ impl Shard {
             report = Some(written_report);
         }
         let offsets = self.offsets_to_commit(effects)?;
-        // A heartbeat consumed nothing: no offsets to commit (with group
-        // assignment, none only before anything was consumed).
-        if offsets.count() > 0 {
-            self.send_offsets(&offsets)?;
-        }
+        self.send_offsets(&offsets)?;
         faults.check(Step::AfterSendOffsets, self.batches);
         if write_first && faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
@@ -987,26 +983,16 @@ impl Shard {
     /// committer and its partition's stamp as sled holds them now (after the
     /// sled write, this batch's) in the metadata.
     ///
-    /// With group assignment a batch without offsets (a heartbeat's marks
-    /// and order state) commits the owned partitions' offsets again,
-    /// unchanged: only offsets carry the group generation that fences a
+    /// Never empty: every transaction changes some partition (records, or a
+    /// heartbeat's order state and the marks read from it), and `cover`
+    /// gave each such partition offsets. That matters with group
+    /// assignment: only offsets carry the group generation that fences a
     /// shard the group has moved on from, and without them a zombie's
-    /// transaction would commit, its changelog records overwriting the state
+    /// heartbeat would commit, its changelog records overwriting the state
     /// the partitions' new owner restores.
     fn offsets_to_commit(&self, effects: &BatchEffects) -> Result<TopicPartitionList, Interrupted> {
-        let group = matches!(self.settings.ownership, Ownership::Group { .. });
-        let offsets: Offsets = if effects.offsets.is_empty() && group {
-            self.store
-                .offsets()
-                .iter()
-                .filter(|(at, _)| self.owned.contains(&at.partition))
-                .map(|(at, next)| (*at, *next))
-                .collect()
-        } else {
-            effects.offsets.clone()
-        };
         let mut list = TopicPartitionList::new();
-        for (at, next) in &offsets {
+        for (at, next) in &effects.offsets {
             list.add_partition_offset(
                 self.settings.topic(at.source),
                 at.partition,
