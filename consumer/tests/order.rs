@@ -121,3 +121,58 @@ fn one_shard_and_three_decide_in_the_order_of_creation() {
     decided_in_the_order_of_creation(1);
     decided_in_the_order_of_creation(3);
 }
+
+/// The same imports on three shard processes, one of them killed (SIGKILL)
+/// right after every second import and started again on its directory:
+/// held transfers, marks and floors survive the kills (sled, the pending
+/// record, the changelog), and every decision is still the model's.
+#[test]
+fn shards_killed_mid_import_still_decide_in_the_order_of_creation() {
+    const SHARDS: u32 = 3;
+    let topics = Topics::create(PARTITIONS);
+    let dir = test_dir();
+    let args: Vec<Vec<String>> = (0..SHARDS)
+        .map(|shard| topics.args(shard, SHARDS, &dir.path().join(format!("shard-{shard}"))))
+        .collect();
+    let log = |shard: usize| dir.path().join(format!("shard-{shard}.log"));
+    let mut shards: Vec<ChildShard> = (0..SHARDS as usize)
+        .map(|shard| ChildShard::spawn(&args[shard], &[], &log(shard)))
+        .collect();
+    for shard in &mut shards {
+        shard.wait_ready();
+    }
+    let mut model = Model::default();
+    let mut count = 0;
+    let mut kills_while_holding = 0;
+    for run in 0..RUNS {
+        let inputs = import(run);
+        model.apply(&inputs);
+        feed(&topics, &inputs);
+        count += inputs.len();
+        if run % 2 == 1 {
+            let victim = (run / 2) % SHARDS as usize;
+            let held =
+                get_json::<ledger::api::StatsView>(&format!("{}/v1/stats", shards[victim].url))
+                    .held;
+            if held > 0 {
+                kills_while_holding += 1;
+            }
+            shards[victim].signal(rustix::process::Signal::KILL);
+            shards[victim].wait_exit();
+            shards[victim] = ChildShard::spawn(&args[victim], &[], &log(victim));
+            shards[victim].wait_ready();
+        }
+    }
+    let urls: Vec<String> = shards.iter().map(|shard| shard.url.clone()).collect();
+    wait_for_balances(&urls, &model.balances);
+    verify_served(&model, &urls);
+    println!(
+        "{} shard kills, {kills_while_holding} of them with transfers held",
+        RUNS / 2
+    );
+    for shard in shards {
+        let status = shard.terminate();
+        assert!(status.success(), "a shard did not stop cleanly: {status}");
+    }
+    verify_topics(&topics, count, &model);
+}
