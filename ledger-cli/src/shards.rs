@@ -111,7 +111,7 @@ mod tests {
             ]
         );
         let one: [IpAddr; 2] = ["10.0.0.7".parse().unwrap(), "10.0.0.7".parse().unwrap()];
-        assert_eq!(at_addresses(&service, one), [service.clone()]);
+        assert_eq!(at_addresses(&service, one), std::slice::from_ref(&service));
         assert_eq!(at_addresses(&service, []), [service]);
     }
 

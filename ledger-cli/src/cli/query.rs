@@ -288,8 +288,9 @@ struct Shard {
 }
 
 enum Source {
-    /// Opened for each question, so that the store is never held open
-    /// between questions.
+    /// Opened for each read and closed after it (sled locks the
+    /// directory): once for the stats that identify the shard, once for
+    /// the question.
     Db(PathBuf),
     Http(Api),
 }
