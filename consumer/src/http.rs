@@ -33,8 +33,10 @@ const TOP_DEFAULT: usize = 10;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub shared: Arc<Shared>,
-    pub shard: u32,
-    pub shards: u32,
+    /// The shard's name in every view: its transactional id, unique among
+    /// the running shards (the broker fences a second holder), where an
+    /// ordinal may not exist (replicas scaled without one).
+    pub name: Arc<str>,
     pub metrics: PrometheusHandle,
 }
 
@@ -112,15 +114,14 @@ async fn account(
 ) -> Result<Json<AccountView>, ApiError> {
     let account = AccountId::parse(&id)
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
-    let shard = state.shard;
-    let shards = state.shards;
+    let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
         match reader.balance(&account).map_err(store_error)? {
-            Some(balance) => Ok(Json(AccountView::new(account.as_str(), balance, shard))),
+            Some(balance) => Ok(Json(AccountView::new(account.as_str(), balance, &shard))),
             None => Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "account {account} is not known to shard {shard} of {shards} \
+                    "account {account} is not known to shard {shard} \
                      (it may live on another shard, or have no movement yet)"
                 ),
             )),
@@ -162,15 +163,18 @@ async fn top_accounts(
     Query(params): Query<TopParams>,
 ) -> Result<Json<TopView>, ApiError> {
     let top = count_param("top", params.top.as_deref(), TOP_DEFAULT, TOP_MAX)?;
-    let shard = state.shard;
+    let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
         let accounts = reader
             .top(top)
             .map_err(store_error)?
             .into_iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
+            .map(|(account, balance)| AccountView::new(account.as_str(), balance, &shard))
             .collect();
-        Ok(Json(TopView { shard, accounts }))
+        Ok(Json(TopView {
+            shard: shard.to_string(),
+            accounts,
+        }))
     })
     .await
 }
@@ -198,15 +202,18 @@ async fn balances_page(
         api::BALANCES_PAGE_MAX,
         api::BALANCES_PAGE_MAX,
     )?;
-    let shard = state.shard;
+    let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
         let accounts = reader
             .balances_page(after.as_ref(), limit)
             .map_err(store_error)?
             .into_iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
+            .map(|(account, balance)| AccountView::new(account.as_str(), balance, &shard))
             .collect();
-        Ok(Json(BalancesPageView { shard, accounts }))
+        Ok(Json(BalancesPageView {
+            shard: shard.to_string(),
+            accounts,
+        }))
     })
     .await
 }
@@ -221,7 +228,7 @@ async fn transfer(
             format!("transfer id {id:?} is not a UUID"),
         )
     })?;
-    let shard = state.shard;
+    let shard = state.name.to_string();
     read(&state, move |reader| {
         Ok(Json(TransferView::new(
             transfer_id.to_string(),
@@ -233,10 +240,14 @@ async fn transfer(
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let shard = state.shard;
+    let shard = state.name.to_string();
+    // A rebalance makes the shard unready before it changes its partitions,
+    // so `read` serves these with their state; a rebalance racing this
+    // answer shows to clients as a partition owned twice or by no shard.
+    let partitions = state.shared.owned();
     read(&state, move |reader| {
         let stats = reader.stats().map_err(store_error)?;
-        Ok(Json(StatsView::new(shard, &stats)))
+        Ok(Json(StatsView::new(shard, partitions, &stats)))
     })
     .await
 }

@@ -130,8 +130,7 @@ pub async fn serve(
     let shared = Arc::new(shard::Shared::default());
     let app = http::router(http::AppState {
         shared: Arc::clone(&shared),
-        shard: settings.shard,
-        shards: settings.shards,
+        name: settings.transactional_id.as_str().into(),
         metrics: ledger::telemetry::metrics_handle(),
     });
     let (http_stop, http_stopped) = oneshot::channel::<()>();

@@ -74,6 +74,21 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Set once recovery is done; queries before that get 503.
     pub reader: OnceLock<StoreReader>,
+    /// The input partitions the shard owns now (`Shard::owned`), which
+    /// `/v1/stats` reports so that clients route by ownership, not by an
+    /// ordinal: with group assignment each rebalance changes them.
+    owned: Mutex<Vec<i32>>,
+}
+
+impl Shared {
+    /// The partitions the shard owns now, ascending.
+    pub fn owned(&self) -> Vec<i32> {
+        // A panic while holding it is a panic of the loop, which stops.
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Routes librdkafka's logs and errors into `tracing`. librdkafka calls a
@@ -305,11 +320,12 @@ impl Shard {
             balance_sum: Money::ZERO,
             watcher,
             published: BTreeMap::new(),
-            owned,
+            owned: Vec::new(),
             held: None,
             last_heartbeat: Instant::now(),
             last_stuck_report: Instant::now(),
         };
+        shard.set_owned(owned);
         shard.assign_and_open(reader)?;
         // After the shard is ready: the sum only feeds a gauge, and scanning
         // a million balances would double the restart time.
@@ -363,6 +379,17 @@ impl Shard {
         self.seek_to_store()?;
         self.set_ready();
         Ok(())
+    }
+
+    /// The only place `owned` changes, so that the HTTP API's copy in
+    /// `Shared` never lags behind it.
+    fn set_owned(&mut self, owned: Vec<i32>) {
+        self.shared
+            .owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&owned);
+        self.owned = owned;
     }
 
     fn set_ready(&self) {
@@ -1130,7 +1157,7 @@ impl Shard {
         let assigned = match change {
             GroupChange::Revoked => {
                 info!(message = "Partitions revoked by the group.", partitions = ?self.owned);
-                self.owned.clear();
+                self.set_owned(Vec::new());
                 return Ok(());
             }
             GroupChange::Assigned(assigned) => assigned,
@@ -1217,7 +1244,7 @@ impl Shard {
                 recovery::show(&committed.offsets)
             )));
         }
-        self.owned = owned;
+        self.set_owned(owned);
         self.published.clear();
         self.group = group_metadata(&self.consumer)?;
         self.seek_to_store()?;

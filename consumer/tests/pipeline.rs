@@ -285,7 +285,28 @@ fn the_http_api_answers_queries_and_errors() {
     );
     assert!(status.credited);
     let stats: StatsView = get_json(&format!("{url}/v1/stats"));
-    assert_eq!((stats.shard, stats.accounts), (0, 2));
+    // Every view names the shard by its transactional id; alone, it owns
+    // both partitions.
+    let name = ledger::kafka::shard_transactional_id(&topics.transactional_prefix, 0);
+    assert_eq!(
+        (
+            stats.shard.as_str(),
+            stats.partitions.as_slice(),
+            stats.accounts
+        ),
+        (name.as_str(), &[0, 1][..], 2)
+    );
+    assert!(
+        [
+            &top.shard,
+            &top.accounts[0].shard,
+            &page.shard,
+            &status.shard
+        ]
+        .iter()
+        .all(|shard| **shard == name),
+        "{top:?} {page:?} {status:?}"
+    );
     assert_eq!(stats.sum, "0.00");
     assert!(stats
         .offsets

@@ -394,8 +394,9 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     assert_eq!(status, 200, "/v1/stats: {body}");
     let stats: Value = serde_json::from_str(&body).expect("/v1/stats is JSON");
     assert_eq!(
-        stats["shard"], POD_ORDINAL,
-        "the shard under hostname {POD_HOSTNAME} is not {POD_ORDINAL}: {stats}"
+        stats["shard"].as_str(),
+        Some(format!("{prefix}-{POD_ORDINAL}").as_str()),
+        "the shard under hostname {POD_HOSTNAME} is not named by its transactional id: {stats}"
     );
 
     let ready = log_event(&mut consumer, "Shard ready.");
@@ -413,6 +414,11 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
         .filter(|p| p % shards as i32 == POD_ORDINAL as i32)
         .collect();
     assert!(!expected.is_empty());
+    assert_eq!(
+        stats["partitions"],
+        Value::from(expected.clone()),
+        "{stats}"
+    );
     assert_eq!(
         owned, expected,
         "shard {POD_ORDINAL} of {shards} must own the partitions p with p % {shards} == \

@@ -7,7 +7,7 @@
 
 pub use ledger_core::audit::*;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -83,6 +83,12 @@ pub enum AuditError {
     Consume { topic: String, error: KafkaError },
     #[error("shard {url}: {detail}")]
     Shard { url: String, detail: String },
+    #[error(
+        "the running shards given do not own every partition once: {detail}; their balances \
+         would not be the ledger's. Give every shard (one URL whose name resolves to all of \
+         them will do), and retry once none is down or rebalancing"
+    )]
+    Coverage { detail: String },
     // Boxed: sled's errors are large, and every `Result` here carries the size
     // of its largest error.
     #[error(transparent)]
@@ -564,7 +570,7 @@ pub fn fetch_balances(
     timeout: Duration,
 ) -> Result<ShardBalances, AuditError> {
     let balances = match source {
-        BalanceSource::Url(url) => fetch_url(url, timeout)?,
+        BalanceSource::Url(url) => fetch_url(url, timeout)?.1,
         BalanceSource::Db(path) => {
             let store = Store::open_existing(path, StoreOptions::default())
                 .map_err(|error| AuditError::Store(Box::new(error)))?;
@@ -589,10 +595,100 @@ pub fn fetch_balances(
     })
 }
 
-/// Lists all of a running shard's accounts: `?top=` with the count its
-/// stats give, then checks the listing is that long, so a shard that caps
-/// `top` below its account count is an error, never a partial audit.
-fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, AuditError> {
+/// Every committed balance of the shards at `sources`, once per shard: two
+/// URLs reaching the running shard of one name count once. The running
+/// shards must own each of the `partitions` exactly once between them: a
+/// partition missing (its shard not given, down, or between owners) or
+/// owned twice (a rebalance under way) would make the balance checks judge
+/// another ledger than the topics', so it is an error, not a finding.
+/// Stopped shards' directories are read as given: no live ownership to ask.
+pub fn fetch_all(
+    sources: &[BalanceSource],
+    partitions: i32,
+    timeout: Duration,
+) -> Result<Vec<ShardBalances>, AuditError> {
+    // Shard name to the first URL that reached it and its partitions.
+    let mut running: BTreeMap<String, (&str, Vec<i32>)> = BTreeMap::new();
+    let mut all = Vec::new();
+    for source in sources {
+        let BalanceSource::Url(url) = source else {
+            all.push(fetch_balances(source, timeout)?);
+            continue;
+        };
+        let (stats, balances) = fetch_url(url, timeout)?;
+        if running.contains_key(&stats.shard) {
+            continue;
+        }
+        running.insert(stats.shard, (url, stats.partitions));
+        all.push(ShardBalances {
+            source: source.to_string(),
+            balances,
+        });
+    }
+    if !running.is_empty() {
+        check_coverage(&running, partitions)?;
+    }
+    Ok(all)
+}
+
+/// Whether the shards (name to URL and partitions) own each partition of
+/// `0..partitions` exactly once.
+fn check_coverage(
+    shards: &BTreeMap<String, (&str, Vec<i32>)>,
+    partitions: i32,
+) -> Result<(), AuditError> {
+    let mut owners: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (name, (url, owned)) in shards {
+        for partition in owned {
+            owners
+                .entry(*partition)
+                .or_default()
+                .push(format!("{name} ({url})"));
+        }
+    }
+    let missing: Vec<String> = (0..partitions)
+        .filter(|partition| !owners.contains_key(partition))
+        .map(|partition| partition.to_string())
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "partition(s) {} of {partitions} owned by no shard given",
+            missing.join(", ")
+        ));
+    }
+    for (partition, names) in &owners {
+        if !(0..partitions).contains(partition) {
+            problems.push(format!(
+                "partition {partition}, not one of 0..{partitions}, owned by {} (check \
+                 --partitions)",
+                names.join(" and ")
+            ));
+        } else if names.len() > 1 {
+            problems.push(format!(
+                "partition {partition} owned by both {}",
+                names.join(" and ")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AuditError::Coverage {
+            detail: problems.join("; "),
+        })
+    }
+}
+
+/// A running shard's stats and all of its accounts, listed page by page;
+/// then checks the listing is as long as the stats count, so that a shard
+/// that lists fewer is an error, never a partial audit, and that every page
+/// came from the shard of the stats (the address may serve another shard
+/// after a restart).
+fn fetch_url(
+    url: &str,
+    timeout: Duration,
+) -> Result<(StatsView, Vec<(AccountId, Money)>), AuditError> {
     let fail = |detail: String| AuditError::Shard {
         url: url.to_owned(),
         detail,
@@ -633,6 +729,13 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, Au
             let page: BalancesPageView = get(&path)?
                 .json()
                 .map_err(|e| fail(format!("GET {path}: {e}")))?;
+            if page.shard != stats.shard {
+                return Err(fail(format!(
+                    "GET {path}: answered by shard {}, not {}: the address serves another \
+                     shard now; retry",
+                    page.shard, stats.shard
+                )));
+            }
             Ok(page.accounts)
         },
         |page| {
@@ -649,7 +752,7 @@ fn fetch_url(url: &str, timeout: Duration) -> Result<Vec<(AccountId, Money)>, Au
             stats.accounts
         )));
     }
-    Ok(balances)
+    Ok((stats, balances))
 }
 
 /// An account and its balance as a shard's API shows them.

@@ -7,6 +7,9 @@
 //!   balances in, a verdict naming every violation out.
 //! - [`pipeline`]: the producer and the shards as child processes, for
 //!   `ledger demo`, the chaos test and the benchmarks.
+//! - [`shards`]: shard URLs, one of which may stand for every shard, for
+//!   `ledger query` and `ledger audit`.
 
 pub mod audit;
 pub mod pipeline;
+pub mod shards;

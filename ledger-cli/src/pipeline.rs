@@ -721,12 +721,14 @@ impl Pipeline {
             &mut |_| {},
         )?;
         let urls = self.shard_urls();
-        for index in self.active_shards() {
-            let url = urls[index].clone();
-            input.push_balances(audit::fetch_balances(
-                &BalanceSource::Url(url),
-                Duration::from_secs(60),
-            )?);
+        let sources: Vec<BalanceSource> = self
+            .active_shards()
+            .into_iter()
+            .map(|index| BalanceSource::Url(urls[index].clone()))
+            .collect();
+        for balances in audit::fetch_all(&sources, self.config.partitions, Duration::from_secs(60))?
+        {
+            input.push_balances(balances);
         }
         Ok(audit::audit(&input))
     }

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ledger::api::BALANCES_PAGE_MAX;
 use ledger::store::{Store, StoreOptions};
-use ledger_cli::audit::{fetch_balances, AuditError, BalanceSource};
+use ledger_cli::audit::{fetch_all, fetch_balances, AuditError, BalanceSource};
 use ledger_core::domain::{AccountId, Amount, Currency, Money, Transfer, TransferId};
 use ledger_core::machine::{
     process_batch, InputPartition, InputRecord, MemoryLedger, Rules, Source,
@@ -117,9 +117,12 @@ fn serve(stats: Value, status: StatusCode, accounts: Vec<Value>, error: Value) -
     let address = listener.local_addr().unwrap();
     let requests = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&requests);
+    // Every page names the shard its stats name.
+    let name = stats["shard"].clone();
     let page = move |Query(query): Query<HashMap<String, String>>| {
         let accounts = accounts.clone();
         let error = error.clone();
+        let name = name.clone();
         let seen = Arc::clone(&seen);
         async move {
             let mut keys: Vec<_> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -138,7 +141,7 @@ fn serve(stats: Value, status: StatusCode, accounts: Vec<Value>, error: Value) -
                 })
                 .take(limit)
                 .collect();
-            (status, Json(json!({"shard": 0, "accounts": page})))
+            (status, Json(json!({"shard": name, "accounts": page})))
         }
     };
     let app = Router::new()
@@ -157,14 +160,19 @@ fn serve(stats: Value, status: StatusCode, accounts: Vec<Value>, error: Value) -
     StandIn { address, requests }
 }
 
-/// The shapes the consumer's API answers: `ledger::api` views.
+/// The shapes the consumer's API answers: `ledger::api` views, of the one
+/// shard of a one-partition ledger.
 fn stats(accounts: u64) -> Value {
-    json!({"shard": 0, "accounts": accounts, "sum": "0.00",
+    stats_of("ledger-consumer-0", &[0], accounts)
+}
+
+fn stats_of(shard: &str, partitions: &[i32], accounts: u64) -> Value {
+    json!({"shard": shard, "partitions": partitions, "accounts": accounts, "sum": "0.00",
            "offsets": [], "pending": null, "remembered_ids": 2})
 }
 
 fn entry(account: &str, balance: &str) -> Value {
-    json!({"account": account, "balance": balance, "shard": 0})
+    json!({"account": account, "balance": balance, "shard": "ledger-consumer-0"})
 }
 
 #[test]
@@ -264,4 +272,83 @@ fn an_unreachable_shard_is_an_error() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("GET /v1/stats"), "{error}");
+}
+
+/// A running shard with no account that reports owning `partitions`; its
+/// URL.
+fn owner(name: &str, partitions: &[i32]) -> String {
+    let shard = serve(
+        stats_of(name, partitions, 0),
+        StatusCode::OK,
+        Vec::new(),
+        Value::Null,
+    );
+    format!("http://{}", shard.address)
+}
+
+fn sources(urls: &[&String]) -> Vec<BalanceSource> {
+    urls.iter()
+        .map(|url| BalanceSource::Url((*url).clone()))
+        .collect()
+}
+
+#[test]
+fn running_shards_must_own_every_partition_once() {
+    let a = owner("ledger-consumer-a", &[0, 2]);
+    let b = owner("ledger-consumer-b", &[1]);
+    let c = owner("ledger-consumer-c", &[2, 3]);
+
+    // a and b own 0, 1 and 2 once; a reached twice counts once.
+    let all = fetch_all(&sources(&[&a, &b, &a]), 3, TIMEOUT).unwrap();
+    assert_eq!(
+        all.iter().map(|shard| &shard.source).collect::<Vec<_>>(),
+        [&a, &b]
+    );
+
+    // A partition no shard given owns: its shard is down, or not given.
+    let error = fetch_all(&sources(&[&a]), 3, TIMEOUT).unwrap_err();
+    assert!(matches!(error, AuditError::Coverage { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("partition(s) 1 of 3 owned by no shard given"),
+        "{error}"
+    );
+
+    // A partition two shards own (a rebalance under way), and one beyond
+    // the partition count (a wrong --partitions).
+    let error = fetch_all(&sources(&[&c, &a]), 3, TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "partition(s) 1 of 3 owned by no shard given",
+        &format!("partition 2 owned by both ledger-consumer-a ({a}) and ledger-consumer-c ({c})"),
+        &format!("partition 3, not one of 0..3, owned by ledger-consumer-c ({c})"),
+    ] {
+        assert!(error.contains(expected), "{expected:?} in {error}");
+    }
+}
+
+#[test]
+fn the_audit_command_refuses_shards_that_do_not_cover_the_partitions() {
+    let a = owner("ledger-consumer-a", &[0]);
+    // The balances are read before any topic: failing needs no broker.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args([
+            "audit",
+            "--bootstrap-servers",
+            "127.0.0.1:9",
+            "--partitions",
+            "2",
+            "--url",
+            &a,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("partition(s) 1 of 2 owned by no shard given"),
+        "{stderr}"
+    );
 }

@@ -235,6 +235,7 @@ fn offline_stats_prints_a_table_and_json_of_a_stopped_shard() {
         words(lines[0]),
         [
             "SHARD",
+            "PARTITIONS",
             "ACCOUNTS",
             "SUM",
             "REMEMBERED",
@@ -244,10 +245,11 @@ fn offline_stats_prints_a_table_and_json_of_a_stopped_shard() {
             "SOURCE"
         ]
     );
-    // Four decided ids plus three applied credits; nothing held.
+    // Named by its directory; it consumed transfers of partitions 0, 3
+    // and 4. Four decided ids plus three applied credits; nothing held.
     assert_eq!(
         words(lines[1]),
-        ["0", "3", "0.00", "7", "0", "none", path(&db)]
+        [path(&db), "0,3,4", "3", "0.00", "7", "0", "none", path(&db)]
     );
     assert_eq!(words(lines[2]), ["total", "3", "0.00", "7", "0", "none"]);
     // Amounts and counts are right-aligned under their header.
@@ -262,11 +264,11 @@ fn offline_stats_prints_a_table_and_json_of_a_stopped_shard() {
             .collect::<Vec<_>>(),
         [
             vec!["SHARD", "INPUT", "PARTITION", "NEXT", "OFFSET"],
-            vec!["0", "transfers", "0", "1"],
-            vec!["0", "transfers", "3", "1"],
-            vec!["0", "transfers", "4", "2"],
-            vec!["0", "credits", "0", "2"],
-            vec!["0", "credits", "3", "1"],
+            vec![path(&db), "transfers", "0", "1"],
+            vec![path(&db), "transfers", "3", "1"],
+            vec![path(&db), "transfers", "4", "2"],
+            vec![path(&db), "credits", "0", "2"],
+            vec![path(&db), "credits", "3", "1"],
         ]
     );
     assert!(!table.contains("pending ("), "{table}");
@@ -277,12 +279,13 @@ fn offline_stats_prints_a_table_and_json_of_a_stopped_shard() {
     let shard = &shards[0];
     assert_eq!(
         (
-            shard.shard,
+            shard.shard.as_str(),
+            shard.partitions.as_slice(),
             shard.accounts,
             shard.sum.as_str(),
             shard.remembered_ids
         ),
-        (0, 3, "0.00", 7)
+        (path(&db), &[0, 3, 4][..], 3, "0.00", 7)
     );
     assert_eq!(shard.pending, None);
     assert_eq!(shard.offsets.len(), 5);
@@ -300,8 +303,10 @@ fn offline_balance_top_and_transfer_of_one_shard() {
 
     assert_eq!(
         ok(&["query", "balance", "alice", "--db", db]),
-        "ACCOUNT  BALANCE  SHARD\n\
-         alice      70.00      0\n"
+        format!(
+            "ACCOUNT  BALANCE  SHARD\n\
+             alice      70.00  {db}\n"
+        )
     );
     let view: AccountView =
         serde_json::from_value(json(&["query", "--db", db, "--json", "balance", "world"])).unwrap();
@@ -310,16 +315,18 @@ fn offline_balance_top_and_transfer_of_one_shard() {
         AccountView {
             account: "world".to_owned(),
             balance: "-150.00".to_owned(),
-            shard: 0
+            shard: db.to_owned()
         }
     );
 
     assert_eq!(
         ok(&["query", "top", "--db", db]),
-        "RANK  ACCOUNT  BALANCE  SHARD\n   \
-            1  bob        80.00      0\n   \
-            2  alice      70.00      0\n   \
-            3  world    -150.00      0\n"
+        format!(
+            "RANK  ACCOUNT  BALANCE  SHARD\n   \
+                1  bob        80.00  {db}\n   \
+                2  alice      70.00  {db}\n   \
+                3  world    -150.00  {db}\n"
+        )
     );
     let top: Vec<AccountView> = serde_json::from_value(json(&[
         "query", "top", "--limit", "1", "--json", "--db", db,
@@ -334,7 +341,7 @@ fn offline_balance_top_and_transfer_of_one_shard() {
     let text = ok(&["query", "transfer", &id(3), "--db", db]);
     assert!(
         text.starts_with(&format!(
-            "transfer {}: accepted by shard 0; credit applied on shard 0\n",
+            "transfer {}: accepted by shard {db}; credit applied on shard {db}\n",
             id(3)
         )),
         "{text}"
@@ -342,7 +349,7 @@ fn offline_balance_top_and_transfer_of_one_shard() {
     let answer = json(&["query", "transfer", &id(4), "--db", db, "--json"]);
     assert_eq!(answer["status"], "rejected");
     assert_eq!(answer["reason"], "hold_expired");
-    assert_eq!(answer["decided_by"], serde_json::json!([0]));
+    assert_eq!(answer["decided_by"], serde_json::json!([db]));
     assert_eq!(answer["credited_by"], serde_json::json!([]));
 }
 
@@ -400,10 +407,10 @@ fn a_pending_batch_is_reported_and_left_out() {
     // The batches so far were seqs 0 to 3.
     assert!(table.contains("seq 4"), "{table}");
     assert!(
-        table.contains(
-            "shard 0: 1 batch pending (seq 4): its effects are not shown; start the shard to \
+        table.contains(&format!(
+            "shard {db}: 1 batch pending (seq 4): its effects are not shown; start the shard to \
              resolve it"
-        ),
+        )),
         "{table}"
     );
     assert!(
@@ -474,22 +481,23 @@ fn offline_shards_are_merged_and_routed() {
         "query", "balance", "alice", "--db", db0, "--db", db1, "--json",
     ]))
     .unwrap();
-    assert_eq!((view.balance.as_str(), view.shard), ("70.00", 1));
+    assert_eq!((view.balance.as_str(), view.shard.as_str()), ("70.00", db1));
 
-    let answer = json(&["query", "stats", "--db", db0, "--db", db1, "--json"]);
+    // Listed by name whatever the order given.
+    let answer = json(&["query", "stats", "--db", db1, "--db", db0, "--json"]);
     let shards: Vec<StatsView> = serde_json::from_value(answer["shards"].clone()).unwrap();
-    let sums: Vec<(u32, u64, &str)> = shards
+    let sums: Vec<(&str, u64, &str)> = shards
         .iter()
-        .map(|s| (s.shard, s.accounts, s.sum.as_str()))
+        .map(|s| (s.shard.as_str(), s.accounts, s.sum.as_str()))
         .collect();
-    assert_eq!(sums, [(0, 2, "-70.00"), (1, 1, "70.00")]);
+    assert_eq!(sums, [(db0, 2, "-70.00"), (db1, 1, "70.00")]);
     assert_eq!(answer["total"]["sum"], "0.00");
     assert_eq!(answer["total"]["accounts"], 3);
 
     let text = ok(&["query", "transfer", &id(3), "--db", db0, "--db", db1]);
     assert!(
         text.starts_with(&format!(
-            "transfer {}: accepted by shard 1; credit applied on shard 0\n",
+            "transfer {}: accepted by shard {db1}; credit applied on shard {db0}\n",
             id(3)
         )),
         "{text}"
@@ -508,30 +516,52 @@ fn balances_exports_every_committed_balance_as_json_lines_or_csv() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let rows: Vec<(&str, &str, u32)> = lines
+    let rows: Vec<(&str, &str, &str)> = lines
         .iter()
-        .map(|view| (view.account.as_str(), view.balance.as_str(), view.shard))
+        .map(|view| {
+            (
+                view.account.as_str(),
+                view.balance.as_str(),
+                view.shard.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
         [
-            ("bob", "80.00", 0),
-            ("world", "-150.00", 0),
-            ("alice", "70.00", 1)
+            ("bob", "80.00", db0),
+            ("world", "-150.00", db0),
+            ("alice", "70.00", db1)
         ]
     );
 
     assert_eq!(
         ok(&["query", "balances", "--format", "csv", "--db", db0, "--db", db1]),
-        "account,balance,shard\nbob,80.00,0\nworld,-150.00,0\nalice,70.00,1\n"
+        format!("account,balance,shard\nbob,80.00,{db0}\nworld,-150.00,{db0}\nalice,70.00,{db1}\n")
     );
 }
 
 /// One shard's HTTP API as the consumer serves it, from a live store.
 #[derive(Clone)]
 struct ShardApi {
-    ordinal: u32,
+    name: String,
+    /// What its stats report it owns.
+    partitions: Vec<i32>,
     reader: StoreReader,
+}
+
+impl ShardApi {
+    /// Shard `ordinal` of `shards` under ordinal assignment, named as the
+    /// consumer names it.
+    fn ordinal(reader: StoreReader, ordinal: u32, shards: u32) -> Self {
+        ShardApi {
+            name: format!("ledger-consumer-{ordinal}"),
+            partitions: (0..PARTITIONS)
+                .filter(|partition| shard_for(*partition, shards) == ordinal)
+                .collect(),
+            reader,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -542,7 +572,7 @@ struct TopParams {
 async fn account(State(api): State<ShardApi>, UrlPath(id): UrlPath<String>) -> Response {
     let account = AccountId::parse(&id).unwrap();
     match api.reader.balance(&account).unwrap() {
-        Some(balance) => Json(AccountView::new(&id, balance, api.ordinal)).into_response(),
+        Some(balance) => Json(AccountView::new(&id, balance, &api.name)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(ErrorView {
@@ -556,10 +586,10 @@ async fn account(State(api): State<ShardApi>, UrlPath(id): UrlPath<String>) -> R
 async fn top(State(api): State<ShardApi>, Query(params): Query<TopParams>) -> Json<TopView> {
     let accounts = api.reader.top(params.top).unwrap();
     Json(TopView {
-        shard: api.ordinal,
+        shard: api.name.clone(),
         accounts: accounts
             .iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), *balance, api.ordinal))
+            .map(|(account, balance)| AccountView::new(account.as_str(), *balance, &api.name))
             .collect(),
     })
 }
@@ -580,10 +610,10 @@ async fn balances_page(
         .balances_page(after.as_ref(), params.limit)
         .unwrap();
     Json(BalancesPageView {
-        shard: api.ordinal,
+        shard: api.name.clone(),
         accounts: page
             .iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), *balance, api.ordinal))
+            .map(|(account, balance)| AccountView::new(account.as_str(), *balance, &api.name))
             .collect(),
     })
 }
@@ -595,13 +625,17 @@ async fn transfer_status(
     let id: TransferId = id.parse().unwrap();
     Json(TransferView::new(
         id.to_string(),
-        api.ordinal,
+        api.name.clone(),
         api.reader.transfer(id),
     ))
 }
 
 async fn stats(State(api): State<ShardApi>) -> Json<StatsView> {
-    Json(StatsView::new(api.ordinal, &api.reader.stats().unwrap()))
+    Json(StatsView::new(
+        api.name.clone(),
+        api.partitions.clone(),
+        &api.reader.stats().unwrap(),
+    ))
 }
 
 /// Serves a shard's API on 127.0.0.1 from a thread of its own, for the
@@ -640,12 +674,7 @@ fn running_shards_are_asked_over_http() {
         .stores
         .iter()
         .zip(0..)
-        .map(|(store, ordinal)| {
-            serve(ShardApi {
-                ordinal,
-                reader: store.reader(),
-            })
-        })
+        .map(|(store, ordinal)| serve(ShardApi::ordinal(store.reader(), ordinal, 2)))
         .collect();
     let with_urls = |args: &[&str]| -> Vec<String> {
         let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
@@ -663,20 +692,25 @@ fn running_shards_are_asked_over_http() {
     let answer = run(&["query", "balance", "alice"]);
     assert_eq!(
         (answer.code, answer.stdout.as_str()),
-        (0, "ACCOUNT  BALANCE  SHARD\nalice      70.00      1\n")
+        (
+            0,
+            "ACCOUNT  BALANCE  SHARD\nalice      70.00  ledger-consumer-1\n"
+        )
     );
     let view: AccountView =
         serde_json::from_str(&run(&["query", "balance", "bob", "--json"]).stdout).unwrap();
-    assert_eq!((view.balance.as_str(), view.shard), ("80.00", 0));
+    assert_eq!(
+        (view.balance.as_str(), view.shard.as_str()),
+        ("80.00", "ledger-consumer-0")
+    );
     let unknown = run(&["query", "balance", "frank"]);
     assert_eq!(unknown.code, 1);
     assert!(
-        unknown.stderr.contains("unknown account frank: shard 1"),
-        "{}",
-        unknown.stderr
-    );
-    assert!(
-        unknown.stderr.contains("partition 1 of 6"),
+        unknown.stderr.contains(&format!(
+            "unknown account frank: on partition 1 of 6, owned by shard ledger-consumer-1 \
+             ({}/), which has never seen it",
+            urls[1]
+        )),
         "{}",
         unknown.stderr
     );
@@ -684,16 +718,26 @@ fn running_shards_are_asked_over_http() {
     // `top` merges both shards' tops.
     let top: Vec<AccountView> =
         serde_json::from_str(&run(&["query", "top", "--limit", "2", "--json"]).stdout).unwrap();
-    let ranked: Vec<(&str, &str, u32)> = top
+    let ranked: Vec<(&str, &str, &str)> = top
         .iter()
-        .map(|v| (v.account.as_str(), v.balance.as_str(), v.shard))
+        .map(|v| (v.account.as_str(), v.balance.as_str(), v.shard.as_str()))
         .collect();
-    assert_eq!(ranked, [("bob", "80.00", 0), ("alice", "70.00", 1)]);
+    assert_eq!(
+        ranked,
+        [
+            ("bob", "80.00", "ledger-consumer-0"),
+            ("alice", "70.00", "ledger-consumer-1")
+        ]
+    );
 
     // `balances` pages through each shard's `/v1/balances`.
+    const EXPORT: &str = "account,balance,shard\n\
+                          bob,80.00,ledger-consumer-0\n\
+                          world,-150.00,ledger-consumer-0\n\
+                          alice,70.00,ledger-consumer-1\n";
     assert_eq!(
         run(&["query", "balances", "--format", "csv"]).stdout,
-        "account,balance,shard\nbob,80.00,0\nworld,-150.00,0\nalice,70.00,1\n"
+        EXPORT
     );
 
     // `transfer` combines the source shard's decision and the destination's credit.
@@ -701,26 +745,39 @@ fn running_shards_are_asked_over_http() {
     assert_eq!(
         text,
         format!(
-            "transfer {}: accepted by shard 1; credit applied on shard 0\n\n\
-             SHARD  STATUS    REASON  CREDITED\n    \
-                 0  unknown   -       yes\n    \
-                 1  accepted  -       no\n",
+            "transfer {}: accepted by shard ledger-consumer-1; credit applied on shard \
+             ledger-consumer-0\n\n\
+             SHARD              STATUS    REASON  CREDITED\n\
+             ledger-consumer-0  unknown   -       yes\n\
+             ledger-consumer-1  accepted  -       no\n",
             id(3)
         )
     );
     let answer: Value =
         serde_json::from_str(&run(&["query", "transfer", &id(3), "--json"]).stdout).unwrap();
     assert_eq!(answer["status"], "accepted");
-    assert_eq!(answer["decided_by"], serde_json::json!([1]));
-    assert_eq!(answer["credited_by"], serde_json::json!([0]));
+    assert_eq!(
+        answer["decided_by"],
+        serde_json::json!(["ledger-consumer-1"])
+    );
+    assert_eq!(
+        answer["credited_by"],
+        serde_json::json!(["ledger-consumer-0"])
+    );
     let views: Vec<TransferView> = serde_json::from_value(answer["shards"].clone()).unwrap();
     assert_eq!(views.len(), 2);
 
     let answer: Value = serde_json::from_str(&run(&["query", "stats", "--json"]).stdout).unwrap();
     let shards: Vec<StatsView> = serde_json::from_value(answer["shards"].clone()).unwrap();
     assert_eq!(
-        shards.iter().map(|s| s.sum.as_str()).collect::<Vec<_>>(),
-        ["-70.00", "70.00"]
+        shards
+            .iter()
+            .map(|s| (s.shard.as_str(), s.partitions.as_slice(), s.sum.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("ledger-consumer-0", &[0, 2, 4][..], "-70.00"),
+            ("ledger-consumer-1", &[1, 3, 5][..], "70.00")
+        ]
     );
     assert_eq!(answer["total"]["sum"], "0.00");
 
@@ -729,13 +786,70 @@ fn running_shards_are_asked_over_http() {
     assert_eq!(from_env.code, 0, "{}", from_env.stderr);
     assert!(from_env.stdout.contains("70.00"));
 
-    // Shards out of ordinal order would route wrongly: refused.
-    let swapped = ledger(&["query", "stats", "--url", &urls[1], "--url", &urls[0]]);
-    assert_eq!(swapped.code, 2);
+    // One URL list in the "wrong" order, one shard given twice: shards are
+    // who they say they are, so balances route by the partitions each
+    // reports, and the twice-given shard counts once.
+    let swapped = format!("{},{},{}", urls[1], urls[0], urls[1]);
+    for (account, balance, shard) in [
+        ("alice", "70.00", "ledger-consumer-1"),
+        ("bob", "80.00", "ledger-consumer-0"),
+    ] {
+        let answer = ledger(&["query", "balance", account, "--json", "--url", &swapped]);
+        assert_eq!(answer.code, 0, "{}", answer.stderr);
+        let view: AccountView = serde_json::from_str(&answer.stdout).unwrap();
+        assert_eq!(
+            (view.balance.as_str(), view.shard.as_str()),
+            (balance, shard)
+        );
+    }
+    let answer: Value =
+        serde_json::from_str(&ledger(&["query", "stats", "--json", "--url", &swapped]).stdout)
+            .unwrap();
+    let names: Vec<StatsView> = serde_json::from_value(answer["shards"].clone()).unwrap();
+    assert_eq!(
+        names.iter().map(|s| s.shard.as_str()).collect::<Vec<_>>(),
+        ["ledger-consumer-0", "ledger-consumer-1"]
+    );
+    assert_eq!(answer["total"]["accounts"], 3);
+    assert_eq!(
+        ledger(&["query", "balances", "--format", "csv", "--url", &swapped]).stdout,
+        EXPORT
+    );
+
+    // A partition no shard given owns: its shard is down, or not given.
+    let alone = ledger(&["query", "balance", "alice", "--url", &urls[0]]);
+    assert_eq!(alone.code, 1);
     assert!(
-        swapped.stderr.contains("says it is shard 1"),
+        alone.stderr.contains(
+            "unknown account alice: on partition 3 of 6, owned by no shard given (one is down \
+             or not given, or the shards are rebalancing: retry)"
+        ),
         "{}",
-        swapped.stderr
+        alone.stderr
+    );
+    // Two shards that report the same partition disagree: no guess.
+    let rebalancing = serve(ShardApi {
+        name: "ledger-consumer-2".to_owned(),
+        partitions: vec![3],
+        reader: cluster.stores[0].reader(),
+    });
+    let disagree = ledger(&[
+        "query",
+        "balance",
+        "alice",
+        "--url",
+        &format!("{swapped},{rebalancing}"),
+    ]);
+    assert_eq!(disagree.code, 2);
+    assert!(
+        disagree.stderr.contains(&format!(
+            "shard ledger-consumer-1 ({}/), shard ledger-consumer-2 ({rebalancing}/) all report \
+             partition 3 of 6 (account alice's): they disagree on who owns it, a rebalance is \
+             under way; retry",
+            urls[1]
+        )),
+        "{}",
+        disagree.stderr
     );
 
     // A running shard's directory is locked: the error says to use --url.

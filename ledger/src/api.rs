@@ -1,5 +1,12 @@
 //! The JSON views of a shard's state, shared by the shard's HTTP API and
 //! the `ledger query` CLI, so online and offline answers look the same.
+//!
+//! Every view names the shard that answered (`shard`): a running shard's
+//! name is its transactional id, e.g. `ledger-consumer-0` or
+//! `ledger-consumer-3fa9c2d1` (a replica scaled without an ordinal); a
+//! stopped shard read with `ledger query --db DIR` is named by the
+//! directory as given. Clients identify shards by this name, never by the
+//! address they asked: one address may stand for all shards.
 
 use std::fmt;
 
@@ -15,13 +22,14 @@ pub struct AccountView {
     pub account: String,
     /// Decimal string, e.g. `"142.50"`.
     pub balance: String,
-    pub shard: u32,
+    /// The name of the shard that holds the account.
+    pub shard: String,
 }
 
 /// `GET /v1/accounts?top=N`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopView {
-    pub shard: u32,
+    pub shard: String,
     pub accounts: Vec<AccountView>,
 }
 
@@ -35,7 +43,7 @@ pub const BALANCES_PAGE_MAX: usize = 10_000;
 /// otherwise the next one starts after its last account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalancesPageView {
-    pub shard: u32,
+    pub shard: String,
     pub accounts: Vec<AccountView>,
 }
 
@@ -64,7 +72,7 @@ pub fn page_through<E>(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {
     pub transfer_id: String,
-    pub shard: u32,
+    pub shard: String,
     pub status: DecisionStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -117,7 +125,7 @@ impl TransferView {
         }
     }
 
-    pub fn new(transfer_id: String, shard: u32, status: TransferStatus) -> Self {
+    pub fn new(transfer_id: String, shard: String, status: TransferStatus) -> Self {
         let (decision, reason) = match status.decision {
             Some(Decision::Accepted) => (DecisionStatus::Accepted, None),
             Some(Decision::Rejected(reason)) => {
@@ -156,7 +164,13 @@ pub struct PendingView {
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsView {
-    pub shard: u32,
+    pub shard: String,
+    /// The input partitions (of `transactions` and `ledger-credits` alike)
+    /// this shard owns right now: with ordinal assignment its fixed list;
+    /// with group assignment the current one, which a rebalance changes;
+    /// for a stopped shard's directory, the `transactions` partitions its
+    /// offsets record. Ascending. Clients route by it, not by an ordinal.
+    pub partitions: Vec<i32>,
     pub accounts: u64,
     /// Sum of this shard's balances; over all shards plus the credits in
     /// flight it is zero.
@@ -181,9 +195,10 @@ pub fn offset_views(offsets: &Offsets) -> Vec<OffsetView> {
 }
 
 impl StatsView {
-    pub fn new(shard: u32, stats: &Stats) -> Self {
+    pub fn new(shard: String, partitions: Vec<i32>, stats: &Stats) -> Self {
         StatsView {
             shard,
+            partitions,
             accounts: stats.accounts,
             sum: stats.sum.to_string(),
             offsets: offset_views(&stats.offsets),
@@ -200,11 +215,11 @@ impl StatsView {
 }
 
 impl AccountView {
-    pub fn new(account: &str, balance: Money, shard: u32) -> Self {
+    pub fn new(account: &str, balance: Money, shard: &str) -> Self {
         AccountView {
             account: account.to_owned(),
             balance: balance.to_string(),
-            shard,
+            shard: shard.to_owned(),
         }
     }
 }
@@ -234,14 +249,14 @@ mod tests {
         ] {
             let view = TransferView::new(
                 "t".to_owned(),
-                2,
+                "ledger-consumer-2".to_owned(),
                 TransferStatus {
                     decision,
                     credited: true,
                 },
             );
             let mut expected = serde_json::json!({
-                "transfer_id": "t", "shard": 2, "status": status, "credited": true,
+                "transfer_id": "t", "shard": "ledger-consumer-2", "status": status, "credited": true,
             });
             if let Some(reason) = reason {
                 expected["reason"] = reason.into();
@@ -252,7 +267,7 @@ mod tests {
             assert_eq!(parsed.decision(), decision);
         }
         let refused = serde_json::from_value::<TransferView>(serde_json::json!({
-            "transfer_id": "t", "shard": 0, "status": "maybe", "credited": false,
+            "transfer_id": "t", "shard": "ledger-consumer-0", "status": "maybe", "credited": false,
         }));
         assert!(refused.is_err());
     }

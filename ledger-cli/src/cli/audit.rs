@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ledger::names;
 use ledger_cli::audit::{self, AuditInput, BalanceSource, ReadProgress, Topics};
+use ledger_cli::shards;
 use ledger_core::domain::Currency;
 use ledger_core::machine::Rules;
+use reqwest::Url;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,12 +32,17 @@ pub struct Args {
     /// Topic of the shards' dead letters.
     #[arg(long, default_value = names::TOPIC_DEAD_LETTERS)]
     dlq_topic: String,
-    /// A running shard's HTTP API, e.g. http://localhost:8080; once per
-    /// shard. Without --url or --db the balance checks are skipped.
-    #[arg(long = "url", value_name = "URL")]
-    urls: Vec<String>,
+    /// A running shard's HTTP API, e.g. http://127.0.0.1:8080; repeat it
+    /// once per shard, or give one name that resolves to every shard's
+    /// address, e.g. http://ledger-consumer:8080 (a headless Service) or
+    /// http://consumer:8080 (a compose service scaled with --scale): a
+    /// name with several addresses stands for one shard per address. The
+    /// shards must own every partition once between them. Without --url or
+    /// --db the balance checks are skipped.
+    #[arg(long = "url", value_name = "URL", value_parser = shards::parse_url)]
+    urls: Vec<Url>,
     /// A stopped shard's sled directory; once per shard.
-    #[arg(long = "db", value_name = "DIR")]
+    #[arg(long = "db", value_name = "DIR", conflicts_with = "urls")]
     dbs: Vec<PathBuf>,
     /// Partitions of `transactions` and `ledger-credits` (the shards'
     /// --partitions); read from the transactions topic when not given.
@@ -77,14 +84,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     // Balances first: a shard that cannot be reached fails the audit in
     // seconds, not after minutes of reading topics.
-    let sources = args
-        .urls
+    let sources: Vec<BalanceSource> = shards::expand(&args.urls)?
         .into_iter()
-        .map(BalanceSource::Url)
-        .chain(args.dbs.into_iter().map(BalanceSource::Db));
-    for source in sources {
-        let balances = audit::fetch_balances(&source, SHARD_TIMEOUT)
-            .with_context(|| format!("reading the balances of {source}"))?;
+        .map(|url| BalanceSource::Url(url.into()))
+        .chain(args.dbs.into_iter().map(BalanceSource::Db))
+        .collect();
+    for balances in audit::fetch_all(&sources, partitions, SHARD_TIMEOUT)
+        .context("reading the shards' balances")?
+    {
         input.push_balances(balances);
     }
     audit::read_topics(

@@ -4,11 +4,17 @@
 //!
 //! Both sources yield the same `ledger::api` views, so merging several
 //! shards and printing them (a table, or `--json`) is one code path for
-//! both. Answers show committed state only: a stopped shard's last batch
+//! both. Shards are known by the name their views report, never by the
+//! order or the address they were given in: one URL may stand for every
+//! shard (`ledger_cli::shards`), and ownership of partitions (which
+//! `balance` routes by) is what each shard's stats say. Answers show committed state only: a stopped shard's last batch
 //! whose Kafka commit is unknown (its pending record) is left out and
 //! reported, since only the shard itself, talking to Kafka at start, can
 //! tell whether it happened.
 
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,8 +35,10 @@ use ledger::api::{
     TransferView, BALANCES_PAGE_MAX,
 };
 use ledger::store::{Store, StoreError, StoreOptions};
+use ledger_cli::shards;
 use ledger_core::domain::{AccountId, TransferId};
-use ledger_core::routing::{partition_for, shard_for};
+use ledger_core::machine::Source as InputSource;
+use ledger_core::routing::partition_for;
 
 /// The shards' API URLs, comma-separated, used when neither `--db` nor
 /// `--url` is given (so a deployment sets it once for its operators).
@@ -52,12 +60,20 @@ const HTTP_BODY_MAX_BYTES: u64 = 16 << 20;
 const EXIT_NOT_FOUND: u8 = 1;
 
 const AFTER_HELP: &str = "\
-Shards are given in shard ordinal order (shard 0 first), all --db or all --url.
-Without either, the comma-separated URLs in TXLEDGER_SHARD_URLS are used.
+Shards are given all with --db or all with --url, in any order. Without either,
+the comma-separated URLs in TXLEDGER_SHARD_URLS are used. A --url whose host name
+resolves to several addresses stands for one shard per address, so that one URL
+reaches every shard: --url http://ledger-consumer:8080 (a Kubernetes headless
+Service) or --url http://consumer:8080 (a compose service scaled with --scale).
+Each shard is known by the name it reports (a running shard's transactional id,
+e.g. ledger-consumer-0; a --db directory as given); two URLs that reach the same
+shard count once, and shards are listed by name. `balance` asks the shard whose
+stats report the account's partition.
 
 Examples:
   ledger query stats --db /var/lib/txledger/shard-0
-  ledger query balance acc-000042 --url http://localhost:8080 --url http://localhost:8081
+  ledger query balance acc-000042 --url http://127.0.0.1:8080 --url http://127.0.0.1:8081
+  ledger query balances --format csv --url http://ledger-consumer:8080 > balances.csv
   ledger query top --limit 5 --json
   ledger query transfer 6f1c1f3e-4a2b-4c55-9d1e-2b8f0c7d9a10
   ledger query balances --format csv --db shard-0 --db shard-1 > balances.csv
@@ -88,14 +104,19 @@ pub struct Args {
     )]
     dbs: Vec<PathBuf>,
 
-    /// A running shard's HTTP API, e.g. http://localhost:8080; repeat it
-    /// (or separate with commas) once per shard [fallback: TXLEDGER_SHARD_URLS].
+    /// A running shard's HTTP API, e.g. http://127.0.0.1:8080; repeat it
+    /// (or separate with commas) once per shard, or give one name that
+    /// resolves to every shard: http://ledger-consumer:8080 (a headless
+    /// Service) or http://consumer:8080 (a compose service scaled with
+    /// --scale) reaches every shard, as a name with several addresses
+    /// stands for one shard per address (so may localhost: 127.0.0.1 and
+    /// ::1) [fallback: TXLEDGER_SHARD_URLS].
     #[arg(
         long = "url",
         value_name = "URL",
         global = true,
         value_delimiter = ',',
-        value_parser = parse_url
+        value_parser = shards::parse_url
     )]
     urls: Vec<Url>,
 
@@ -103,8 +124,9 @@ pub struct Args {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Partition count of `transactions` and `ledger-credits`: with several
-    /// shards, `balance` needs it to find the shard that owns the account.
+    /// Partition count of `transactions` and `ledger-credits`: `balance`
+    /// needs it to find the account's partition, and so the shard that
+    /// owns it.
     #[arg(
         long,
         value_name = "N",
@@ -117,7 +139,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Question {
-    /// One account's committed balance, asked of the shard that owns it.
+    /// One account's committed balance, asked of the shard that owns its
+    /// partition now.
     Balance {
         #[arg(value_parser = AccountId::parse)]
         account: AccountId,
@@ -160,12 +183,12 @@ enum ExportFormat {
     /// One JSON object a line: {"account", "balance", "shard"}.
     Jsonl,
     /// `account,balance,shard` with a header line (account ids hold no
-    /// comma or quote, so nothing needs quoting).
+    /// comma or quote; a shard name that does is quoted).
     Csv,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let shards = shards(&args)?;
+    let shards = identify(sources(&args)?)?;
     match &args.question {
         Question::Balance { account } => balance(&shards, account, args.partitions, args.json),
         Question::Top { limit } => top(&shards, *limit, args.json),
@@ -175,29 +198,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Shard URLs are plain `http://host:port`, optionally with a path prefix
-/// (behind a proxy); the API paths are appended to it.
-fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim())
-        .map_err(|error| format!("{error} (expected e.g. http://localhost:8080)"))?;
-    if url.scheme() != "http" {
-        // The workspace builds reqwest without TLS: the shards' API is
-        // served in-cluster over plain HTTP.
-        return Err(format!(
-            "the shards' API is plain http, not {}",
-            url.scheme()
-        ));
-    }
-    Ok(url)
-}
-
 fn parse_transfer_id(text: &str) -> Result<TransferId, String> {
     text.trim()
         .parse()
         .map_err(|error| format!("not a UUID ({error})"))
 }
 
-fn shards(args: &Args) -> anyhow::Result<Vec<Shard>> {
+/// Where to ask: the directories, or the URLs with each name expanded to
+/// its addresses (`ledger_cli::shards`).
+fn sources(args: &Args) -> anyhow::Result<Vec<Source>> {
     let sources: Vec<Source> = if !args.dbs.is_empty() {
         args.dbs.iter().cloned().map(Source::Db).collect()
     } else {
@@ -209,7 +218,7 @@ fn shards(args: &Args) -> anyhow::Result<Vec<Shard>> {
         if urls.is_empty() {
             bail!(
                 "no shard to ask: give --db DIR (a stopped shard) or --url URL (a running \
-                 shard), once per shard, or set {URLS_ENV}"
+                 shard, or a name resolving to every shard), or set {URLS_ENV}"
             );
         }
         let client = Client::builder()
@@ -217,7 +226,8 @@ fn shards(args: &Args) -> anyhow::Result<Vec<Shard>> {
             .timeout(HTTP_TIMEOUT)
             .build()
             .context("creating the HTTP client")?;
-        urls.into_iter()
+        shards::expand(&urls)?
+            .into_iter()
             .map(|base| {
                 Source::Http(Api {
                     base,
@@ -232,11 +242,7 @@ fn shards(args: &Args) -> anyhow::Result<Vec<Shard>> {
             sources.len()
         );
     }
-    Ok(sources
-        .into_iter()
-        .zip(0u32..)
-        .map(|(source, ordinal)| Shard { ordinal, source })
-        .collect())
+    Ok(sources)
 }
 
 fn urls_from_env() -> anyhow::Result<Vec<Url>> {
@@ -246,20 +252,45 @@ fn urls_from_env() -> anyhow::Result<Vec<Url>> {
     value
         .split(',')
         .filter(|part| !part.trim().is_empty())
-        .map(|part| parse_url(part).map_err(|error| anyhow!("{URLS_ENV}: {part:?}: {error}")))
+        .map(|part| {
+            shards::parse_url(part).map_err(|error| anyhow!("{URLS_ENV}: {part:?}: {error}"))
+        })
         .collect()
 }
 
-/// One shard as the user named it; its ordinal is its position among the
-/// `--db` or `--url` options.
+/// The shards behind `sources`, by name: each source's stats say which
+/// shard it is and which partitions it owns. A shard reached through
+/// several sources counts once (its first source is asked); the shards
+/// come in name order, whatever order the sources came in (a name's
+/// addresses come in any order).
+fn identify(sources: Vec<Source>) -> anyhow::Result<Vec<Shard>> {
+    let mut shards: BTreeMap<String, Shard> = BTreeMap::new();
+    for source in sources {
+        let stats = source.stats()?;
+        if let Entry::Vacant(entry) = shards.entry(stats.shard.clone()) {
+            entry.insert(Shard {
+                name: stats.shard.clone(),
+                source,
+                stats,
+            });
+        }
+    }
+    Ok(shards.into_values().collect())
+}
+
+/// One shard, known by the name it reports.
 struct Shard {
-    ordinal: u32,
+    name: String,
     source: Source,
+    /// Its stats when the question began: its name and the partitions it
+    /// owns, which `balance` routes by, and the `stats` answer itself.
+    stats: StatsView,
 }
 
 enum Source {
-    /// Opened for each question, so that `balance` touches only the
-    /// directory of the shard that owns the account.
+    /// Opened for each read and closed after it (sled locks the
+    /// directory): once for the stats that identify the shard, once for
+    /// the question.
     Db(PathBuf),
     Http(Api),
 }
@@ -271,7 +302,11 @@ struct Api {
 
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shard {} ({})", self.ordinal, self.source)
+        match &self.source {
+            // The name is the directory.
+            Source::Db(_) => write!(f, "shard {}", self.name),
+            Source::Http(api) => write!(f, "shard {} ({})", self.name, api.base),
+        }
     }
 }
 
@@ -280,6 +315,35 @@ impl fmt::Display for Source {
         match self {
             Source::Db(dir) => write!(f, "{}", dir.display()),
             Source::Http(api) => write!(f, "{}", api.base),
+        }
+    }
+}
+
+impl Source {
+    /// The stats of the shard here. A stopped shard is named by its
+    /// directory as given, and owns the partitions of `transactions` its
+    /// offsets record: those it consumed, up to its stop.
+    fn stats(&self) -> anyhow::Result<StatsView> {
+        match self {
+            Source::Db(dir) => {
+                let store = open_offline(dir)?;
+                let stats = store
+                    .reader()
+                    .stats()
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                let partitions = stats
+                    .offsets
+                    .keys()
+                    .filter(|at| at.source == InputSource::Transfers)
+                    .map(|at| at.partition)
+                    .collect();
+                Ok(StatsView::new(
+                    dir.display().to_string(),
+                    partitions,
+                    &stats,
+                ))
+            }
+            Source::Http(api) => api.get_required(&["v1", "stats"], &[]),
         }
     }
 }
@@ -293,7 +357,7 @@ impl Shard {
                     .reader()
                     .balance(account)
                     .with_context(|| format!("reading {}", dir.display()))?;
-                balance.map(|balance| AccountView::new(account.as_str(), balance, self.ordinal))
+                balance.map(|balance| AccountView::new(account.as_str(), balance, &self.name))
             }
             Source::Http(api) => match api.get(&["v1", "accounts", account.as_str()], &[])? {
                 Reply::Found(view) => Some(view),
@@ -301,7 +365,7 @@ impl Shard {
             },
         };
         if let Some(view) = &view {
-            self.check_ordinal(view.shard)?;
+            self.check_name(&view.shard)?;
         }
         Ok(view)
     }
@@ -315,11 +379,11 @@ impl Shard {
                     .top(limit)
                     .with_context(|| format!("reading {}", dir.display()))?;
                 TopView {
-                    shard: self.ordinal,
+                    shard: self.name.clone(),
                     accounts: top
                         .iter()
                         .map(|(account, balance)| {
-                            AccountView::new(account.as_str(), *balance, self.ordinal)
+                            AccountView::new(account.as_str(), *balance, &self.name)
                         })
                         .collect(),
                 }
@@ -328,9 +392,9 @@ impl Shard {
                 api.get_required(&["v1", "accounts"], &[("top", &limit.to_string())])?
             }
         };
-        self.check_ordinal(view.shard)?;
+        self.check_name(&view.shard)?;
         for account in &view.accounts {
-            self.check_ordinal(account.shard)?;
+            self.check_name(&account.shard)?;
         }
         Ok(view)
     }
@@ -339,27 +403,15 @@ impl Shard {
         let view = match &self.source {
             Source::Db(dir) => {
                 let store = open_offline(dir)?;
-                TransferView::new(id.to_string(), self.ordinal, store.reader().transfer(id))
+                TransferView::new(
+                    id.to_string(),
+                    self.name.clone(),
+                    store.reader().transfer(id),
+                )
             }
             Source::Http(api) => api.get_required(&["v1", "transfers", &id.to_string()], &[])?,
         };
-        self.check_ordinal(view.shard)?;
-        Ok(view)
-    }
-
-    fn stats(&self) -> anyhow::Result<StatsView> {
-        let view = match &self.source {
-            Source::Db(dir) => {
-                let store = open_offline(dir)?;
-                let stats = store
-                    .reader()
-                    .stats()
-                    .with_context(|| format!("reading {}", dir.display()))?;
-                StatsView::new(self.ordinal, &stats)
-            }
-            Source::Http(api) => api.get_required(&["v1", "stats"], &[])?,
-        };
-        self.check_ordinal(view.shard)?;
+        self.check_name(&view.shard)?;
         Ok(view)
     }
 
@@ -382,7 +434,7 @@ impl Shard {
                         Ok(page
                             .into_iter()
                             .map(|(account, balance)| {
-                                AccountView::new(account.as_str(), balance, self.ordinal)
+                                AccountView::new(account.as_str(), balance, &self.name)
                             })
                             .collect())
                     },
@@ -395,7 +447,7 @@ impl Shard {
                     let mut query = vec![("limit", limit.as_str())];
                     query.extend(after.map(|account| ("after", account)));
                     let page: BalancesPageView = api.get_required(&["v1", "balances"], &query)?;
-                    self.check_ordinal(page.shard)?;
+                    self.check_name(&page.shard)?;
                     Ok(page.accounts)
                 },
                 each,
@@ -403,8 +455,7 @@ impl Shard {
         }
     }
 
-    /// [`api::page_through`], each account checked for this shard's
-    /// ordinal.
+    /// [`api::page_through`], each account checked for this shard's name.
     fn page_through(
         &self,
         fetch: impl FnMut(Option<&str>) -> anyhow::Result<Vec<AccountView>>,
@@ -412,20 +463,20 @@ impl Shard {
     ) -> anyhow::Result<()> {
         api::page_through(BALANCES_PAGE_MAX, fetch, |page| {
             for view in &page {
-                self.check_ordinal(view.shard)?;
+                self.check_name(&view.shard)?;
             }
             each(page)
         })
     }
 
-    /// Routing and merging trust the command-line order of the shards: a
-    /// running shard that reports another ordinal means the URLs are out of
-    /// order, and every routed answer would be wrong.
-    fn check_ordinal(&self, reported: u32) -> anyhow::Result<()> {
-        if reported != self.ordinal {
+    /// Every answer must come from the shard the question began with: an
+    /// address that now serves another shard (restarted, rescheduled,
+    /// reassigned by DNS) would mix two shards' answers under one name.
+    fn check_name(&self, reported: &str) -> anyhow::Result<()> {
+        if reported != self.name {
             bail!(
-                "{self} says it is shard {reported}: give the shards in shard ordinal \
-                 order (shard 0 first)"
+                "{self} now answers as shard {reported}: the address serves another shard \
+                 since the question began; retry"
             );
         }
         Ok(())
@@ -519,17 +570,31 @@ fn balance(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let partition = partition_for(account.as_str().as_bytes(), partitions);
-    // `shards` holds at most SHARDS_MAX entries, so the cast is exact.
-    let owner = &shards[shard_for(partition, shards.len() as u32) as usize];
-    let mut found = owner.balance(account)?;
-    if found.is_none() {
-        // With group assignment (`--assignment group`) the consumer group,
-        // not the ordinal, decides which shard holds the partition.
-        for shard in shards.iter().filter(|shard| !std::ptr::eq(*shard, owner)) {
-            found = shard.balance(account)?;
-            if found.is_some() {
-                break;
-            }
+    let owners: Vec<&Shard> = shards
+        .iter()
+        .filter(|shard| shard.stats.partitions.contains(&partition))
+        .collect();
+    if let [_, _, ..] = owners.as_slice() {
+        // Each may hold a copy of the account as of its ownership: which is
+        // current cannot be told from here.
+        let owners: Vec<String> = owners.iter().map(ToString::to_string).collect();
+        bail!(
+            "{} all report partition {partition} of {partitions} (account {account}'s): they \
+             disagree on who owns it, a rebalance is under way; retry",
+            owners.join(", ")
+        );
+    }
+    let owner = owners.first().copied();
+    // The owner first. Then the others: another shard holds the account if
+    // --partitions is not the shards' count, or its owner is not given.
+    let mut found = None;
+    let others = shards
+        .iter()
+        .filter(|shard| owner.is_none_or(|owner| !std::ptr::eq(*shard, owner)));
+    for shard in owner.into_iter().chain(others) {
+        found = shard.balance(account)?;
+        if found.is_some() {
+            break;
         }
     }
     match found {
@@ -540,23 +605,27 @@ fn balance(
                 let mut table = Table::new(&[
                     ("ACCOUNT", Align::Left),
                     ("BALANCE", Align::Right),
-                    ("SHARD", Align::Right),
+                    ("SHARD", Align::Left),
                 ]);
-                table.row(vec![view.account, view.balance, view.shard.to_string()]);
+                table.row(vec![view.account, view.balance, view.shard]);
                 print_text(&table.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let mut message = format!("unknown account {account}: {owner} has never seen it");
-            if shards.len() > 1 {
-                // A wrong partition count or shard order sends the question
-                // to a shard that cannot know the account.
-                message.push_str(&format!(
-                    " (it owns the account's partition {partition} of {partitions}, and no other \
-                     shard given knows it either; check --partitions and the shard order if the \
-                     account exists)"
-                ));
+            let whose = match owner {
+                Some(owner) => format!("owned by {owner}, which has never seen it"),
+                None => "owned by no shard given (one is down or not given, or the shards are \
+                         rebalancing: retry)"
+                    .to_owned(),
+            };
+            let mut message = format!(
+                "unknown account {account}: on partition {partition} of {partitions}, {whose}"
+            );
+            if shards.len() > 1 || owner.is_none() {
+                message.push_str(
+                    "; no shard given knows it (check --partitions if the account exists)",
+                );
             }
             not_found(json, message)
         }
@@ -585,14 +654,14 @@ fn top(shards: &[Shard], limit: usize, json: bool) -> anyhow::Result<ExitCode> {
             ("RANK", Align::Right),
             ("ACCOUNT", Align::Left),
             ("BALANCE", Align::Right),
-            ("SHARD", Align::Right),
+            ("SHARD", Align::Left),
         ]);
         for (rank, view) in (1u32..).zip(accounts) {
             table.row(vec![
                 rank.to_string(),
                 view.account,
                 view.balance,
-                view.shard.to_string(),
+                view.shard,
             ]);
         }
         print_text(&table.to_string())?;
@@ -610,8 +679,8 @@ struct TransferAnswer {
     status: AnswerStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
-    decided_by: Vec<u32>,
-    credited_by: Vec<u32>,
+    decided_by: Vec<String>,
+    credited_by: Vec<String>,
     shards: Vec<TransferView>,
 }
 
@@ -643,11 +712,11 @@ impl TransferAnswer {
             transfer_id: transfer_id.to_string(),
             status,
             reason,
-            decided_by: decided.iter().map(|view| view.shard).collect(),
+            decided_by: decided.iter().map(|view| view.shard.clone()).collect(),
             credited_by: shards
                 .iter()
                 .filter(|view| view.credited)
-                .map(|view| view.shard)
+                .map(|view| view.shard.clone())
                 .collect(),
             shards,
         }
@@ -703,11 +772,10 @@ fn describe(view: &TransferView) -> String {
     }
 }
 
-fn shard_list(shards: &[u32]) -> String {
-    let numbers: Vec<String> = shards.iter().map(u32::to_string).collect();
-    match numbers.len() {
-        1 => format!("shard {}", numbers[0]),
-        _ => format!("shards {}", numbers.join(", ")),
+fn shard_list(shards: &[String]) -> String {
+    match shards {
+        [one] => format!("shard {one}"),
+        _ => format!("shards {}", shards.join(", ")),
     }
 }
 
@@ -721,14 +789,14 @@ fn transfer(shards: &[Shard], id: TransferId, json: bool) -> anyhow::Result<Exit
         print_json(&answer)?;
     } else {
         let mut table = Table::new(&[
-            ("SHARD", Align::Right),
+            ("SHARD", Align::Left),
             ("STATUS", Align::Left),
             ("REASON", Align::Left),
             ("CREDITED", Align::Left),
         ]);
         for view in &answer.shards {
             table.row(vec![
-                view.shard.to_string(),
+                view.shard.clone(),
                 view.status.to_string(),
                 view.reason.clone().unwrap_or_else(|| "-".to_owned()),
                 if view.credited { "yes" } else { "no" }.to_owned(),
@@ -779,10 +847,8 @@ impl StatsAnswer {
 }
 
 fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
-    let views = shards
-        .iter()
-        .map(Shard::stats)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Read when the shards were identified, a moment ago.
+    let views = shards.iter().map(|shard| shard.stats.clone()).collect();
     let answer = StatsAnswer::total(views)?;
     if json {
         print_json(&answer)?;
@@ -797,6 +863,7 @@ fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
 fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
     let mut summary = Table::new(&[
         ("SHARD", Align::Left),
+        ("PARTITIONS", Align::Left),
         ("ACCOUNTS", Align::Right),
         ("SUM", Align::Right),
         ("REMEMBERED IDS", Align::Right),
@@ -814,7 +881,8 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
     for (shard, view) in shards.iter().zip(&answer.shards) {
         notes.extend(pending_note(shard, view));
         summary.row(vec![
-            view.shard.to_string(),
+            view.shard.clone(),
+            partition_list(&view.partitions),
             view.accounts.to_string(),
             view.sum.clone(),
             view.remembered_ids.to_string(),
@@ -827,7 +895,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
         ]);
         for offset in &view.offsets {
             offsets.row(vec![
-                view.shard.to_string(),
+                view.shard.clone(),
                 offset.source.name().to_owned(),
                 offset.partition.to_string(),
                 offset.next_offset.to_string(),
@@ -837,6 +905,7 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
     let total = &answer.total;
     summary.row(vec![
         "total".to_owned(),
+        String::new(),
         total.accounts.to_string(),
         total.sum.clone(),
         total.remembered_ids.to_string(),
@@ -861,6 +930,15 @@ fn stats_text(shards: &[Shard], answer: &StatsAnswer) -> String {
         }
     }
     text
+}
+
+/// `0,2,4`, or `-` for none (a shard given no partition yet).
+fn partition_list(partitions: &[i32]) -> String {
+    if partitions.is_empty() {
+        return "-".to_owned();
+    }
+    let numbers: Vec<String> = partitions.iter().map(i32::to_string).collect();
+    numbers.join(",")
 }
 
 /// A running shard resolves its pending record itself and already answers
@@ -925,7 +1003,8 @@ fn export(shards: &[Shard], format: ExportFormat, out: &mut impl Write) -> anyho
                         writeln!(out)?;
                     }
                     ExportFormat::Csv => {
-                        writeln!(out, "{},{},{}", view.account, view.balance, view.shard)?;
+                        let shard = csv_field(&view.shard);
+                        writeln!(out, "{},{},{shard}", view.account, view.balance)?;
                     }
                 }
             }
@@ -933,6 +1012,16 @@ fn export(shards: &[Shard], format: ExportFormat, out: &mut impl Write) -> anyho
         })?;
     }
     Ok(())
+}
+
+/// A CSV field as RFC 4180 has it: quoted, its quotes doubled, when it
+/// holds a comma, a quote or a line break, as a directory's name may.
+fn csv_field(text: &str) -> Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -1025,10 +1114,10 @@ impl fmt::Display for Table {
 mod tests {
     use super::*;
 
-    fn view(shard: u32, status: &str, reason: Option<&str>, credited: bool) -> TransferView {
+    fn view(shard: &str, status: &str, reason: Option<&str>, credited: bool) -> TransferView {
         TransferView {
             transfer_id: "t".to_owned(),
-            shard,
+            shard: shard.to_owned(),
             status: serde_json::from_value(status.into()).unwrap(),
             reason: reason.map(str::to_owned),
             credited,
@@ -1042,21 +1131,21 @@ mod tests {
     #[test]
     fn a_transfer_combines_the_decision_and_the_credit() {
         let answer = merged(vec![
-            view(0, "accepted", None, false),
-            view(1, "unknown", None, true),
+            view("s-0", "accepted", None, false),
+            view("s-1", "unknown", None, true),
         ]);
         assert_eq!(serde_json::to_value(answer.status).unwrap(), "accepted");
         assert_eq!(
             (answer.decided_by.as_slice(), answer.credited_by.as_slice()),
-            (&[0][..], &[1][..])
+            (&["s-0".to_owned()][..], &["s-1".to_owned()][..])
         );
         assert!(answer
             .summary()
-            .ends_with("accepted by shard 0; credit applied on shard 1"));
+            .ends_with("accepted by shard s-0; credit applied on shard s-1"));
 
         let answer = merged(vec![
-            view(0, "accepted", None, false),
-            view(1, "unknown", None, false),
+            view("s-0", "accepted", None, false),
+            view("s-1", "unknown", None, false),
         ]);
         assert!(answer
             .summary()
@@ -1064,8 +1153,8 @@ mod tests {
         assert!(answer.known());
 
         let answer = merged(vec![
-            view(0, "unknown", None, false),
-            view(1, "rejected", Some("insufficient_funds"), false),
+            view("s-0", "unknown", None, false),
+            view("s-1", "rejected", Some("insufficient_funds"), false),
         ]);
         assert_eq!(
             (
@@ -1076,33 +1165,34 @@ mod tests {
         );
         assert!(answer
             .summary()
-            .ends_with("rejected (insufficient_funds) by shard 1"));
+            .ends_with("rejected (insufficient_funds) by shard s-1"));
     }
 
     #[test]
     fn a_transfer_nobody_knows_is_unknown_and_two_deciders_conflict() {
         let answer = merged(vec![
-            view(0, "unknown", None, false),
-            view(1, "unknown", None, false),
+            view("s-0", "unknown", None, false),
+            view("s-1", "unknown", None, false),
         ]);
         assert_eq!(serde_json::to_value(answer.status).unwrap(), "unknown");
         assert!(!answer.known());
 
         let answer = merged(vec![
-            view(0, "accepted", None, false),
-            view(1, "rejected", Some("insufficient_funds"), false),
+            view("s-0", "accepted", None, false),
+            view("s-1", "rejected", Some("insufficient_funds"), false),
         ]);
         assert_eq!(serde_json::to_value(answer.status).unwrap(), "conflicting");
-        assert_eq!(answer.decided_by, [0, 1]);
+        assert_eq!(answer.decided_by, ["s-0", "s-1"]);
         assert!(answer
             .summary()
-            .contains("shard 0 accepted, shard 1 rejected (insufficient_funds)"));
+            .contains("shard s-0 accepted, shard s-1 rejected (insufficient_funds)"));
     }
 
     #[test]
     fn stats_totals_add_exactly() {
-        let stats = |shard, accounts, sum: &str| StatsView {
-            shard,
+        let stats = |shard: &str, accounts, sum: &str| StatsView {
+            shard: shard.to_owned(),
+            partitions: Vec::new(),
             accounts,
             sum: sum.to_owned(),
             offsets: Vec::new(),
@@ -1111,12 +1201,22 @@ mod tests {
             held: 1,
         };
         let answer =
-            StatsAnswer::total(vec![stats(0, 3, "-150.10"), stats(1, 2, "150.10")]).unwrap();
+            StatsAnswer::total(vec![stats("s-0", 3, "-150.10"), stats("s-1", 2, "150.10")])
+                .unwrap();
         assert_eq!(answer.total.accounts, 5);
         assert_eq!(answer.total.sum, "0.00");
         assert_eq!(answer.total.remembered_ids, 4);
         assert_eq!(answer.total.held, 2);
-        assert!(StatsAnswer::total(vec![stats(0, 1, "1e3")]).is_err());
+        assert!(StatsAnswer::total(vec![stats("s-0", 1, "1e3")]).is_err());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_field("ledger-consumer-0"), "ledger-consumer-0");
+        assert_eq!(csv_field("/data/a,b"), "\"/data/a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(partition_list(&[0, 2, 4]), "0,2,4");
+        assert_eq!(partition_list(&[]), "-");
     }
 
     #[test]
