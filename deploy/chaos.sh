@@ -3,11 +3,15 @@
 # has run (kind, minikube, or a real one):
 #
 #   1. waits until Kafka, the shards and the producer are ready;
-#   2. for CHAOS_DURATION seconds, while the producer writes, deletes a random
-#      shard or the producer every KILL_INTERVAL seconds (sometimes with a
-#      1-second grace period, which lands mid-batch like a crash), and the
-#      Kafka pod once, half-way; after each deletion it prints the pods, the
-#      way `kubectl get pods -w` would, until all are ready again;
+#   2. for CHAOS_DURATION seconds, while the producer writes, every
+#      KILL_INTERVAL seconds one disruption: mostly the deletion of a random
+#      shard or the producer (sometimes with a 1-second grace period, which
+#      lands mid-batch like a crash), and once each: a shard's volume lost
+#      (its PersistentVolumeClaim deleted with it, from a quarter in), the
+#      Kafka pod deleted (from half-way), the StatefulSet scaled out by one
+#      (from half-way) and back in (from three quarters); after each it
+#      prints the pods, the way `kubectl get pods -w` would, until all are
+#      ready again;
 #   3. stops the producer and waits until the shards are quiescent (their
 #      offsets and sums stop moving, no batch in doubt);
 #   4. runs the audit as a Job (deploy/jobs/audit-job.yaml), prints its
@@ -50,9 +54,12 @@ done
 command -v kubectl >/dev/null || die "kubectl not found"
 [[ -f "$AUDIT_JOB_FILE" ]] || die "missing $AUDIT_JOB_FILE"
 
+# The shard count chaos starts from, and ends with.
 shards=$(k get statefulset "$SHARDS_STS" -o jsonpath='{.spec.replicas}') \
   || die "no StatefulSet $SHARDS_STS in namespace $NAMESPACE: run 'kubectl apply -f deploy/' first"
 readonly shards
+# The shard count right now: scaling changes it.
+replicas() { k get statefulset "$SHARDS_STS" -o jsonpath='{.spec.replicas}'; }
 
 # One line per pod of the pipeline: name, phase, ready containers, restarts,
 # and "terminating" while it is being deleted.
@@ -67,7 +74,7 @@ pod_table() {
 all_ready() {
   local producers expected ready
   producers=$(k get deployment "$PRODUCER_DEPLOY" -o jsonpath='{.spec.replicas}')
-  expected=$((1 + shards + producers))
+  expected=$((1 + $(replicas) + producers))
   ready=$(k get pods -l "$PART_OF" -o \
     jsonpath='{range .items[*]}{.metadata.name}{" "}{.metadata.deletionTimestamp}{" "}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' \
     | awk '$NF == "True" && NF == 2 && $1 !~ /^ledger-audit-/' | wc -l)
@@ -104,13 +111,34 @@ delete_pod() { # POD
 }
 
 random_victim() {
-  local choice=$((RANDOM % (shards + 1)))
-  if ((choice < shards)); then
+  local running choice
+  running=$(replicas)
+  choice=$((RANDOM % (running + 1)))
+  if ((choice < running)); then
     printf '%s-%d\n' "$SHARDS_STS" "$choice"
   else
     k get pods -l app.kubernetes.io/name="$PRODUCER_DEPLOY" -o jsonpath='{.items[*].metadata.name}' \
       | awk '{ print $1 }'
   fi
+}
+
+# The shard's volume is lost: its claim is deleted, then the pod, so that the
+# StatefulSet gives the new pod a new, empty volume; the shard rebuilds its
+# partitions from the changelog.
+lose_volume() {
+  local ordinal=$((RANDOM % $(replicas)))
+  local pod="$SHARDS_STS-$ordinal" claim="data-$SHARDS_STS-$ordinal"
+  log "deleting the volume claim $claim, then $pod: its successor starts on an empty volume"
+  # Deleted once no pod uses it (Kubernetes keeps a claim in use).
+  k delete pvc "$claim" --wait=false
+  k delete pod "$pod" --grace-period=1 --wait=false
+  k wait --for=delete "pvc/$claim" --timeout="${READY_TIMEOUT}s" >/dev/null \
+    || die "the claim $claim was not deleted within ${READY_TIMEOUT}s"
+}
+
+scale_shards() { # REPLICAS
+  log "scaling the shards from $(replicas) to $1 (the consumer group moves their partitions)"
+  k scale statefulset "$SHARDS_STS" --replicas="$1"
 }
 
 # Stable when three readings 5 s apart are identical and no batch is in
@@ -158,30 +186,71 @@ started=$SECONDS
 log "waiting for the pipeline in namespace $NAMESPACE ($shards shards)"
 wait_recovered
 
-log "chaos for ${CHAOS_DURATION}s: a deletion every ${KILL_INTERVAL}s, Kafka once half-way"
+log "chaos for ${CHAOS_DURATION}s: a disruption every ${KILL_INTERVAL}s; once each a volume loss, Kafka, a scale-out and a scale-in"
 chaos_start=$SECONDS
-chaos_end=$((chaos_start + CHAOS_DURATION))
-kafka_deleted=0
 deletions=0
-while ((SECONDS < chaos_end)); do
-  sleep "$KILL_INTERVAL"
-  if ((kafka_deleted == 0 && SECONDS >= chaos_start + CHAOS_DURATION / 2)); then
-    victim=$KAFKA_POD
-    kafka_deleted=1
-  else
-    victim=$(random_victim)
+volumes_lost=0
+kafka_deleted=0
+scaled_out=0
+scaled_in=0
+# Each event once, when its time has come (or after the loop, if the run was
+# too short for it); one disruption per round.
+due() { # NUMERATOR DENOMINATOR: that fraction of the chaos time has passed
+  ((SECONDS >= chaos_start + CHAOS_DURATION * $1 / $2))
+}
+next_event() { # ANYWAY (1: every event still pending is due); prints its name
+  local anyway=$1
+  if ((volumes_lost == 0)) && { ((anyway)) || due 1 4; }; then
+    echo volume
+  elif ((kafka_deleted == 0)) && { ((anyway)) || due 1 2; }; then
+    echo kafka
+  elif ((scaled_out == 0)) && { ((anyway)) || due 1 2; }; then
+    echo scale-out
+  elif ((scaled_in == 0)) && { ((anyway)) || due 3 4; }; then
+    echo scale-in
+  elif ((anyway == 0)); then
+    echo pod
   fi
-  [[ -n "$victim" ]] || continue
-  delete_pod "$victim"
-  deletions=$((deletions + 1))
+}
+disrupt() { # EVENT
+  local victim
+  case "$1" in
+    volume)
+      lose_volume
+      volumes_lost=1
+      ;;
+    kafka)
+      delete_pod "$KAFKA_POD"
+      kafka_deleted=1
+      deletions=$((deletions + 1))
+      ;;
+    scale-out)
+      scale_shards $((shards + 1))
+      scaled_out=1
+      ;;
+    scale-in)
+      scale_shards "$shards"
+      scaled_in=1
+      ;;
+    pod)
+      victim=$(random_victim)
+      [[ -n "$victim" ]] || return 0
+      delete_pod "$victim"
+      deletions=$((deletions + 1))
+      ;;
+  esac
   wait_recovered
+}
+while ((SECONDS < chaos_start + CHAOS_DURATION)); do
+  sleep "$KILL_INTERVAL"
+  disrupt "$(next_event 0)"
 done
-if ((kafka_deleted == 0)); then
-  delete_pod "$KAFKA_POD"
-  deletions=$((deletions + 1))
-  wait_recovered
-fi
-log "$deletions pods deleted; pod restarts so far:"
+event=$(next_event 1)
+while [[ -n "$event" ]]; do
+  disrupt "$event"
+  event=$(next_event 1)
+done
+log "survived: $deletions pod deletions (Kafka $kafka_deleted), $volumes_lost volume lost, $scaled_out scale-out, $scaled_in scale-in; pod restarts so far:"
 pod_table
 
 log "stopping the producer, then waiting for the shards to catch up"
@@ -197,7 +266,7 @@ wait_quiescent
 log "running the audit (job/$AUDIT_JOB)"
 if run_audit; then
   verdict=0
-  log "VERDICT: the audit PASSED after $deletions pod deletions"
+  log "VERDICT: the audit PASSED after $deletions pod deletions, $volumes_lost volume lost, $scaled_out scale-out and $scaled_in scale-in"
 else
   verdict=1
   log "VERDICT: the audit FAILED (see its output above)"

@@ -1,8 +1,10 @@
 //! The shard's configuration: flags with environment fallbacks, and the
-//! values derived from them once at start (ordinal, owned partitions, paths).
+//! values derived from them once at start (the shard's name, owned
+//! partitions, paths).
 
+use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -20,9 +22,17 @@ use crate::faults::Faults;
 pub enum ConfigError {
     #[error(
         "no shard ordinal: pass --shard (or TXLEDGER_SHARD), or run on a host whose name \
-         ends with the ordinal, like a StatefulSet pod `ledger-consumer-2` (this host is {0:?})"
+         ends with -<ordinal>, like a StatefulSet pod `ledger-consumer-2` (this host is \
+         {0:?}); with --assignment group no ordinal is needed"
     )]
     NoOrdinal(String),
+    #[error("the shard's name in {path}: {error}")]
+    Name { path: PathBuf, error: io::Error },
+    #[error(
+        "{path} holds {found:?}, not a shard name: restore the file, or delete it to give \
+         this directory a new name (a new transactional.id and group member)"
+    )]
+    BadName { path: PathBuf, found: String },
     #[error("shard {shard} does not exist among {shards} shards: ordinals run from 0 to {last}", last = shards - 1)]
     OrdinalOutOfRange { shard: u32, shards: u32 },
     #[error(
@@ -114,8 +124,10 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_DATA_DIR)]
     pub data_dir: Option<PathBuf>,
 
-    /// This shard's ordinal, 0 to shards-1 [default: the number at the end of
-    /// the hostname, e.g. ledger-consumer-2].
+    /// This shard's ordinal, 0 to shards-1 [default: the number after the
+    /// last `-` of the hostname, e.g. ledger-consumer-2]. With `--assignment
+    /// group` it only names the shard, and may be left out altogether: a
+    /// shard without one names itself once, in its data directory.
     #[arg(long, env = names::TXLEDGER_SHARD)]
     pub shard: Option<u32>,
 
@@ -144,8 +156,10 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_GROUP_ID, default_value = "txledger-ledger")]
     pub group_id: String,
 
-    /// The shard's transactional.id is `<prefix>-<ordinal>`: stable across
-    /// restarts so that a new incarnation fences the old one.
+    /// The shard's transactional.id (and name) is `<prefix>-<ordinal>`, or
+    /// `<prefix>-<random hex>` kept in the data directory for a group shard
+    /// without an ordinal: stable across restarts, so that a new incarnation
+    /// fences the old one.
     #[arg(
         long,
         env = names::TXLEDGER_TRANSACTIONAL_ID_PREFIX,
@@ -226,8 +240,6 @@ pub(crate) struct Settings {
     pub dlq_topic: String,
     /// `None`: the changelog is off.
     pub changelog_topic: Option<String>,
-    pub shard: u32,
-    pub shards: u32,
     /// Which partitions of both input topics this shard owns.
     pub ownership: Ownership,
     pub data_dir: PathBuf,
@@ -243,17 +255,19 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub fn resolve(config: &Config) -> Result<Settings, ConfigError> {
-        let shard = match config.shard {
-            Some(shard) => shard,
-            None => {
-                let host = hostname::get()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                ordinal_of_hostname(&host).ok_or(ConfigError::NoOrdinal(host))?
-            }
+        // The hostname's ordinal, or the hostname that has none.
+        let host_ordinal = || {
+            let host = hostname::get()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ordinal_of_hostname(&host).ok_or(host)
         };
-        let ownership = match config.assignment {
+        let (shard, ownership) = match config.assignment {
             Assignment::Ordinal => {
+                let shard = match config.shard {
+                    Some(shard) => shard,
+                    None => host_ordinal().map_err(ConfigError::NoOrdinal)?,
+                };
                 if shard >= config.shards {
                     return Err(ConfigError::OrdinalOutOfRange {
                         shard,
@@ -268,11 +282,14 @@ impl Settings {
                         partitions: config.partitions,
                     });
                 }
-                Ownership::Ordinal(owned)
+                (Some(shard), Ownership::Ordinal(owned))
             }
-            Assignment::Group => Ownership::Group {
-                max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
-            },
+            Assignment::Group => (
+                config.shard.or_else(|| host_ordinal().ok()),
+                Ownership::Group {
+                    max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
+                },
+            ),
         };
         if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
             || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
@@ -282,6 +299,14 @@ impl Settings {
                 batch_ms: config.batch_ms,
             });
         }
+        let data_dir = config.data_dir.clone().unwrap_or_else(|| match shard {
+            Some(shard) => PathBuf::from(format!("./data/shard-{shard}")),
+            None => PathBuf::from("./data/shard"),
+        });
+        let transactional_id = match shard {
+            Some(shard) => kafka::shard_transactional_id(&config.transactional_id_prefix, shard),
+            None => own_name(&data_dir, &config.transactional_id_prefix)?,
+        };
         Ok(Settings {
             bootstrap_servers: config.bootstrap_servers.clone(),
             transfers_topic: config.transfers_topic.clone(),
@@ -289,15 +314,10 @@ impl Settings {
             results_topic: config.results_topic.clone(),
             dlq_topic: config.dlq_topic.clone(),
             changelog_topic: Some(config.changelog_topic.clone()).filter(|topic| !topic.is_empty()),
-            shard,
-            shards: config.shards,
             ownership,
-            data_dir: config
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("./data/shard-{shard}"))),
+            data_dir,
             group_id: config.group_id.clone(),
-            transactional_id: kafka::shard_transactional_id(&config.transactional_id_prefix, shard),
+            transactional_id,
             batch_records: config.batch_records as usize,
             batch_time: Duration::from_millis(config.batch_ms),
             transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),
@@ -332,11 +352,74 @@ impl Settings {
     }
 }
 
-/// The StatefulSet ordinal: the digits at the end of the hostname.
+/// The StatefulSet ordinal: the digits after the hostname's last `-`. A
+/// container's default hostname (its id, hex digits) is no ordinal, even
+/// when it happens to end in a digit.
 pub fn ordinal_of_hostname(host: &str) -> Option<u32> {
-    let digits = host.len() - host.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-    host[host.len() - digits..].parse().ok()
+    let (_, digits) = host.rsplit_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
+
+/// The file in a group shard's data directory that holds its name.
+const NAME_FILE: &str = "shard-name";
+
+/// The name of a group shard without an ordinal (a replica of a compose
+/// service scaled with `--scale`, which has none): read from its data
+/// directory, or made up (`<prefix>-<16 hex digits>`) and written there the
+/// first time. The directory keeps it, so a restarted shard is the same
+/// transactional id and group member and fences its former self; a lost
+/// directory makes a new shard, and the former one's open transaction, if
+/// any, ends at its transaction timeout.
+fn own_name(data_dir: &Path, prefix: &str) -> Result<String, ConfigError> {
+    let path = data_dir.join(NAME_FILE);
+    let io_error = |error| ConfigError::Name {
+        path: path.clone(),
+        error,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let name = text.trim();
+            let valid = !name.is_empty()
+                && name.len() <= NAME_LEN_MAX
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if valid {
+                Ok(name.to_owned())
+            } else {
+                Err(ConfigError::BadName {
+                    path: path.clone(),
+                    found: text,
+                })
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            let name = format!("{prefix}-{}", &random[..16]);
+            std::fs::create_dir_all(data_dir).map_err(io_error)?;
+            // Written whole or not at all: a name cut short by a crash
+            // would be a different shard.
+            let partial = data_dir.join(format!("{NAME_FILE}.partial"));
+            let write = || -> io::Result<()> {
+                let mut file = std::fs::File::create(&partial)?;
+                io::Write::write_all(&mut file, format!("{name}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&partial, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(io_error)?;
+            Ok(name)
+        }
+        Err(error) => Err(io_error(error)),
+    }
+}
+
+/// Kafka's longest transactional.id is far longer; this keeps log lines
+/// and answers readable and refuses a file that is not a name at all.
+const NAME_LEN_MAX: usize = 200;
 
 /// Partitions `p` with `p mod shards == shard`: static ownership, so no
 /// group rebalance ever moves an account away from the sled that holds it.
@@ -354,7 +437,9 @@ mod tests {
     fn the_ordinal_is_the_hostname_suffix() {
         assert_eq!(ordinal_of_hostname("ledger-consumer-2"), Some(2));
         assert_eq!(ordinal_of_hostname("ledger-consumer-17"), Some(17));
-        assert_eq!(ordinal_of_hostname("host3"), Some(3));
+        assert_eq!(ordinal_of_hostname("host3"), None);
+        assert_eq!(ordinal_of_hostname("3fa9c2d1e045"), None);
+        assert_eq!(ordinal_of_hostname("consumer-"), None);
         assert_eq!(ordinal_of_hostname("laptop"), None);
         assert_eq!(ordinal_of_hostname(""), None);
     }
@@ -373,6 +458,51 @@ mod tests {
 
     fn parse(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("consumer").chain(args.iter().copied())).unwrap()
+    }
+
+    /// A group shard without an ordinal names itself once; the directory
+    /// keeps the name, so a restart is the same shard, and a directory that
+    /// lost it is a new one.
+    #[test]
+    fn a_group_shard_without_an_ordinal_keeps_the_name_it_gave_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sled");
+        let data_dir = data.to_str().unwrap();
+        let args = [
+            "--assignment",
+            "group",
+            "--data-dir",
+            data_dir,
+            "--transactional-id-prefix",
+            "t",
+        ];
+        // Whatever this machine's hostname, an explicit ordinal is absent
+        // only if the hostname has none either; name it here directly.
+        let first = own_name(&data, "t").unwrap();
+        let suffix = first.strip_prefix("t-").expect("the prefix");
+        assert_eq!(suffix.len(), 16);
+        assert!(suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        assert_eq!(own_name(&data, "t").unwrap(), first, "kept across starts");
+        let settings = Settings::resolve(&parse(&args)).unwrap();
+        let hostname_ordinal = hostname::get()
+            .ok()
+            .and_then(|host| ordinal_of_hostname(&host.to_string_lossy()));
+        match hostname_ordinal {
+            Some(ordinal) => assert_eq!(settings.transactional_id, format!("t-{ordinal}")),
+            None => assert_eq!(settings.transactional_id, first),
+        }
+        let named = Settings::resolve(&parse(&[&args[..], &["--shard", "4"]].concat())).unwrap();
+        assert_eq!(named.transactional_id, "t-4");
+
+        std::fs::remove_dir_all(&data).unwrap();
+        let second = own_name(&data, "t").unwrap();
+        assert_ne!(second, first, "a lost directory is a new shard");
+
+        std::fs::write(data.join(NAME_FILE), "not a name!\n").unwrap();
+        assert!(matches!(
+            own_name(&data, "t"),
+            Err(ConfigError::BadName { .. })
+        ));
     }
 
     #[test]

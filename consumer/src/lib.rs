@@ -207,7 +207,7 @@ async fn drive(
     let (done, finished) = oneshot::channel();
     let loop_shared = Arc::clone(shared);
     std::thread::Builder::new()
-        .name(format!("shard-{}", settings.shard))
+        .name(settings.transactional_id.clone())
         .spawn(move || {
             let _ = done.send(shard::run(settings, loop_shared));
         })

@@ -273,8 +273,7 @@ impl Shard {
         info!(
             message = "Ledger opened.",
             path = %settings.data_dir.display(),
-            shard = settings.shard,
-            shards = settings.shards,
+            shard = %settings.transactional_id,
             ownership = ?settings.ownership,
             offsets = %recovery::show(store.offsets()),
             pending = store.pending().is_some(),
@@ -397,8 +396,7 @@ impl Shard {
         measure::ready(true);
         info!(
             message = "Shard ready.",
-            shard = self.settings.shard,
-            transactional_id = %self.settings.transactional_id,
+            shard = %self.settings.transactional_id,
             partitions = ?self.owned,
             offsets = %recovery::show(self.store.offsets()),
         );
@@ -440,7 +438,7 @@ impl Shard {
         self.store.flush()?;
         info!(
             message = "Shard stopped cleanly.",
-            shard = self.settings.shard,
+            shard = %self.settings.transactional_id,
             offsets = %recovery::show(self.store.offsets()),
         );
         Ok(())

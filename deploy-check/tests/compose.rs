@@ -1,6 +1,7 @@
 //! docker-compose.yml: Compose Specification keys, `docker compose config`,
-//! env vars the binaries read, shards with explicit ordinals and their own
-//! volumes, health-gated start order, Kafka fit for transactions, hardening.
+//! env vars the binaries read, shards as one service that scales (group
+//! assignment, a volume and a host port per replica), health-gated start
+//! order, Kafka fit for transactions, hardening.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -135,44 +136,57 @@ fn every_env_var_set_is_one_the_binaries_read() {
     assert_no_problems("environment variables", &problems);
 }
 
+/// The replicas a service asks for (`deploy.replicas`, 1 without it).
+fn replicas(service: &Value) -> u64 {
+    service["deploy"]["replicas"].as_u64().unwrap_or(1)
+}
+
+/// How many host ports a `ports` entry's host side offers: `8080-8089` ten,
+/// `8080` one, none (Docker picks) as many as needed.
+fn host_ports(host: &str) -> Option<u64> {
+    let port = host.rsplit(':').next().unwrap_or(host);
+    if port.is_empty() {
+        return Some(u64::MAX);
+    }
+    match port.split_once('-') {
+        Some((first, last)) => {
+            let (first, last) = (first.parse::<u64>().ok()?, last.parse::<u64>().ok()?);
+            last.checked_sub(first).map(|span| span + 1)
+        }
+        None => port.parse::<u64>().ok().map(|_| 1),
+    }
+}
+
 #[test]
-fn shards_have_explicit_ordinals_their_own_volumes_and_ports() {
+fn the_shards_are_one_service_that_scales_with_replicas_alone() {
     let compose = compose::load();
     let shards = shards(&compose);
-    let count = shards.len();
-    assert!(
-        count >= 2,
-        "expected at least two consumer shards, found {count}"
-    );
-    let facts = facts_of(&[Binary::Consumer, Binary::Ledger]);
-    let declared_volumes: BTreeSet<String> = compose.root["volumes"]
-        .as_object()
-        .map(|volumes| volumes.keys().cloned().collect())
-        .unwrap_or_default();
     let mut problems = Vec::new();
-    let mut ordinals = BTreeSet::new();
-    let mut volumes_used = BTreeSet::new();
-    let mut host_ports = BTreeSet::new();
-    let mut urls_by_ordinal = BTreeMap::new();
-    let mut shard_urls = BTreeSet::new();
+    if shards.len() != 1 {
+        problems.push(format!(
+            "expected the shards as one service (scaled with --scale), found {:?}",
+            shards.keys().collect::<Vec<_>>()
+        ));
+    }
+    let facts = facts_of(&[Binary::Consumer, Binary::Ledger]);
     for (name, service) in &shards {
-        let ordinal =
-            value(service, &facts, "TXLEDGER_SHARD").and_then(|text| text.parse::<usize>().ok());
-        match ordinal {
-            Some(ordinal) if ordinal < count => {
-                if !ordinals.insert(ordinal) {
-                    problems.push(format!("{name}: ordinal {ordinal} is used twice"));
-                }
-            }
-            other => problems.push(format!(
-                "{name}: TXLEDGER_SHARD is {other:?}, expected an explicit ordinal below {count}"
-            )),
-        }
-        let shards_setting = value(service, &facts, "TXLEDGER_SHARDS");
-        if shards_setting.as_deref() != Some(count.to_string().as_str()) {
+        let count = replicas(service);
+        if count < 2 {
             problems.push(format!(
-                "{name}: TXLEDGER_SHARDS is {shards_setting:?}, but there are {count} shards"
+                "{name}: deploy.replicas is {count}, expected at least 2"
             ));
+        }
+        // The group, not a setting, decides what each replica owns: a fixed
+        // ordinal or count would make every replica the same shard.
+        if value(service, &facts, "TXLEDGER_ASSIGNMENT").as_deref() != Some("group") {
+            problems.push(format!("{name}: TXLEDGER_ASSIGNMENT must be group"));
+        }
+        for fixed in ["TXLEDGER_SHARD", "TXLEDGER_SHARDS"] {
+            if compose::environment(service).contains_key(fixed) {
+                problems.push(format!(
+                    "{name}: {fixed} is set, but every replica reads the same environment"
+                ));
+            }
         }
         let port = value(service, &facts, "TXLEDGER_HTTP_ADDR")
             .and_then(|address| port_of_address(&address));
@@ -180,9 +194,6 @@ fn shards_have_explicit_ordinals_their_own_volumes_and_ports() {
             problems.push(format!("{name}: no HTTP port"));
             continue;
         };
-        if let Some(ordinal) = ordinal {
-            urls_by_ordinal.insert(ordinal, format!("http://{name}:{port}"));
-        }
         for mapping in service["ports"].as_array().into_iter().flatten() {
             let text = mapping.as_str().unwrap_or("");
             let (host, container) = text.rsplit_once(':').unwrap_or(("", text));
@@ -191,35 +202,41 @@ fn shards_have_explicit_ordinals_their_own_volumes_and_ports() {
                     "{name}: publishes container port {container}, but the shard listens on {port}"
                 ));
             }
-            if !host_ports.insert(host.to_owned()) {
-                problems.push(format!("{name}: host port {host} is published twice"));
+            if host_ports(host).is_none_or(|offered| offered < count + 1) {
+                problems.push(format!(
+                    "{name}: host ports {host:?} leave no room for {count} replicas and one more"
+                ));
             }
         }
-        // sled on a named volume of its own, below the data directory's parent.
+        // sled on a volume of each replica's own: an anonymous one (a named
+        // volume or a bind mount would be shared by every replica).
         let data_dir = value(service, &facts, "TXLEDGER_DATA_DIR").unwrap_or_default();
         let mut on_volume = false;
         for mount in service["volumes"].as_array().into_iter().flatten() {
             let text = mount.as_str().unwrap_or("");
-            let mut parts = text.split(':');
-            let (source, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            if declared_volumes.contains(source)
-                && data_dir.starts_with(&format!("{}/", target.trim_end_matches('/')))
-            {
-                on_volume = true;
-                if !volumes_used.insert(source.to_owned()) {
+            let target = text.split(':').next_back().unwrap_or("");
+            if data_dir.starts_with(&format!("{}/", target.trim_end_matches('/'))) {
+                if text.contains(':') {
                     problems.push(format!(
-                        "{name}: volume {source} is shared with another shard"
+                        "{name}: {text} would be shared by every replica: mount an anonymous volume"
                     ));
+                } else {
+                    on_volume = true;
                 }
             }
         }
         if !on_volume {
             problems.push(format!(
-                "{name}: TXLEDGER_DATA_DIR {data_dir:?} is not on a named volume"
+                "{name}: TXLEDGER_DATA_DIR {data_dir:?} is not on an anonymous volume"
             ));
         }
-        if let Some(urls) = value(service, &facts, "TXLEDGER_SHARD_URLS") {
-            shard_urls.insert(urls);
+        // The service's name resolves to every replica.
+        let expected = format!("http://{name}:{port}");
+        let urls = value(service, &facts, "TXLEDGER_SHARD_URLS");
+        if urls.as_deref() != Some(expected.as_str()) {
+            problems.push(format!(
+                "{name}: TXLEDGER_SHARD_URLS is {urls:?}, expected {expected:?}"
+            ));
         }
         // SIGTERM finishes the open batch, bounded by the transaction timeout.
         let timeout_ms: u64 = value(service, &facts, "TXLEDGER_TRANSACTION_TIMEOUT_MS")
@@ -243,17 +260,17 @@ fn shards_have_explicit_ordinals_their_own_volumes_and_ports() {
             ));
         }
     }
-    let expected = urls_by_ordinal
-        .values()
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(",");
-    if shard_urls != BTreeSet::from([expected.clone()]) {
-        problems.push(format!(
-            "TXLEDGER_SHARD_URLS must be {expected:?} on every shard, found {shard_urls:?}"
-        ));
-    }
     assert_no_problems("shards", &problems);
+}
+
+#[test]
+fn host_port_ranges_are_counted() {
+    assert_eq!(host_ports("8080-8089"), Some(10));
+    assert_eq!(host_ports("127.0.0.1:8080-8081"), Some(2));
+    assert_eq!(host_ports("8080"), Some(1));
+    assert_eq!(host_ports(""), Some(u64::MAX));
+    assert_eq!(host_ports("8089-8080"), None);
+    assert_eq!(host_ports("http"), None);
 }
 
 #[test]

@@ -709,7 +709,7 @@ fn yaml_scalars_mean_the_same_to_kubernetes() {
 }
 
 #[test]
-fn the_shards_are_a_statefulset_with_one_pod_per_ordinal() {
+fn the_shards_are_a_statefulset_that_scales_with_replicas_alone() {
     let manifests = manifests();
     let consumer_facts = facts_of(&[Binary::Consumer, Binary::Ledger]);
     let set = statefulset(&manifests, SHARDS);
@@ -719,18 +719,22 @@ fn the_shards_are_a_statefulset_with_one_pod_per_ordinal() {
     let container = &pod.containers[0];
     let mut problems = Vec::new();
 
-    let shards = env_value(container, &manifests, &consumer_facts, "TXLEDGER_SHARDS");
-    if shards.as_deref() != Some(replicas.to_string().as_str()) {
+    // The group, not a count kept equal to replicas by hand, decides what
+    // each pod owns.
+    let assignment = env_value(container, &manifests, &consumer_facts, "TXLEDGER_ASSIGNMENT");
+    if assignment.as_deref() != Some("group") {
         problems.push(format!(
-            "TXLEDGER_SHARDS is {shards:?} but the StatefulSet has {replicas} replicas"
+            "TXLEDGER_ASSIGNMENT is {assignment:?}: with group, the StatefulSet's {replicas} replicas alone set the shard count"
         ));
     }
     let mut env_problems = Vec::new();
     let env = kube::container_env(container, &manifests, &BTreeMap::new(), &mut env_problems);
-    if env.iter().any(|(name, _, _)| name == "TXLEDGER_SHARD") {
-        problems.push(
-            "TXLEDGER_SHARD is set: the ordinal must come from the pod's hostname".to_owned(),
-        );
+    for fixed in ["TXLEDGER_SHARD", "TXLEDGER_SHARDS"] {
+        if env.iter().any(|(name, _, _)| name == fixed) {
+            problems.push(format!(
+                "{fixed} is set: every pod reads the same value; the name comes from the pod's hostname"
+            ));
+        }
     }
     if spec.pod_management_policy.as_deref() != Some("Parallel") {
         problems.push("podManagementPolicy is not Parallel".to_owned());
@@ -791,13 +795,12 @@ fn the_shards_are_a_statefulset_with_one_pod_per_ordinal() {
         ));
     }
 
-    // Every list of shard URLs names each ordinal once, in order.
+    // Every list of shard URLs is the headless Service's name, which
+    // resolves to each ready shard whatever the replicas.
     let port = env_value(container, &manifests, &consumer_facts, "TXLEDGER_HTTP_ADDR")
         .and_then(|address| port_of_address(&address))
         .expect("the shards' port");
-    let expected: Vec<String> = (0..replicas)
-        .map(|ordinal| format!("http://{SHARDS}-{ordinal}.{SHARDS}:{port}"))
-        .collect();
+    let expected = vec![format!("http://{SHARDS}:{port}")];
     let shard_urls = env_value(
         container,
         &manifests,

@@ -173,6 +173,14 @@ fn prometheus_scrapes_every_metrics_endpoint_at_its_port() {
                 scraped.insert(target.as_str().unwrap_or("").to_owned(), path.clone());
             }
         }
+        // A name that resolves to every replica of a scaled service.
+        for group in job["dns_sd_configs"].as_array().into_iter().flatten() {
+            let port = group["port"].as_u64().unwrap_or(0);
+            for name in group["names"].as_array().into_iter().flatten() {
+                let target = format!("{}:{port}", name.as_str().unwrap_or(""));
+                scraped.insert(target, path.clone());
+            }
+        }
     }
     let compose = compose::load();
     let mut problems = Vec::new();

@@ -299,20 +299,17 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     assert!(
         !env.contains_key("TXLEDGER_SHARD"),
         "the StatefulSet sets TXLEDGER_SHARD, so every pod would be the same shard \
-         instead of taking its ordinal from the hostname"
+         instead of taking its name from the hostname"
     );
-    let shards: u32 = env
-        .get("TXLEDGER_SHARDS")
-        .map_or(Ok(1), |value| value.parse())
-        .expect("TXLEDGER_SHARDS is a number");
+    assert_eq!(
+        env.get("TXLEDGER_ASSIGNMENT").map(String::as_str),
+        Some("group"),
+        "the StatefulSet's shards must take their partitions from the consumer group"
+    );
     let partitions: i32 = env
         .get("TXLEDGER_PARTITIONS")
         .map_or(Ok(6), |value| value.parse())
         .expect("TXLEDGER_PARTITIONS is a number");
-    assert!(
-        POD_ORDINAL < shards,
-        "TXLEDGER_SHARDS={shards}: there is no pod {POD_HOSTNAME} to imitate"
-    );
 
     // Only what must point at the test environment is overridden.
     let bootstrap = harness::shared_bootstrap();
@@ -351,7 +348,7 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     )
     .expect("creating the test topics");
 
-    // The ordinal comes from the hostname, set in a new UTS namespace.
+    // The name comes from the hostname, set in a new UTS namespace.
     match Command::new("unshare")
         .args(["--uts", "true"])
         .stdout(Stdio::null())
@@ -393,27 +390,26 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     let (status, body) = get(&client, &format!("{base}/v1/stats")).expect("/v1/stats answers");
     assert_eq!(status, 200, "/v1/stats: {body}");
     let stats: Value = serde_json::from_str(&body).expect("/v1/stats is JSON");
+    let name = format!("{prefix}-{POD_ORDINAL}");
     assert_eq!(
         stats["shard"].as_str(),
-        Some(format!("{prefix}-{POD_ORDINAL}").as_str()),
-        "the shard under hostname {POD_HOSTNAME} is not named by its transactional id: {stats}"
+        Some(name.as_str()),
+        "the shard under hostname {POD_HOSTNAME} is not named {name}: {stats}"
     );
 
     let ready = log_event(&mut consumer, "Shard ready.");
     assert_eq!(
-        ready["transactional_id"].as_str(),
-        Some(format!("{prefix}-{POD_ORDINAL}").as_str()),
-        "the shard's transactional id: {ready}"
+        ready["shard"].as_str(),
+        Some(name.as_str()),
+        "the shard's name (its transactional id): {ready}"
     );
     let owned = numbers(
         ready["partitions"]
             .as_str()
             .unwrap_or_else(|| panic!("no partitions in {ready}")),
     );
-    let expected: Vec<i32> = (0..partitions)
-        .filter(|p| p % shards as i32 == POD_ORDINAL as i32)
-        .collect();
-    assert!(!expected.is_empty());
+    // The only member of its group: the group gives it every partition.
+    let expected: Vec<i32> = (0..partitions).collect();
     assert_eq!(
         stats["partitions"],
         Value::from(expected.clone()),
@@ -421,8 +417,7 @@ fn consumer_runs_natively_exactly_as_the_statefulset_would() {
     );
     assert_eq!(
         owned, expected,
-        "shard {POD_ORDINAL} of {shards} must own the partitions p with p % {shards} == \
-         {POD_ORDINAL}: {ready}"
+        "the group's only shard must own every partition: {ready}"
     );
 
     consumer.stop_cleanly();

@@ -109,8 +109,8 @@ pub struct Args {
     /// resolves to every shard: http://ledger-consumer:8080 (a headless
     /// Service) or http://consumer:8080 (a compose service scaled with
     /// --scale) reaches every shard, as a name with several addresses
-    /// stands for one shard per address (so may localhost: 127.0.0.1 and
-    /// ::1) [fallback: TXLEDGER_SHARD_URLS].
+    /// stands for one shard per address (not localhost: loopback addresses
+    /// are one machine) [fallback: TXLEDGER_SHARD_URLS].
     #[arg(
         long = "url",
         value_name = "URL",
