@@ -3,7 +3,7 @@
 //! assignment, a volume and a host port per replica), health-gated start
 //! order, Kafka fit for transactions, hardening.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use deploy_check::compose::{self, Compose};
 use deploy_check::source::{Binary, Facts};

@@ -721,7 +721,12 @@ fn the_shards_are_a_statefulset_that_scales_with_replicas_alone() {
 
     // The group, not a count kept equal to replicas by hand, decides what
     // each pod owns.
-    let assignment = env_value(container, &manifests, &consumer_facts, "TXLEDGER_ASSIGNMENT");
+    let assignment = env_value(
+        container,
+        &manifests,
+        &consumer_facts,
+        "TXLEDGER_ASSIGNMENT",
+    );
     if assignment.as_deref() != Some("group") {
         problems.push(format!(
             "TXLEDGER_ASSIGNMENT is {assignment:?}: with group, the StatefulSet's {replicas} replicas alone set the shard count"
