@@ -50,6 +50,11 @@ pub enum ConfigError {
          and at least {TRANSACTION_TIMEOUT_MIN_MS} ms"
     )]
     TransactionTimeout { timeout_ms: u64, batch_ms: u64 },
+    #[error(
+        "the session timeout ({session_ms} ms) must not exceed the poll interval \
+         (--max-poll-interval-ms, {poll_ms} ms)"
+    )]
+    SessionTimeout { session_ms: u64, poll_ms: u64 },
     #[error("{variable}={value:?} is not valid: {why}")]
     Fault {
         variable: &'static str,
@@ -71,7 +76,10 @@ pub enum Ownership {
     /// Fixed: `p mod shards == shard`.
     Ordinal(Vec<i32>),
     /// Whatever the consumer group assigns, from one rebalance to the next.
-    Group { max_poll_interval: Duration },
+    Group {
+        max_poll_interval: Duration,
+        session_timeout: Duration,
+    },
 }
 
 /// An exactly-once consumer shard of the txledger pipeline.
@@ -151,6 +159,16 @@ pub struct Config {
     #[arg(long, env = names::TXLEDGER_MAX_POLL_INTERVAL_MS, default_value_t = 300_000,
           value_parser = clap::value_parser!(u64).range(10_000..=3_600_000))]
     pub max_poll_interval_ms: u64,
+
+    /// With `--assignment group`: how long the group waits for a shard that
+    /// stopped answering (killed, cut off, or stopped for good: a static
+    /// member does not leave the group) before it gives the shard's
+    /// partitions to the others; a shard restarted within it takes them
+    /// back with no rebalance (Kafka's session.timeout.ms). Keep it under
+    /// --hold-max-ms, or transfers waiting on those partitions expire.
+    #[arg(long, env = names::TXLEDGER_SESSION_TIMEOUT_MS, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(6_000..=1_800_000))]
+    pub session_timeout_ms: u64,
 
     /// Consumer group whose committed offsets the transactions carry.
     #[arg(long, env = names::TXLEDGER_GROUP_ID, default_value = "txledger-ledger")]
@@ -284,12 +302,22 @@ impl Settings {
                 }
                 (Some(shard), Ownership::Ordinal(owned))
             }
-            Assignment::Group => (
-                config.shard.or_else(|| host_ordinal().ok()),
-                Ownership::Group {
-                    max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
-                },
-            ),
+            Assignment::Group => {
+                // librdkafka refuses a session longer than the poll interval.
+                if config.session_timeout_ms > config.max_poll_interval_ms {
+                    return Err(ConfigError::SessionTimeout {
+                        session_ms: config.session_timeout_ms,
+                        poll_ms: config.max_poll_interval_ms,
+                    });
+                }
+                (
+                    config.shard.or_else(|| host_ordinal().ok()),
+                    Ownership::Group {
+                        max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
+                        session_timeout: Duration::from_millis(config.session_timeout_ms),
+                    },
+                )
+            }
         };
         if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
             || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
@@ -492,6 +520,19 @@ mod tests {
             None => assert_eq!(settings.transactional_id, first),
         }
         let named = Settings::resolve(&parse(&[&args[..], &["--shard", "4"]].concat())).unwrap();
+        assert_eq!(
+            named.ownership,
+            Ownership::Group {
+                max_poll_interval: Duration::from_secs(300),
+                session_timeout: Duration::from_secs(10),
+            }
+        );
+        let long_session = [&args[..], &["--session-timeout-ms", "20000"]].concat();
+        let short_poll = [&long_session[..], &["--max-poll-interval-ms", "15000"]].concat();
+        assert!(matches!(
+            Settings::resolve(&parse(&short_poll)),
+            Err(ConfigError::SessionTimeout { .. })
+        ));
         assert_eq!(named.transactional_id, "t-4");
 
         std::fs::remove_dir_all(&data).unwrap();

@@ -1349,10 +1349,11 @@ fn fenced_producer(
 fn shard_consumer(settings: &Settings) -> Result<BaseConsumer<KafkaContext>, Error> {
     let mut config =
         kafka::read_committed_consumer_config(&settings.bootstrap_servers, &settings.group_id);
-    if let Ownership::Group { max_poll_interval } = settings.ownership {
-        // librdkafka refuses a session longer than the poll interval; its
-        // default session is 45 s.
-        let session = max_poll_interval.min(Duration::from_secs(45));
+    if let Ownership::Group {
+        max_poll_interval,
+        session_timeout,
+    } = settings.ownership
+    {
         config
             .set("partition.assignment.strategy", "range")
             // Static membership: a restarted shard takes its member's place
@@ -1364,7 +1365,10 @@ fn shard_consumer(settings: &Settings) -> Result<BaseConsumer<KafkaContext>, Err
                 "max.poll.interval.ms",
                 max_poll_interval.as_millis().to_string(),
             )
-            .set("session.timeout.ms", session.as_millis().to_string());
+            .set(
+                "session.timeout.ms",
+                session_timeout.as_millis().to_string(),
+            );
     }
     config
         .create_with_context(KafkaContext::default())
