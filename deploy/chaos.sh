@@ -128,6 +128,7 @@ random_victim() {
 lose_volume() {
   local ordinal=$((RANDOM % $(replicas)))
   local pod="$SHARDS_STS-$ordinal" claim="data-$SHARDS_STS-$ordinal"
+  lost_pod=$pod
   log "deleting the volume claim $claim, then $pod: its successor starts on an empty volume"
   # Deleted once no pod uses it (Kubernetes keeps a claim in use).
   k delete pvc "$claim" --wait=false
@@ -240,6 +241,14 @@ disrupt() { # EVENT
       ;;
   esac
   wait_recovered
+  if [[ "$1" == volume ]]; then
+    # Proof that the volume really was new: the shard rebuilt its state.
+    local logs
+    logs=$(k logs "$lost_pod" -c consumer)
+    grep -q 'Restored from the changelog' <<<"$logs" \
+      || die "$lost_pod came back on its new volume without restoring from the changelog"
+    log "$lost_pod restored its partitions from the changelog"
+  fi
 }
 while ((SECONDS < chaos_start + CHAOS_DURATION)); do
   sleep "$KILL_INTERVAL"
