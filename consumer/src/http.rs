@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use ledger::api::{
-    self, AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView,
+    self, AccountView, BalancesPageView, ErrorView, ShardView, StatsView, TopView, TransferView,
 };
 use ledger::store::StoreReader;
 use ledger_core::domain::{AccountId, TransferId};
@@ -50,6 +50,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/balances", get(balances_page))
         .route("/v1/transfers/{id}", get(transfer))
         .route("/v1/stats", get(stats))
+        .route("/v1/shard", get(shard))
         .with_state(state)
 }
 
@@ -73,23 +74,25 @@ async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
-/// Runs a read on the blocking pool, once the shard is ready (before that
-/// the store may still be recovering).
+/// The store's reader, once the shard is ready. Not ready: recovering, or
+/// (group assignment) taking or giving away partitions, whose state is
+/// then not the one to serve.
+fn ready_reader(state: &AppState) -> Result<StoreReader, ApiError> {
+    match state.shared.reader.get() {
+        Some(reader) if state.shared.ready.load(Ordering::Acquire) => Ok(reader.clone()),
+        _ => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the shard is recovering or rebalancing; retry once /readyz answers 200".to_owned(),
+        )),
+    }
+}
+
+/// Runs a read on the blocking pool, once the shard is ready.
 async fn read<T: Send + 'static>(
     state: &AppState,
     query: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    // Not ready: recovering, or (group assignment) taking or giving away
-    // partitions, whose state is then not the one to serve.
-    let reader = match state.shared.reader.get() {
-        Some(reader) if state.shared.ready.load(Ordering::Acquire) => reader.clone(),
-        _ => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the shard is recovering or rebalancing; retry once /readyz answers 200".to_owned(),
-            ))
-        }
-    };
+    let reader = ready_reader(state)?;
     tokio::task::spawn_blocking(move || query(&reader))
         .await
         .map_err(|join| ApiError(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()))?
@@ -237,6 +240,15 @@ async fn transfer(
         )))
     })
     .await
+}
+
+/// Ready only: the partitions change while a rebalance keeps it unready.
+async fn shard(State(state): State<AppState>) -> Result<Json<ShardView>, ApiError> {
+    ready_reader(&state)?;
+    Ok(Json(ShardView {
+        shard: state.name.to_string(),
+        partitions: state.shared.owned(),
+    }))
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {

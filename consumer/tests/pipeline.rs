@@ -296,6 +296,12 @@ fn the_http_api_answers_queries_and_errors() {
         ),
         (name.as_str(), &[0, 1][..], 2)
     );
+    // The cheap identity that clients ask first says the same.
+    let identity: ledger::api::ShardView = get_json(&format!("{url}/v1/shard"));
+    assert_eq!(
+        (identity.shard.as_str(), identity.partitions.as_slice()),
+        (name.as_str(), &[0, 1][..])
+    );
     assert!(
         [
             &top.shard,

@@ -34,7 +34,9 @@ use serde_json::Value;
 use time::macros::datetime;
 use uuid::Uuid;
 
-use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
+use ledger::api::{
+    AccountView, BalancesPageView, ErrorView, ShardView, StatsView, TopView, TransferView,
+};
 use ledger::store::{Store, StoreOptions, StoreReader};
 use ledger_core::domain::{AccountId, Amount, Currency, Transfer, TransferId};
 use ledger_core::machine::{
@@ -630,6 +632,13 @@ async fn transfer_status(
     ))
 }
 
+async fn shard(State(api): State<ShardApi>) -> Json<ShardView> {
+    Json(ShardView {
+        shard: api.name.clone(),
+        partitions: api.partitions.clone(),
+    })
+}
+
 async fn stats(State(api): State<ShardApi>) -> Json<StatsView> {
     Json(StatsView::new(
         api.name.clone(),
@@ -650,6 +659,7 @@ fn serve(api: ShardApi) -> String {
         .route("/v1/balances", get(balances_page))
         .route("/v1/transfers/{id}", get(transfer_status))
         .route("/v1/stats", get(stats))
+        .route("/v1/shard", get(shard))
         .with_state(api);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -871,7 +881,7 @@ fn an_unreachable_shard_is_an_error_naming_it() {
     let run = ledger(&["query", "stats", "--url", "http://127.0.0.1:9"]);
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr.contains("GET http://127.0.0.1:9/v1/stats"),
+        run.stderr.contains("GET http://127.0.0.1:9/v1/shard"),
         "{}",
         run.stderr
     );

@@ -161,6 +161,15 @@ pub struct PendingView {
     pub keys: usize,
 }
 
+/// `GET /v1/shard`: which shard answers, and the partitions it owns now
+/// (as in [`StatsView`]). Cheap, with no store read: what clients ask
+/// first, to know the shards and route by ownership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    pub shard: String,
+    pub partitions: Vec<i32>,
+}
+
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsView {

@@ -31,13 +31,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use ledger::api::{
-    self, AccountView, BalancesPageView, DecisionStatus, ErrorView, StatsView, TopView,
+    self, AccountView, BalancesPageView, DecisionStatus, ErrorView, ShardView, StatsView, TopView,
     TransferView, BALANCES_PAGE_MAX,
 };
 use ledger::store::{Store, StoreError, StoreOptions};
 use ledger_cli::shards;
 use ledger_core::domain::{AccountId, TransferId};
-use ledger_core::machine::Source as InputSource;
+use ledger_core::machine::{Offsets, Source as InputSource};
 use ledger_core::routing::partition_for;
 
 /// The shards' API URLs, comma-separated, used when neither `--db` nor
@@ -258,20 +258,20 @@ fn urls_from_env() -> anyhow::Result<Vec<Url>> {
         .collect()
 }
 
-/// The shards behind `sources`, by name: each source's stats say which
-/// shard it is and which partitions it owns. A shard reached through
-/// several sources counts once (its first source is asked); the shards
-/// come in name order, whatever order the sources came in (a name's
-/// addresses come in any order).
+/// The shards behind `sources`, by name: each source says which shard it
+/// is and which partitions it owns. A shard reached through several
+/// sources counts once (its first source is asked); the shards come in
+/// name order, whatever order the sources came in (a name's addresses come
+/// in any order).
 fn identify(sources: Vec<Source>) -> anyhow::Result<Vec<Shard>> {
     let mut shards: BTreeMap<String, Shard> = BTreeMap::new();
     for source in sources {
-        let stats = source.stats()?;
-        if let Entry::Vacant(entry) = shards.entry(stats.shard.clone()) {
+        let ShardView { shard, partitions } = source.shard()?;
+        if let Entry::Vacant(entry) = shards.entry(shard.clone()) {
             entry.insert(Shard {
-                name: stats.shard.clone(),
+                name: shard,
                 source,
-                stats,
+                partitions,
             });
         }
     }
@@ -282,9 +282,9 @@ fn identify(sources: Vec<Source>) -> anyhow::Result<Vec<Shard>> {
 struct Shard {
     name: String,
     source: Source,
-    /// Its stats when the question began: its name and the partitions it
-    /// owns, which `balance` routes by, and the `stats` answer itself.
-    stats: StatsView,
+    /// The partitions it owned when the question began, which `balance`
+    /// routes by.
+    partitions: Vec<i32>,
 }
 
 enum Source {
@@ -320,35 +320,51 @@ impl fmt::Display for Source {
 }
 
 impl Source {
-    /// The stats of the shard here. A stopped shard is named by its
+    /// Which shard is here, and the partitions it owns: a running shard's
+    /// `/v1/shard` (no store read). A stopped shard is named by its
     /// directory as given, and owns the partitions of `transactions` its
     /// offsets record: those it consumed, up to its stop.
-    fn stats(&self) -> anyhow::Result<StatsView> {
+    fn shard(&self) -> anyhow::Result<ShardView> {
         match self {
+            Source::Db(dir) => Ok(ShardView {
+                shard: dir.display().to_string(),
+                partitions: consumed_partitions(open_offline(dir)?.offsets()),
+            }),
+            Source::Http(api) => api.get_required(&["v1", "shard"], &[]),
+        }
+    }
+}
+
+/// The `transactions` partitions a stopped shard's offsets record.
+fn consumed_partitions(offsets: &Offsets) -> Vec<i32> {
+    offsets
+        .keys()
+        .filter(|at| at.source == InputSource::Transfers)
+        .map(|at| at.partition)
+        .collect()
+}
+
+impl Shard {
+    fn stats(&self) -> anyhow::Result<StatsView> {
+        let view = match &self.source {
             Source::Db(dir) => {
                 let store = open_offline(dir)?;
                 let stats = store
                     .reader()
                     .stats()
                     .with_context(|| format!("reading {}", dir.display()))?;
-                let partitions = stats
-                    .offsets
-                    .keys()
-                    .filter(|at| at.source == InputSource::Transfers)
-                    .map(|at| at.partition)
-                    .collect();
-                Ok(StatsView::new(
-                    dir.display().to_string(),
-                    partitions,
+                StatsView::new(
+                    self.name.clone(),
+                    consumed_partitions(&stats.offsets),
                     &stats,
-                ))
+                )
             }
-            Source::Http(api) => api.get_required(&["v1", "stats"], &[]),
-        }
+            Source::Http(api) => api.get_required(&["v1", "stats"], &[])?,
+        };
+        self.check_name(&view.shard)?;
+        Ok(view)
     }
-}
 
-impl Shard {
     fn balance(&self, account: &AccountId) -> anyhow::Result<Option<AccountView>> {
         let view = match &self.source {
             Source::Db(dir) => {
@@ -572,7 +588,7 @@ fn balance(
     let partition = partition_for(account.as_str().as_bytes(), partitions);
     let owners: Vec<&Shard> = shards
         .iter()
-        .filter(|shard| shard.stats.partitions.contains(&partition))
+        .filter(|shard| shard.partitions.contains(&partition))
         .collect();
     if let [_, _, ..] = owners.as_slice() {
         // Each may hold a copy of the account as of its ownership: which is
@@ -847,8 +863,10 @@ impl StatsAnswer {
 }
 
 fn stats(shards: &[Shard], json: bool) -> anyhow::Result<ExitCode> {
-    // Read when the shards were identified, a moment ago.
-    let views = shards.iter().map(|shard| shard.stats.clone()).collect();
+    let views = shards
+        .iter()
+        .map(Shard::stats)
+        .collect::<anyhow::Result<_>>()?;
     let answer = StatsAnswer::total(views)?;
     if json {
         print_json(&answer)?;
