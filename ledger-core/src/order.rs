@@ -111,8 +111,8 @@ pub struct PartitionOrder {
     /// Held transfers, in key order.
     pub held: Vec<Held>,
     /// Credits applied here that are ordered after some transfer still to
-    /// be decided here, per account: a decision must leave out those
-    /// ordered after it.
+    /// be decided here, per account, in key order: a decision must leave
+    /// out those ordered after it.
     pub recent: BTreeMap<AccountId, Vec<(OrderKey, Money)>>,
     /// The newest mark of each partition read on this `ledger-credits`
     /// partition.
@@ -122,7 +122,7 @@ pub struct PartitionOrder {
 impl PartitionOrder {
     /// Every transfer still to be decided here is ordered after this:
     /// credits up to it count for all of them.
-    fn bound(&self) -> Option<OrderKey> {
+    pub fn bound(&self) -> Option<OrderKey> {
         match (self.floor, self.held.first()) {
             (Some(floor), Some(held)) => Some(floor.min(held.key)),
             (floor, _) => floor,
@@ -204,10 +204,11 @@ impl PartitionOrder {
         if self.bound().is_some_and(|bound| key <= bound) {
             return;
         }
-        self.recent
-            .entry(account.clone())
-            .or_default()
-            .push((key, amount));
+        // In key order, the order in which the store reads them back, so
+        // that a state and its stored copy compare equal.
+        let credits = self.recent.entry(account.clone()).or_default();
+        let at = credits.partition_point(|(before, _)| *before < key);
+        credits.insert(at, (key, amount));
     }
 
     /// The credits to `account` applied here and ordered after `key`.
@@ -288,16 +289,10 @@ impl PartitionOrder {
         Some(order)
     }
 
-    /// The stored form of one account's recent credits.
-    pub fn encode_recent(credits: &[(OrderKey, Money)]) -> Vec<u8> {
-        let credits: Vec<(KeyWire, i128)> = credits
-            .iter()
-            .map(|(key, amount)| (KeyWire::of(key), amount.0))
-            .collect();
-        serde_json::to_vec(&credits).unwrap_or_default()
-    }
-
-    pub fn decode_recent(bytes: &[u8]) -> Option<Vec<(OrderKey, Money)>> {
+    /// Reads the per-account form in which earlier versions stored an
+    /// account's recent credits (JSON); the store now keeps one key per
+    /// credit and reads this only to move such keys to that form.
+    pub fn decode_legacy_recent(bytes: &[u8]) -> Option<Vec<(OrderKey, Money)>> {
         let credits: Vec<(KeyWire, i128)> = serde_json::from_slice(bytes).ok()?;
         credits
             .iter()
@@ -315,22 +310,54 @@ impl OrderKey {
         bytes[16..].copy_from_slice(self.id.as_bytes());
         bytes
     }
+
+    /// Reads [`OrderKey::to_bytes`] from the start of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let nanos = i128::from_be_bytes(bytes.get(..16)?.try_into().ok()?);
+        Some(OrderKey {
+            at: OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?,
+            id: TransferId::from_bytes(bytes.get(16..32)?.try_into().ok()?),
+        })
+    }
 }
 
+/// The first byte of a held transfer's stored form; the JSON form of
+/// earlier versions starts with `{`.
+const HELD_BINARY: u8 = 1;
+/// Tag, order key, offset, since: the fixed part before the transfer.
+const HELD_HEADER_LEN: usize = 1 + 32 + 8 + 8;
+
 impl Held {
-    /// The stored form of a held transfer: JSON, with the transfer as
-    /// `transactions` carries it.
+    /// The stored form of a held transfer: a tag byte, the order key, the
+    /// offset and since when (big-endian), then the transfer as
+    /// `transactions` carries it. Held transfers are written and removed
+    /// by the thousand when a backlog is read, so the fixed part is binary.
     pub fn encode(&self) -> Vec<u8> {
-        let held = HeldWire {
-            key: KeyWire::of(&self.key),
-            transfer: String::from_utf8(wire::encode_transfer(&self.transfer)).unwrap_or_default(),
-            offset: self.offset,
-            since_ms: self.since_ms,
-        };
-        serde_json::to_vec(&held).unwrap_or_default()
+        let transfer = wire::encode_transfer(&self.transfer);
+        let mut bytes = Vec::with_capacity(HELD_HEADER_LEN + transfer.len());
+        bytes.push(HELD_BINARY);
+        bytes.extend_from_slice(&self.key.to_bytes());
+        bytes.extend_from_slice(&self.offset.to_be_bytes());
+        bytes.extend_from_slice(&self.since_ms.to_be_bytes());
+        bytes.extend_from_slice(&transfer);
+        bytes
     }
 
+    /// Reads [`Held::encode`], or the JSON form of earlier versions.
     pub fn decode(bytes: &[u8]) -> Option<Held> {
+        if bytes.first() != Some(&HELD_BINARY) {
+            return Self::decode_legacy(bytes);
+        }
+        let header = bytes.get(..HELD_HEADER_LEN)?;
+        Some(Held {
+            key: OrderKey::from_bytes(&header[1..33])?,
+            offset: i64::from_be_bytes(header[33..41].try_into().ok()?),
+            since_ms: u64::from_be_bytes(header[41..49].try_into().ok()?),
+            transfer: wire::decode_transfer(&bytes[HELD_HEADER_LEN..]).ok()?,
+        })
+    }
+
+    fn decode_legacy(bytes: &[u8]) -> Option<Held> {
         let held: HeldWire = serde_json::from_slice(bytes).ok()?;
         Some(Held {
             key: held.key.key()?,
@@ -363,7 +390,8 @@ impl KeyWire {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A held transfer as earlier versions stored it.
+#[derive(Deserialize)]
 struct HeldWire {
     key: KeyWire,
     /// The transfer as `transactions` carries it.
@@ -523,12 +551,27 @@ mod tests {
             offset: 12,
             since_ms: 1_700_000_000_000,
         };
-        assert_eq!(Held::decode(&held.encode()), Some(held));
-        let credits = vec![(OrderKey::of(&transfer(7, 50)), Money(-3))];
+        assert_eq!(Held::decode(&held.encode()), Some(held.clone()));
+        assert_eq!(Held::decode(&held.encode()[..HELD_HEADER_LEN]), None);
+        // The JSON forms of earlier versions still read.
+        let key_json = |key: &OrderKey| serde_json::json!({"at": format_timestamp(key.at), "id": key.id.to_string()});
+        let legacy_held = serde_json::json!({
+            "key": key_json(&held.key),
+            "transfer": String::from_utf8(wire::encode_transfer(&held.transfer)).unwrap(),
+            "offset": held.offset,
+            "since_ms": held.since_ms,
+        });
         assert_eq!(
-            PartitionOrder::decode_recent(&PartitionOrder::encode_recent(&credits)),
-            Some(credits)
+            Held::decode(legacy_held.to_string().as_bytes()),
+            Some(held.clone())
         );
+        let credit = OrderKey::of(&transfer(7, 50));
+        let legacy_recent = serde_json::json!([[key_json(&credit), -3]]);
+        assert_eq!(
+            PartitionOrder::decode_legacy_recent(legacy_recent.to_string().as_bytes()),
+            Some(vec![(credit, Money(-3))])
+        );
+        assert_eq!(OrderKey::from_bytes(&held.key.to_bytes()), Some(held.key));
         // Store keys sort like the order keys they stand for.
         let (early, late) = (OrderKey::of(&transfer(9, 1)), OrderKey::of(&transfer(1, 2)));
         assert!(early.to_bytes() < late.to_bytes());

@@ -12,8 +12,10 @@
 //! | `i:` batch seq (u64 BE), partition (i32 BE) | ids the batch decided or credited on that partition, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
 //! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
-//! | `h:` partition, order key      | a held transfer, with its offset and since when |
-//! | `r:` partition, account        | the account's credits ordered after some transfer still to decide |
+//! | `w:` partition, batch seq (u64 BE) | the transfers a batch held on the partition that are still held (each length-prefixed, `Held::encode`) |
+//! | `h:` partition, order key      | one held transfer, as earlier versions kept them (removed when it is decided) |
+//! | `c:` partition, batch seq (u64 BE) | the credits a batch applied on the partition that are ordered after some transfer still to decide there (order key, amount, account each) |
+//! | `r:` partition, account        | such credits as earlier versions kept them, one JSON list per account (moved to `c:` by the next batch that changes the partition) |
 //! | `v:` partition                 | the stamp of the last batch that changed the partition (`Stamp`) |
 //! | `m:seq`                       | next batch seq                          |
 //! | `m:pending`                   | the pending record (see `Pending`)      |
@@ -46,8 +48,10 @@ const BALANCE_PREFIX: &[u8] = b"b:";
 const IDS_PREFIX: &[u8] = b"i:";
 const OFFSET_PREFIX: &[u8] = b"o:";
 const ORDER_PREFIX: &[u8] = b"q:";
-const HELD_PREFIX: &[u8] = b"h:";
-const RECENT_PREFIX: &[u8] = b"r:";
+const HELD_PREFIX: &[u8] = b"w:";
+const LEGACY_HELD_PREFIX: &[u8] = b"h:";
+const CREDIT_PREFIX: &[u8] = b"c:";
+const LEGACY_RECENT_PREFIX: &[u8] = b"r:";
 const STAMP_PREFIX: &[u8] = b"v:";
 /// The shard's own keys, which no partition's state includes.
 const META_PREFIX: &[u8] = b"m:";
@@ -290,6 +294,31 @@ struct Shared {
     in_doubt: RwLock<Option<InDoubt>>,
 }
 
+/// Where a partition's held transfers and recent credits are on disk.
+#[derive(Debug, Clone, Default)]
+struct PartitionRecords {
+    held: HeldIndex,
+    /// `c:` records: batch seq, the newest key in it.
+    credits: BTreeMap<u64, OrderKey>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HeldIndex {
+    /// `w:` records: batch seq, the keys of the transfers still held in it.
+    records: BTreeMap<u64, Vec<OrderKey>>,
+    /// Each held transfer's record; `None`: a key of its own (`h:`).
+    record_of: HashMap<OrderKey, Option<u64>>,
+}
+
+/// The order state as [`Store::load_orders`] reads it.
+#[derive(Default)]
+struct LoadedOrders {
+    orders: HashMap<i32, PartitionOrder>,
+    records: HashMap<i32, PartitionRecords>,
+    /// Partitions with `r:` keys.
+    legacy: HashSet<i32>,
+}
+
 /// The writer: owned by the shard's processing loop.
 #[derive(Debug)]
 pub struct Store {
@@ -302,6 +331,10 @@ pub struct Store {
     offsets: Offsets,
     /// Order state per partition, as on disk (including a pending batch).
     orders: HashMap<i32, PartitionOrder>,
+    /// Per partition, where its order state is on disk.
+    records: HashMap<i32, PartitionRecords>,
+    /// Partitions whose recent credits are (also) under `r:` keys.
+    legacy_recent: HashSet<i32>,
     pending: Option<Pending>,
     next_seq: u64,
     /// Id batches that fell out of the window; their keys are deleted with
@@ -419,20 +452,77 @@ fn order_key(partition: i32) -> Vec<u8> {
     [ORDER_PREFIX, &partition.to_be_bytes()].concat()
 }
 
-fn held_key(partition: i32, key: &OrderKey) -> Vec<u8> {
-    [HELD_PREFIX, &partition.to_be_bytes(), &key.to_bytes()].concat()
-}
-
-fn recent_key(partition: i32, account: &AccountId) -> Vec<u8> {
+fn legacy_held_key(partition: i32, key: &OrderKey) -> Vec<u8> {
     [
-        RECENT_PREFIX,
+        LEGACY_HELD_PREFIX,
         &partition.to_be_bytes(),
-        account.as_str().as_bytes(),
+        &key.to_bytes(),
     ]
     .concat()
 }
 
-/// The partition number at the start of a `q:`, `h:`, `r:` or `v:` key.
+/// `w:` and `c:` keys: the partition, then the batch seq.
+fn record_key(prefix: &[u8], partition: i32, seq: u64) -> Vec<u8> {
+    [prefix, &partition.to_be_bytes(), &seq.to_be_bytes()].concat()
+}
+
+fn record_key_seq(key: &[u8]) -> Option<u64> {
+    key.get(6..14)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn encode_held<'a>(held: impl IntoIterator<Item = &'a Held>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for held in held {
+        let encoded = held.encode();
+        let len = u32::try_from(encoded.len()).expect("a held transfer is small");
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(&encoded);
+    }
+    bytes
+}
+
+fn decode_held(mut bytes: &[u8]) -> Option<Vec<Held>> {
+    let mut held = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        held.push(Held::decode(bytes.get(4..4 + len)?)?);
+        bytes = &bytes[4 + len..];
+    }
+    Some(held)
+}
+
+/// A `c:` value: per credit, its order key, its amount (i128 BE), the
+/// length of the account's name (one byte) and the name.
+fn encode_credits(credits: &[(&AccountId, &(OrderKey, Money))]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(credits.len() * 64);
+    for (account, (key, amount)) in credits {
+        let name = account.as_str().as_bytes();
+        bytes.extend_from_slice(&key.to_bytes());
+        bytes.extend_from_slice(&amount.0.to_be_bytes());
+        bytes.push(u8::try_from(name.len()).expect("account names are short"));
+        bytes.extend_from_slice(name);
+    }
+    bytes
+}
+
+fn decode_credits(mut bytes: &[u8]) -> Option<Vec<(AccountId, OrderKey, Money)>> {
+    let mut credits = Vec::new();
+    while !bytes.is_empty() {
+        let key = OrderKey::from_bytes(bytes.get(..32)?)?;
+        let amount = decode_money(bytes.get(32..48)?)?;
+        let len = usize::from(*bytes.get(48)?);
+        let name = std::str::from_utf8(bytes.get(49..49 + len)?).ok()?;
+        credits.push((AccountId::parse(name).ok()?, key, amount));
+        bytes = &bytes[49 + len..];
+    }
+    Some(credits)
+}
+
+fn partition_prefix(prefix: &[u8], partition: i32) -> Vec<u8> {
+    [prefix, &partition.to_be_bytes()].concat()
+}
+
+/// The partition number at the start of a `q:`, `w:`, `h:`, `c:`, `r:` or `v:` key.
 fn order_key_partition(key: &[u8]) -> Option<i32> {
     key.get(2..6)?.try_into().ok().map(i32::from_be_bytes)
 }
@@ -450,7 +540,17 @@ pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Op
             .map(|account| partition_of(&account)),
         prefix if prefix == IDS_PREFIX => be(10..14),
         prefix if prefix == OFFSET_PREFIX => be(3..7),
-        prefix if [ORDER_PREFIX, HELD_PREFIX, RECENT_PREFIX, STAMP_PREFIX].contains(&prefix) => {
+        prefix
+            if [
+                ORDER_PREFIX,
+                HELD_PREFIX,
+                LEGACY_HELD_PREFIX,
+                CREDIT_PREFIX,
+                LEGACY_RECENT_PREFIX,
+                STAMP_PREFIX,
+            ]
+            .contains(&prefix) =>
+        {
             order_key_partition(key)
         }
         _ => None,
@@ -461,36 +561,125 @@ pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Op
 /// (`None`: remove): its floor and marks, and only the held transfers and
 /// recent credits that changed, so that a batch writes in proportion to
 /// what it did, not to how much is held.
+///
+/// Held transfers and recent credits go in one record per batch and
+/// partition (`index`: the partition's records on disk): sled pays per
+/// key, and while a backlog keeps transfers held thousands of accounts
+/// keep credits over many batches. A record is removed once every credit
+/// in it is ordered before all that is still to decide; the credits of a
+/// record still kept that were pruned are left out when it is read back.
+/// Returns the partition's records after the batch.
 fn order_writes(
     partition: i32,
     old: &PartitionOrder,
     new: &PartitionOrder,
+    (seq, index): (u64, &PartitionRecords),
     writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) {
+) -> PartitionRecords {
     writes.push((order_key(partition), Some(new.encode_meta())));
+    let held = held_writes(partition, old, new, (seq, &index.held), writes);
+    let mut records = index.credits.clone();
+    let added = credits_added(&new.recent, &old.recent);
+    if let Some(newest) = added.iter().map(|(_, (key, _))| *key).max() {
+        writes.push((
+            record_key(CREDIT_PREFIX, partition, seq),
+            Some(encode_credits(&added)),
+        ));
+        records.insert(seq, newest);
+    }
+    if let Some(bound) = new.bound() {
+        records.retain(|seq, newest| {
+            let needed = *newest > bound;
+            if !needed {
+                writes.push((record_key(CREDIT_PREFIX, partition, *seq), None));
+            }
+            needed
+        });
+    }
+    PartitionRecords {
+        held,
+        credits: records,
+    }
+}
+
+/// The held transfers' part of [`order_writes`]: the transfers a batch
+/// holds go in one record; a record loses those decided, and goes with
+/// the last. Transfers are released mostly in the order they were held,
+/// so most records are untouched or removed whole.
+fn held_writes(
+    partition: i32,
+    old: &PartitionOrder,
+    new: &PartitionOrder,
+    (seq, index): (u64, &HeldIndex),
+    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> HeldIndex {
+    let mut index = index.clone();
     let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
-    let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
-    for held in &new.held {
-        if !old_held.contains(&held.key) {
-            writes.push((held_key(partition, &held.key), Some(held.encode())));
-        }
-    }
+    let new_held: HashMap<OrderKey, &Held> = new.held.iter().map(|held| (held.key, held)).collect();
+    let mut touched = BTreeSet::new();
     for held in &old.held {
-        if !new_held.contains(&held.key) {
-            writes.push((held_key(partition, &held.key), None));
+        if new_held.contains_key(&held.key) {
+            continue;
+        }
+        match index.record_of.remove(&held.key) {
+            Some(Some(seq)) => {
+                touched.insert(seq);
+            }
+            _ => writes.push((legacy_held_key(partition, &held.key), None)),
         }
     }
-    for (account, credits) in &new.recent {
-        if old.recent.get(account) != Some(credits) {
-            let value = PartitionOrder::encode_recent(credits);
-            writes.push((recent_key(partition, account), Some(value)));
+    for record in touched {
+        let key = record_key(HELD_PREFIX, partition, record);
+        let Some(members) = index.records.get_mut(&record) else {
+            continue;
+        };
+        members.retain(|member| new_held.contains_key(member));
+        if members.is_empty() {
+            index.records.remove(&record);
+            writes.push((key, None));
+        } else {
+            let value = encode_held(members.iter().map(|member| new_held[member]));
+            writes.push((key, Some(value)));
         }
     }
-    for account in old.recent.keys() {
-        if !new.recent.contains_key(account) {
-            writes.push((recent_key(partition, account), None));
+    let added: Vec<&Held> = new
+        .held
+        .iter()
+        .filter(|held| !old_held.contains(&held.key))
+        .collect();
+    if !added.is_empty() {
+        let key = record_key(HELD_PREFIX, partition, seq);
+        writes.push((key, Some(encode_held(added.iter().copied()))));
+        for held in &added {
+            index.record_of.insert(held.key, Some(seq));
         }
+        index
+            .records
+            .insert(seq, added.iter().map(|held| held.key).collect());
     }
+    index
+}
+
+/// The credits of `new` that `old` does not have.
+fn credits_added<'a>(
+    new: &'a BTreeMap<AccountId, Vec<(OrderKey, Money)>>,
+    old: &BTreeMap<AccountId, Vec<(OrderKey, Money)>>,
+) -> Vec<(&'a AccountId, &'a (OrderKey, Money))> {
+    let mut added = Vec::new();
+    for (account, credits) in new {
+        let before = old.get(account).map_or(&[][..], Vec::as_slice);
+        if before == credits.as_slice() {
+            continue;
+        }
+        let before: HashSet<OrderKey> = before.iter().map(|(key, _)| *key).collect();
+        added.extend(
+            credits
+                .iter()
+                .filter(|(key, _)| !before.contains(key))
+                .map(|credit| (account, credit)),
+        );
+    }
+    added
 }
 
 fn decode_money(bytes: &[u8]) -> Option<Money> {
@@ -521,6 +710,8 @@ impl Store {
             balances: BalanceCache::new(BALANCE_CACHE_CAPACITY),
             offsets: Offsets::new(),
             orders: HashMap::new(),
+            records: HashMap::new(),
+            legacy_recent: HashSet::new(),
             pending: None,
             next_seq: 0,
             evicted: Vec::new(),
@@ -574,7 +765,20 @@ impl Store {
                 .map_err(|_| self.corrupt("offset value is not 8 bytes"))?;
             self.offsets.insert(at, offset);
         }
-        self.orders = self.load_orders()?;
+        let loaded = self.load_orders()?;
+        self.orders = loaded.orders;
+        self.records = loaded.records;
+        // Records restored from another shard's changelog carry its batch
+        // seqs: a new batch must not write over one of them.
+        let newest_record = self
+            .records
+            .values()
+            .flat_map(|records| records.held.records.keys().chain(records.credits.keys()))
+            .max();
+        if let Some(newest) = newest_record {
+            self.next_seq = self.next_seq.max(newest + 1);
+        }
+        self.legacy_recent = loaded.legacy;
         self.pending = match self.db.get(PENDING_KEY).map_err(|e| self.sled_error(e))? {
             Some(bytes) => Some(
                 decode_pending(&bytes)
@@ -594,8 +798,9 @@ impl Store {
 
     /// Every partition's order state: floor and marks, held transfers in
     /// key order, recent credits.
-    fn load_orders(&self) -> Result<HashMap<i32, PartitionOrder>, StoreError> {
-        let mut orders: HashMap<i32, PartitionOrder> = HashMap::new();
+    fn load_orders(&self) -> Result<LoadedOrders, StoreError> {
+        let mut loaded = LoadedOrders::default();
+        let mut orders = HashMap::<i32, PartitionOrder>::new();
         let bad = |what: &str, key: &[u8]| self.corrupt(format!("{what} {key:?} does not decode"));
         for item in self.db.scan_prefix(ORDER_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
@@ -606,29 +811,73 @@ impl Store {
         }
         for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let (partition, seq) = order_key_partition(&key)
+                .zip(record_key_seq(&key))
+                .ok_or_else(|| bad("held key", &key))?;
+            let held = decode_held(&value).ok_or_else(|| bad("the held transfers", &key))?;
+            let index = &mut loaded.records.entry(partition).or_default().held;
+            for held in &held {
+                index.record_of.insert(held.key, Some(seq));
+            }
+            index
+                .records
+                .insert(seq, held.iter().map(|held| held.key).collect());
+            orders.entry(partition).or_default().held.extend(held);
+        }
+        for item in self.db.scan_prefix(LEGACY_HELD_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
             let partition = order_key_partition(&key).ok_or_else(|| bad("held key", &key))?;
             let held = Held::decode(&value).ok_or_else(|| bad("the held transfer", &key))?;
+            let index = &mut loaded.records.entry(partition).or_default().held;
+            index.record_of.insert(held.key, None);
             orders.entry(partition).or_default().held.push(held);
         }
-        for item in self.db.scan_prefix(RECENT_PREFIX) {
+        for order in orders.values_mut() {
+            order.held.sort_by_key(|held| held.key);
+        }
+        // Credits go through `note_credit` against the floor and held
+        // transfers just read: it leaves out those pruned since their
+        // record was written, as the state that wrote it did.
+        for item in self.db.scan_prefix(CREDIT_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let (partition, seq) = order_key_partition(&key)
+                .zip(record_key_seq(&key))
+                .ok_or_else(|| bad("credits key", &key))?;
+            let credits = decode_credits(&value).ok_or_else(|| bad("the credits", &key))?;
+            let newest = credits.iter().map(|(_, key, _)| *key).max();
+            let order = orders.entry(partition).or_default();
+            for (account, key, amount) in credits {
+                order.note_credit(&account, key, amount);
+            }
+            if let Some(newest) = newest {
+                let records = &mut loaded.records.entry(partition).or_default().credits;
+                records.insert(seq, newest);
+            }
+        }
+        for item in self.db.scan_prefix(LEGACY_RECENT_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
             let partition = order_key_partition(&key).ok_or_else(|| bad("recent key", &key))?;
             let account = std::str::from_utf8(&key[6..])
                 .ok()
                 .and_then(|name| AccountId::parse(name).ok())
                 .ok_or_else(|| bad("recent key", &key))?;
-            let credits = PartitionOrder::decode_recent(&value)
+            let credits = PartitionOrder::decode_legacy_recent(&value)
                 .ok_or_else(|| bad("the recent credits", &key))?;
-            orders
-                .entry(partition)
-                .or_default()
-                .recent
-                .insert(account, credits);
+            let order = orders.entry(partition).or_default();
+            for (key, amount) in credits {
+                order.note_credit(&account, key, amount);
+            }
+            loaded.legacy.insert(partition);
         }
         for order in orders.values_mut() {
-            order.held.sort_by_key(|held| held.key);
+            // A credit in both forms (a changelog that still has the old
+            // key next to the new records) counts once.
+            for credits in order.recent.values_mut() {
+                credits.dedup_by_key(|(key, _)| *key);
+            }
         }
-        Ok(orders)
+        loaded.orders = orders;
+        Ok(loaded)
     }
 
     /// The idempotency window: the ids of the newest batches, up to
@@ -767,9 +1016,25 @@ impl Store {
             }
         }
         let unchanged = PartitionOrder::default();
+        let none = PartitionRecords::default();
+        let mut records_after = HashMap::new();
         for (partition, order) in &effects.orders {
-            let old = self.orders.get(partition).unwrap_or(&unchanged);
-            order_writes(*partition, old, order, &mut writes);
+            let mut old = Cow::Borrowed(self.orders.get(partition).unwrap_or(&unchanged));
+            if self.legacy_recent.contains(partition) {
+                // The first batch to change the partition moves its `r:`
+                // keys to a `c:` record, with its undo and in its changelog.
+                for item in self
+                    .db
+                    .scan_prefix(partition_prefix(LEGACY_RECENT_PREFIX, *partition))
+                {
+                    let (key, _) = item.map_err(|e| self.sled_error(e))?;
+                    writes.push((key.to_vec(), None));
+                }
+                old.to_mut().recent.clear();
+            }
+            let records = self.records.get(partition).unwrap_or(&none);
+            let records = order_writes(*partition, &old, order, (seq, records), &mut writes);
+            records_after.insert(*partition, records);
         }
         let offsets_before = self.offsets.clone();
         let mut offsets_after = offsets_before.clone();
@@ -827,7 +1092,9 @@ impl Store {
         }
         for (partition, order) in &effects.orders {
             self.orders.insert(*partition, order.clone());
+            self.legacy_recent.remove(partition);
         }
+        self.records.extend(records_after);
         self.offsets = pending.offsets_after.clone();
         self.next_seq = seq + 1;
         if !ids.is_empty() {
@@ -1184,6 +1451,12 @@ impl StoreReader {
         let mut held = 0u64;
         for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, _) = item?;
+            if let Some(value) = self.committed(&key)? {
+                held += decode_held(&value).map_or(0, |held| held.len() as u64);
+            }
+        }
+        for item in self.db.scan_prefix(LEGACY_HELD_PREFIX) {
+            let (key, _) = item?;
             if self.committed(&key)?.is_some() {
                 held += 1;
             }
@@ -1368,6 +1641,194 @@ mod tests {
         store.undo_pending().unwrap();
         assert_eq!(store.balance(&hot), Money(20));
         assert_eq!(store.balance(&account(1)), Money(100));
+    }
+
+    #[test]
+    fn kept_credits_go_in_one_record_per_batch_and_the_old_form_moves_with_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let alice = AccountId::parse("alice").unwrap();
+        let bob = AccountId::parse("bob").unwrap();
+        let key = |n: u128| OrderKey {
+            at: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(n as i64),
+            id: TransferId(uuid::Uuid::from_u128(n)),
+        };
+        // Everything up to `floor` is ordered: credits after it are kept.
+        let keeping = |floor: u128, credits: &[(&AccountId, u128)]| {
+            let mut order = PartitionOrder {
+                floor: Some(key(floor)),
+                ..PartitionOrder::default()
+            };
+            for (account, n) in credits {
+                let credits = order.recent.entry((*account).clone()).or_default();
+                credits.push((key(*n), Money(*n as i128)));
+            }
+            BatchEffects {
+                orders: [(0, order)].into_iter().collect(),
+                ..BatchEffects::default()
+            }
+        };
+        let credit_changes = |report: &WriteReport| -> Vec<(Vec<u8>, bool)> {
+            let mut changes: Vec<_> = report
+                .changes
+                .iter()
+                .filter(|(key, _)| key.starts_with(CREDIT_PREFIX) || key.starts_with(b"r:"))
+                .map(|(key, value)| (key.clone(), value.is_some()))
+                .collect();
+            changes.sort();
+            changes
+        };
+        let write = |store: &mut Store, effects: &BatchEffects| {
+            let report = store.write_batch(effects).unwrap();
+            store.mark_committed();
+            credit_changes(&report)
+        };
+
+        // Batch 0 keeps three credits, in one record.
+        let changes = write(
+            &mut store,
+            &keeping(0, &[(&alice, 1), (&alice, 2), (&bob, 3)]),
+        );
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 0), true)]);
+        // Batch 1 prunes the first two and keeps a fourth: a record of its
+        // own; batch 0's stays, bob's credit in it is still needed.
+        let changes = write(&mut store, &keeping(2, &[(&bob, 3), (&alice, 4)]));
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 1), true)]);
+        drop(store);
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let kept = |store: &Store| store.order_state(0).recent.clone();
+        // Read back, the pruned credits of batch 0's record are left out.
+        assert_eq!(
+            kept(&store),
+            keeping(2, &[(&bob, 3), (&alice, 4)]).orders[&0].recent
+        );
+        // Once bob's credit is pruned too, batch 0's record goes.
+        let changes = write(&mut store, &keeping(3, &[(&alice, 4)]));
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 0), false)]);
+
+        // bob's credits in the per-account JSON of earlier versions.
+        let legacy = [LEGACY_RECENT_PREFIX, &0i32.to_be_bytes(), b"bob"].concat();
+        let json = format!(
+            r#"[[{{"at":"1970-01-01T00:00:05Z","id":"{}"}},5]]"#,
+            key(5).id.0
+        );
+        store.db.insert(&legacy, json.as_bytes()).unwrap();
+        drop(store);
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let with_bob = keeping(3, &[(&alice, 4), (&bob, 5)]);
+        assert_eq!(kept(&store), with_bob.orders[&0].recent);
+        // The next batch moves them: the old key goes, the partition's
+        // kept credits are written again in its record.
+        let report = store.write_batch(&with_bob).unwrap();
+        assert_eq!(
+            credit_changes(&report),
+            vec![
+                (record_key(CREDIT_PREFIX, 0, 3), true),
+                (legacy.clone(), false)
+            ]
+        );
+        // Taken back, the old form is back too, and moved again next time.
+        store.undo_pending().unwrap();
+        assert!(store.db.get(&legacy).unwrap().is_some());
+        assert_eq!(kept(&store), with_bob.orders[&0].recent);
+        let changes = write(&mut store, &with_bob);
+        assert_eq!(
+            changes,
+            vec![
+                (record_key(CREDIT_PREFIX, 0, 3), true),
+                (legacy.clone(), false)
+            ]
+        );
+        drop(store);
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(store.db.get(&legacy).unwrap().is_none());
+        // alice's credit is in two records now (batches 1 and 3): it counts once.
+        assert_eq!(kept(&store), with_bob.orders[&0].recent);
+    }
+
+    #[test]
+    fn held_transfers_go_in_one_record_per_batch_that_shrinks_as_they_are_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let held = |n: u128| {
+            let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(n as i64);
+            let transfer = ledger_core::domain::Transfer::new(
+                TransferId(uuid::Uuid::from_u128(n)),
+                AccountId::parse("alice").unwrap(),
+                AccountId::parse("bob").unwrap(),
+                ledger_core::domain::Amount::from_minor(100).unwrap(),
+                ledger_core::domain::Currency::EUR,
+                at,
+            )
+            .unwrap();
+            Held {
+                key: OrderKey::of(&transfer),
+                transfer,
+                offset: n as i64,
+                since_ms: 0,
+            }
+        };
+        let holding = |held: &[Held]| BatchEffects {
+            orders: [(
+                0,
+                PartitionOrder {
+                    floor: Some(held.last().map_or(held_at(9), |held| held.key)),
+                    held: held.to_vec(),
+                    ..PartitionOrder::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..BatchEffects::default()
+        };
+        fn held_at(n: i64) -> OrderKey {
+            OrderKey {
+                at: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(n),
+                id: TransferId(uuid::Uuid::nil()),
+            }
+        }
+        let write = |store: &mut Store, effects: &BatchEffects| {
+            let report = store.write_batch(effects).unwrap();
+            store.mark_committed();
+            let mut changes: Vec<(Vec<u8>, Option<usize>)> = report
+                .changes
+                .iter()
+                .filter(|(key, _)| key.starts_with(HELD_PREFIX) || key.starts_with(b"h:"))
+                .map(|(key, value)| {
+                    let count = value.as_ref().map(|value| match key.starts_with(b"h:") {
+                        true => 1,
+                        false => decode_held(value).unwrap().len(),
+                    });
+                    (key.clone(), count)
+                })
+                .collect();
+            changes.sort();
+            changes
+        };
+        let record = |seq| record_key(HELD_PREFIX, 0, seq);
+
+        // Batch 0 holds three transfers: one record.
+        let changes = write(&mut store, &holding(&[held(1), held(2), held(3)]));
+        assert_eq!(changes, vec![(record(0), Some(3))]);
+        // Batch 1 decides the first and holds a fourth: batch 0's record is
+        // written again with two, batch 1's has one.
+        let changes = write(&mut store, &holding(&[held(2), held(3), held(4)]));
+        assert_eq!(changes, vec![(record(0), Some(2)), (record(1), Some(1))]);
+        // One held transfer as earlier versions kept it.
+        let legacy = legacy_held_key(0, &held(5).key);
+        store.db.insert(&legacy, held(5).encode()).unwrap();
+        drop(store);
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let all = [held(2), held(3), held(4), held(5)];
+        assert_eq!(store.order_state(0).held, all.to_vec());
+        assert_eq!(store.reader().stats().unwrap().held, 4);
+        // Deciding the last two of batch 0 and the old one removes their
+        // keys; batch 1's record is not written.
+        let changes = write(&mut store, &holding(&[held(4)]));
+        assert_eq!(changes, vec![(legacy, None), (record(0), None)]);
+        drop(store);
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.order_state(0).held, vec![held(4)]);
     }
 
     #[test]
