@@ -12,7 +12,8 @@
 //! | `i:` batch seq (u64 BE), partition (i32 BE) | ids the batch decided or credited on that partition, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
 //! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
-//! | `w:` partition, batch seq (u64 BE) | the transfers a batch held on the partition that are still held (each length-prefixed, `Held::encode`) |
+//! | `w:` partition, batch seq (u64 BE) | the transfers a batch held on the partition (each length-prefixed, `Held::encode`) |
+//! | `d:` partition, batch seq      | which of that record's transfers are decided since: bit i of byte i/8 for the i-th (absent: none) |
 //! | `h:` partition, order key      | one held transfer, as earlier versions kept them (removed when it is decided) |
 //! | `c:` partition, batch seq (u64 BE) | the credits a batch applied on the partition that are ordered after some transfer still to decide there (order key, amount, account each) |
 //! | `r:` partition, account        | such credits as earlier versions kept them, one JSON list per account (moved to `c:` by the next batch that changes the partition) |
@@ -49,6 +50,7 @@ const IDS_PREFIX: &[u8] = b"i:";
 const OFFSET_PREFIX: &[u8] = b"o:";
 const ORDER_PREFIX: &[u8] = b"q:";
 const HELD_PREFIX: &[u8] = b"w:";
+const DECIDED_PREFIX: &[u8] = b"d:";
 const LEGACY_HELD_PREFIX: &[u8] = b"h:";
 const CREDIT_PREFIX: &[u8] = b"c:";
 const LEGACY_RECENT_PREFIX: &[u8] = b"r:";
@@ -304,10 +306,50 @@ struct PartitionRecords {
 
 #[derive(Debug, Clone, Default)]
 struct HeldIndex {
-    /// `w:` records: batch seq, the keys of the transfers still held in it.
-    records: BTreeMap<u64, Vec<OrderKey>>,
-    /// Each held transfer's record; `None`: a key of its own (`h:`).
-    record_of: HashMap<OrderKey, Option<u64>>,
+    /// `w:` records by batch seq.
+    records: BTreeMap<u64, HeldRecord>,
+    /// Each held transfer's record and place in it; `None`: a key of its
+    /// own (`h:`).
+    record_of: HashMap<OrderKey, Option<(u64, usize)>>,
+}
+
+/// One `w:` record, and its `d:` key.
+#[derive(Debug, Clone, Default)]
+struct HeldRecord {
+    /// Which of the transfers written in it are decided, in its order.
+    decided: Vec<bool>,
+    /// Whether its `d:` key exists.
+    marked: bool,
+}
+
+impl HeldRecord {
+    fn new(len: usize) -> Self {
+        HeldRecord {
+            decided: vec![false; len],
+            marked: false,
+        }
+    }
+
+    fn encode_decided(&self) -> Vec<u8> {
+        let mut bits = vec![0u8; self.decided.len().div_ceil(8)];
+        for (at, _) in self.decided.iter().enumerate().filter(|(_, d)| **d) {
+            bits[at / 8] |= 1 << (at % 8);
+        }
+        bits
+    }
+
+    /// Reads [`HeldRecord::encode_decided`]; `None` if it names members
+    /// the record does not have.
+    fn mark_decided(&mut self, bits: &[u8]) -> Option<()> {
+        if bits.len() != self.decided.len().div_ceil(8) {
+            return None;
+        }
+        for (at, decided) in self.decided.iter_mut().enumerate() {
+            *decided = bits[at / 8] & (1 << (at % 8)) != 0;
+        }
+        self.marked = true;
+        Some(())
+    }
 }
 
 /// The order state as [`Store::load_orders`] reads it.
@@ -522,7 +564,7 @@ fn partition_prefix(prefix: &[u8], partition: i32) -> Vec<u8> {
     [prefix, &partition.to_be_bytes()].concat()
 }
 
-/// The partition number at the start of a `q:`, `w:`, `h:`, `c:`, `r:` or `v:` key.
+/// The partition number at the start of a `q:`, `w:`, `d:`, `h:`, `c:`, `r:` or `v:` key.
 fn order_key_partition(key: &[u8]) -> Option<i32> {
     key.get(2..6)?.try_into().ok().map(i32::from_be_bytes)
 }
@@ -544,6 +586,7 @@ pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Op
             if [
                 ORDER_PREFIX,
                 HELD_PREFIX,
+                DECIDED_PREFIX,
                 LEGACY_HELD_PREFIX,
                 CREDIT_PREFIX,
                 LEGACY_RECENT_PREFIX,
@@ -603,9 +646,10 @@ fn order_writes(
 }
 
 /// The held transfers' part of [`order_writes`]: the transfers a batch
-/// holds go in one record; a record loses those decided, and goes with
-/// the last. Transfers are released mostly in the order they were held,
-/// so most records are untouched or removed whole.
+/// holds go in one record, written once; as they are decided, the
+/// record's `d:` key says which (a bit each, where rewriting the record
+/// would write every transfer still held in it again); the last one
+/// decided removes both.
 fn held_writes(
     partition: i32,
     old: &PartitionOrder,
@@ -615,31 +659,40 @@ fn held_writes(
 ) -> HeldIndex {
     let mut index = index.clone();
     let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
-    let new_held: HashMap<OrderKey, &Held> = new.held.iter().map(|held| (held.key, held)).collect();
+    let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
     let mut touched = BTreeSet::new();
     for held in &old.held {
-        if new_held.contains_key(&held.key) {
+        if new_held.contains(&held.key) {
             continue;
         }
         match index.record_of.remove(&held.key) {
-            Some(Some(seq)) => {
-                touched.insert(seq);
+            Some(Some((record, at))) => {
+                if let Some(decided) = index
+                    .records
+                    .get_mut(&record)
+                    .and_then(|record| record.decided.get_mut(at))
+                {
+                    *decided = true;
+                    touched.insert(record);
+                }
             }
             _ => writes.push((legacy_held_key(partition, &held.key), None)),
         }
     }
-    for record in touched {
-        let key = record_key(HELD_PREFIX, partition, record);
-        let Some(members) = index.records.get_mut(&record) else {
+    for seq in touched {
+        let Some(record) = index.records.get_mut(&seq) else {
             continue;
         };
-        members.retain(|member| new_held.contains_key(member));
-        if members.is_empty() {
-            index.records.remove(&record);
-            writes.push((key, None));
+        let marks = record_key(DECIDED_PREFIX, partition, seq);
+        if record.decided.iter().all(|decided| *decided) {
+            if record.marked {
+                writes.push((marks, None));
+            }
+            writes.push((record_key(HELD_PREFIX, partition, seq), None));
+            index.records.remove(&seq);
         } else {
-            let value = encode_held(members.iter().map(|member| new_held[member]));
-            writes.push((key, Some(value)));
+            writes.push((marks, Some(record.encode_decided())));
+            record.marked = true;
         }
     }
     let added: Vec<&Held> = new
@@ -650,12 +703,10 @@ fn held_writes(
     if !added.is_empty() {
         let key = record_key(HELD_PREFIX, partition, seq);
         writes.push((key, Some(encode_held(added.iter().copied()))));
-        for held in &added {
-            index.record_of.insert(held.key, Some(seq));
+        for (at, held) in added.iter().enumerate() {
+            index.record_of.insert(held.key, Some((seq, at)));
         }
-        index
-            .records
-            .insert(seq, added.iter().map(|held| held.key).collect());
+        index.records.insert(seq, HeldRecord::new(added.len()));
     }
     index
 }
@@ -809,20 +860,38 @@ impl Store {
                 PartitionOrder::decode_meta(&value).ok_or_else(|| bad("the order of", &key))?;
             orders.insert(partition, order);
         }
+        let mut records: BTreeMap<(i32, u64), Vec<Held>> = BTreeMap::new();
         for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let (partition, seq) = order_key_partition(&key)
+            let at = order_key_partition(&key)
                 .zip(record_key_seq(&key))
                 .ok_or_else(|| bad("held key", &key))?;
             let held = decode_held(&value).ok_or_else(|| bad("the held transfers", &key))?;
-            let index = &mut loaded.records.entry(partition).or_default().held;
-            for held in &held {
-                index.record_of.insert(held.key, Some(seq));
-            }
-            index
+            let index = &mut loaded.records.entry(at.0).or_default().held;
+            index.records.insert(at.1, HeldRecord::new(held.len()));
+            records.insert(at, held);
+        }
+        for item in self.db.scan_prefix(DECIDED_PREFIX) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let (partition, seq) = order_key_partition(&key)
+                .zip(record_key_seq(&key))
+                .ok_or_else(|| bad("decided key", &key))?;
+            loaded
                 .records
-                .insert(seq, held.iter().map(|held| held.key).collect());
-            orders.entry(partition).or_default().held.extend(held);
+                .get_mut(&partition)
+                .and_then(|records| records.held.records.get_mut(&seq))
+                .and_then(|record| record.mark_decided(&value))
+                .ok_or_else(|| bad("decided key", &key))?;
+        }
+        for ((partition, seq), held) in records {
+            let index = &mut loaded.records.entry(partition).or_default().held;
+            let decided = index.records[&seq].decided.clone();
+            for (at, held) in held.into_iter().enumerate() {
+                if !decided[at] {
+                    index.record_of.insert(held.key, Some((seq, at)));
+                    orders.entry(partition).or_default().held.push(held);
+                }
+            }
         }
         for item in self.db.scan_prefix(LEGACY_HELD_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
@@ -1455,6 +1524,13 @@ impl StoreReader {
                 held += decode_held(&value).map_or(0, |held| held.len() as u64);
             }
         }
+        for item in self.db.scan_prefix(DECIDED_PREFIX) {
+            let (key, _) = item?;
+            if let Some(value) = self.committed(&key)? {
+                let decided: u32 = value.iter().map(|bits| bits.count_ones()).sum();
+                held = held.saturating_sub(u64::from(decided));
+            }
+        }
         for item in self.db.scan_prefix(LEGACY_HELD_PREFIX) {
             let (key, _) = item?;
             if self.committed(&key)?.is_some() {
@@ -1747,7 +1823,7 @@ mod tests {
     }
 
     #[test]
-    fn held_transfers_go_in_one_record_per_batch_that_shrinks_as_they_are_decided() {
+    fn held_transfers_go_in_one_record_per_batch_and_its_decided_ones_in_a_bitmap() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let held = |n: u128| {
@@ -1793,11 +1869,13 @@ mod tests {
             let mut changes: Vec<(Vec<u8>, Option<usize>)> = report
                 .changes
                 .iter()
-                .filter(|(key, _)| key.starts_with(HELD_PREFIX) || key.starts_with(b"h:"))
+                .filter(|(key, _)| [HELD_PREFIX, DECIDED_PREFIX, b"h:"].contains(&&key[..2]))
                 .map(|(key, value)| {
-                    let count = value.as_ref().map(|value| match key.starts_with(b"h:") {
-                        true => 1,
-                        false => decode_held(value).unwrap().len(),
+                    // Transfers in a record, decided ones in a bitmap.
+                    let count = value.as_ref().map(|value| match &key[..2] {
+                        b"h:" => 1,
+                        prefix if prefix == HELD_PREFIX => decode_held(value).unwrap().len(),
+                        _ => value.iter().map(|bits| bits.count_ones() as usize).sum(),
                     });
                     (key.clone(), count)
                 })
@@ -1806,14 +1884,16 @@ mod tests {
             changes
         };
         let record = |seq| record_key(HELD_PREFIX, 0, seq);
+        let decided = |seq| record_key(DECIDED_PREFIX, 0, seq);
 
         // Batch 0 holds three transfers: one record.
         let changes = write(&mut store, &holding(&[held(1), held(2), held(3)]));
         assert_eq!(changes, vec![(record(0), Some(3))]);
-        // Batch 1 decides the first and holds a fourth: batch 0's record is
-        // written again with two, batch 1's has one.
+        // Batch 1 decides the first and holds a fourth: batch 0's record
+        // is not written again, its bitmap names one decided; batch 1's
+        // record has one.
         let changes = write(&mut store, &holding(&[held(2), held(3), held(4)]));
-        assert_eq!(changes, vec![(record(0), Some(2)), (record(1), Some(1))]);
+        assert_eq!(changes, vec![(decided(0), Some(1)), (record(1), Some(1))]);
         // One held transfer as earlier versions kept it.
         let legacy = legacy_held_key(0, &held(5).key);
         store.db.insert(&legacy, held(5).encode()).unwrap();
@@ -1825,7 +1905,10 @@ mod tests {
         // Deciding the last two of batch 0 and the old one removes their
         // keys; batch 1's record is not written.
         let changes = write(&mut store, &holding(&[held(4)]));
-        assert_eq!(changes, vec![(legacy, None), (record(0), None)]);
+        assert_eq!(
+            changes,
+            vec![(decided(0), None), (legacy, None), (record(0), None)]
+        );
         drop(store);
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(store.order_state(0).held, vec![held(4)]);
