@@ -31,7 +31,7 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -142,9 +142,10 @@ impl ClientContext for KafkaContext {
 }
 
 impl ConsumerContext for KafkaContext {
-    /// Runs inside `poll`, on the loop's thread and so between transactions
-    /// (the loop polls only with none open): librdkafka has (un)assigned the
-    /// partitions; the loop acts on the change when `poll` returns.
+    /// Runs inside `poll`, on the loop's thread, between transactions or
+    /// while a batch settles (reading ahead): librdkafka has (un)assigned
+    /// the partitions; the loop acts on the change once no transaction is
+    /// open.
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let change = match rebalance {
             Rebalance::Assign(list) => GroupChange::Assigned(
@@ -263,6 +264,11 @@ struct Shard {
     held: Option<BTreeSet<i32>>,
     last_heartbeat: Instant,
     last_stuck_report: Instant,
+    /// The next batch's first records, read while the last batch's records
+    /// were being acknowledged (see `Shard::settle`), and what ended that
+    /// reading if it was an error.
+    ahead: Vec<Polled>,
+    ahead_failed: Option<Error>,
 }
 
 impl Shard {
@@ -323,6 +329,8 @@ impl Shard {
             held: None,
             last_heartbeat: Instant::now(),
             last_stuck_report: Instant::now(),
+            ahead: Vec::new(),
+            ahead_failed: None,
         };
         shard.set_owned(owned);
         shard.assign_and_open(reader)?;
@@ -444,10 +452,14 @@ impl Shard {
         Ok(())
     }
 
-    /// Polls until `batch_records` records or `batch_time`, or the stop flag.
-    fn poll_batch(&self) -> Result<Vec<Polled>, Error> {
+    /// Polls until `batch_records` records or `batch_time`, or the stop flag,
+    /// starting from the records read ahead.
+    fn poll_batch(&mut self) -> Result<Vec<Polled>, Error> {
+        if let Some(error) = self.ahead_failed.take() {
+            return Err(error);
+        }
         let deadline = Instant::now() + self.settings.batch_time;
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut self.ahead);
         while batch.len() < self.settings.batch_records && !self.shared.stop.load(Ordering::Acquire)
         {
             let now = Instant::now();
@@ -468,41 +480,49 @@ impl Shard {
             match message {
                 None if !batch.is_empty() => break,
                 None => {}
-                Some(Ok(message)) => {
-                    let source = self.settings.source_of(message.topic());
-                    batch.push(Polled {
-                        at: InputPartition {
-                            source,
-                            partition: message.partition(),
-                        },
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    });
-                }
-                Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
-                    report(
-                        ErrorEvent::Kafka(ErrorClass::Fatal),
-                        "poll",
-                        &error,
-                        "The consumer failed fatally.",
-                    );
-                    return Err(Error::Kafka {
-                        step: "poll",
-                        error,
-                    });
-                }
-                Some(Err(error)) => {
-                    report(
-                        ErrorEvent::Consumer,
-                        "poll",
-                        &error,
-                        "Consuming failed; polling on.",
-                    );
-                }
+                Some(message) => batch.extend(take(&self.settings, message)?),
             }
         }
         Ok(batch)
+    }
+
+    /// Serves delivery reports until nothing is in flight (`txn::settle`
+    /// says why), bounded by the transaction timeout, and meanwhile reads
+    /// the next batch's records, which the wait would otherwise leave for
+    /// after the commit: what they will be does not depend on this
+    /// transaction's outcome. A rebalance seen meanwhile stops the reading;
+    /// the loop acts on it after the commit, as on any other.
+    fn settle(&mut self) {
+        let Shard {
+            settings,
+            consumer,
+            producer,
+            ahead,
+            ahead_failed,
+            ..
+        } = self;
+        txn::settle_while(producer, settings.transaction_timeout, || {
+            if ahead.len() >= settings.batch_records
+                || ahead_failed.is_some()
+                || consumer.context().group_change().is_some()
+            {
+                return false;
+            }
+            match consumer
+                .poll(Duration::ZERO)
+                .map(|message| take(settings, message))
+            {
+                None => false,
+                Some(Ok(polled)) => {
+                    ahead.extend(polled);
+                    true
+                }
+                Some(Err(error)) => {
+                    *ahead_failed = Some(error);
+                    false
+                }
+            }
+        });
     }
 
     /// Between batches: lets the floors of partitions with nothing left to read
@@ -610,13 +630,20 @@ impl Shard {
 
     /// Owned partitions of `transactions` read to their very end: no record
     /// left, and none in an open transaction. A partition whose end cannot
-    /// be read now is not idle.
+    /// be read now is not idle, nor one with records read ahead.
     fn idle_partitions(&self) -> Vec<i32> {
         let positions = self.consumer.position().unwrap_or_default();
         let topic = self.settings.transfers_topic.as_str();
+        let read_ahead: HashSet<i32> = self
+            .ahead
+            .iter()
+            .filter(|polled| polled.at.source == Source::Transfers)
+            .map(|polled| polled.at.partition)
+            .collect();
         self.owned
             .iter()
             .copied()
+            .filter(|partition| !read_ahead.contains(partition))
             .filter(|partition| {
                 let Ok((low, high)) =
                     self.watcher
@@ -886,12 +913,6 @@ impl Shard {
         Ok(report)
     }
 
-    /// Serves delivery reports until nothing is in flight (`txn::settle`
-    /// says why), bounded by the transaction timeout.
-    fn settle(&self) {
-        txn::settle(&self.producer, self.settings.transaction_timeout);
-    }
-
     fn produce(&self, effects: &BatchEffects) -> Result<(), Failed> {
         let settings = &self.settings;
         for output in &effects.outputs {
@@ -1083,8 +1104,15 @@ impl Shard {
         } else if written {
             self.store.undo_pending()?;
         }
+        // Read past the batch, so read again after the seek.
+        self.ahead.clear();
         if self.settings.faults.mutant == Some(Mutant::SkipSeekBack) {
             warn!(message = "Mutant skip_seek_back: not seeking back after an abort.");
+            return Ok(());
+        }
+        if self.consumer.context().group_change().is_some() {
+            // The group moved the partitions while the batch settled: the
+            // loop's regroup positions them at sled's offsets.
             return Ok(());
         }
         self.seek_to_store()?;
@@ -1139,9 +1167,9 @@ impl Shard {
         Ok(())
     }
 
-    /// Acts on a rebalance (group assignment). The loop polls only between
-    /// transactions, so the last batch is committed, or aborted and undone:
-    /// its pending record is history. Partitions given away are dropped from
+    /// Acts on a rebalance (group assignment). The loop acts on one only
+    /// between transactions, so the last batch is committed, or aborted and
+    /// undone: its pending record is history. Partitions given away are dropped from
     /// sled; partitions taken whose state in sled is not the committed one
     /// (new here, or changed by another shard since) are restored from the
     /// changelog; then sled's offsets equal the group's for every owned
@@ -1308,6 +1336,46 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
 }
 
 /// The shard's clock for held transfers, ms since the epoch.
+/// A polled message as the batch keeps it; an error is logged, and ends
+/// the loop only when fatal.
+fn take(
+    settings: &Settings,
+    message: KafkaResult<BorrowedMessage<'_>>,
+) -> Result<Option<Polled>, Error> {
+    match message {
+        Ok(message) => Ok(Some(Polled {
+            at: InputPartition {
+                source: settings.source_of(message.topic()),
+                partition: message.partition(),
+            },
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        })),
+        Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+            report(
+                ErrorEvent::Kafka(ErrorClass::Fatal),
+                "poll",
+                &error,
+                "The consumer failed fatally.",
+            );
+            Err(Error::Kafka {
+                step: "poll",
+                error,
+            })
+        }
+        Err(error) => {
+            report(
+                ErrorEvent::Consumer,
+                "poll",
+                &error,
+                "Consuming failed; polling on.",
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

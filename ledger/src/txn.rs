@@ -272,9 +272,26 @@ where
 /// later; that alone capped a producer at about ten transactions a second.
 /// Settled here, the flush has nothing to wait for.
 pub fn settle<C: ProducerContext>(producer: &impl Reports<C>, timeout: Duration) {
+    settle_while(producer, timeout, || false);
+}
+
+/// [`settle`], doing `meanwhile` between rounds of delivery reports: work
+/// that does not depend on the transaction's outcome (a shard reads its
+/// next batch). `meanwhile` says whether it did something; while it does,
+/// reports are served without waiting.
+pub fn settle_while<C: ProducerContext>(
+    producer: &impl Reports<C>,
+    timeout: Duration,
+    mut meanwhile: impl FnMut() -> bool,
+) {
     let give_up = Instant::now() + timeout;
     while producer.in_flight_count() > 0 && Instant::now() < give_up {
-        producer.serve_reports(REPORTS_PAUSE);
+        let pause = if meanwhile() {
+            Duration::ZERO
+        } else {
+            REPORTS_PAUSE
+        };
+        producer.serve_reports(pause);
     }
 }
 
