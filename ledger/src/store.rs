@@ -300,17 +300,17 @@ struct Shared {
 #[derive(Debug, Clone, Default)]
 struct PartitionRecords {
     held: HeldIndex,
-    /// `c:` records: batch seq, the newest key in it.
-    credits: BTreeMap<u64, OrderKey>,
+    /// `c:` records, each with the newest key in it.
+    credits: BTreeMap<RecordId, OrderKey>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct HeldIndex {
-    /// `w:` records by batch seq.
-    records: BTreeMap<u64, HeldRecord>,
+    /// `w:` records.
+    records: BTreeMap<RecordId, HeldRecord>,
     /// Each held transfer's record and place in it; `None`: a key of its
     /// own (`h:`).
-    record_of: HashMap<OrderKey, Option<(u64, usize)>>,
+    record_of: HashMap<OrderKey, Option<(RecordId, usize)>>,
 }
 
 /// One `w:` record, and its `d:` key.
@@ -503,24 +503,55 @@ fn legacy_held_key(partition: i32, key: &OrderKey) -> Vec<u8> {
     .concat()
 }
 
-/// `w:` and `c:` keys: the partition, then the batch seq.
-fn record_key(prefix: &[u8], partition: i32, seq: u64) -> Vec<u8> {
-    [prefix, &partition.to_be_bytes(), &seq.to_be_bytes()].concat()
+/// A `w:`, `d:` or `c:` record: the batch that wrote it, and which part
+/// of what that batch wrote there (see [`RECORD_BYTES_MAX`]).
+type RecordId = (u64, u32);
+
+/// The most bytes in one `w:` or `c:` record, so that its changelog
+/// record stays far below the broker's message size limit (1 MB by
+/// default), which refuses larger ones and so the batch's transaction: a
+/// batch that holds 20,000 transfers writes about 4 MB of them.
+const RECORD_BYTES_MAX: usize = 64 * 1024;
+
+/// `w:`, `d:` and `c:` keys: the partition, the batch seq, the part.
+fn record_key(prefix: &[u8], partition: i32, (seq, part): RecordId) -> Vec<u8> {
+    [
+        prefix,
+        &partition.to_be_bytes(),
+        &seq.to_be_bytes(),
+        &part.to_be_bytes(),
+    ]
+    .concat()
 }
 
-fn record_key_seq(key: &[u8]) -> Option<u64> {
-    key.get(6..14)?.try_into().ok().map(u64::from_be_bytes)
+fn record_key_id(key: &[u8]) -> Option<RecordId> {
+    let seq = key.get(6..14)?.try_into().ok().map(u64::from_be_bytes)?;
+    let part = key.get(14..18)?.try_into().ok().map(u32::from_be_bytes)?;
+    Some((seq, part))
 }
 
-fn encode_held<'a>(held: impl IntoIterator<Item = &'a Held>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for held in held {
-        let encoded = held.encode();
-        let len = u32::try_from(encoded.len()).expect("a held transfer is small");
-        bytes.extend_from_slice(&len.to_be_bytes());
-        bytes.extend_from_slice(&encoded);
+/// Entries packed into records of at most [`RECORD_BYTES_MAX`] (an entry
+/// larger than that alone in one), with how many entries each holds.
+fn pack(entries: impl IntoIterator<Item = Vec<u8>>) -> Vec<(Vec<u8>, usize)> {
+    let mut records: Vec<(Vec<u8>, usize)> = Vec::new();
+    for entry in entries {
+        match records.last_mut() {
+            Some((bytes, count)) if bytes.len() + entry.len() <= RECORD_BYTES_MAX => {
+                bytes.extend_from_slice(&entry);
+                *count += 1;
+            }
+            _ => records.push((entry, 1)),
+        }
     }
-    bytes
+    records
+}
+
+/// A held transfer in a `w:` record: its length (u32 BE), then
+/// [`Held::encode`].
+fn held_entry(held: &Held) -> Vec<u8> {
+    let encoded = held.encode();
+    let len = u32::try_from(encoded.len()).expect("a held transfer is small");
+    [&len.to_be_bytes()[..], &encoded].concat()
 }
 
 fn decode_held(mut bytes: &[u8]) -> Option<Vec<Held>> {
@@ -533,17 +564,15 @@ fn decode_held(mut bytes: &[u8]) -> Option<Vec<Held>> {
     Some(held)
 }
 
-/// A `c:` value: per credit, its order key, its amount (i128 BE), the
+/// A credit in a `c:` record: its order key, its amount (i128 BE), the
 /// length of the account's name (one byte) and the name.
-fn encode_credits(credits: &[(&AccountId, &(OrderKey, Money))]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(credits.len() * 64);
-    for (account, (key, amount)) in credits {
-        let name = account.as_str().as_bytes();
-        bytes.extend_from_slice(&key.to_bytes());
-        bytes.extend_from_slice(&amount.0.to_be_bytes());
-        bytes.push(u8::try_from(name.len()).expect("account names are short"));
-        bytes.extend_from_slice(name);
-    }
+fn credit_entry(account: &AccountId, (key, amount): &(OrderKey, Money)) -> Vec<u8> {
+    let name = account.as_str().as_bytes();
+    let mut bytes = Vec::with_capacity(49 + name.len());
+    bytes.extend_from_slice(&key.to_bytes());
+    bytes.extend_from_slice(&amount.0.to_be_bytes());
+    bytes.push(u8::try_from(name.len()).expect("account names are short"));
+    bytes.extend_from_slice(name);
     bytes
 }
 
@@ -623,18 +652,23 @@ fn order_writes(
     let held = held_writes(partition, old, new, (seq, &index.held), writes);
     let mut records = index.credits.clone();
     let added = credits_added(&new.recent, &old.recent);
-    if let Some(newest) = added.iter().map(|(_, (key, _))| *key).max() {
-        writes.push((
-            record_key(CREDIT_PREFIX, partition, seq),
-            Some(encode_credits(&added)),
-        ));
-        records.insert(seq, newest);
+    let mut added = added.iter().peekable();
+    let entries = pack(
+        added
+            .clone()
+            .map(|(account, credit)| credit_entry(account, credit)),
+    );
+    for (part, (bytes, count)) in (0..).zip(entries) {
+        let id = (seq, part);
+        let newest = added.by_ref().take(count).map(|(_, (key, _))| *key).max();
+        writes.push((record_key(CREDIT_PREFIX, partition, id), Some(bytes)));
+        records.insert(id, newest.expect("a record holds at least one credit"));
     }
     if let Some(bound) = new.bound() {
-        records.retain(|seq, newest| {
+        records.retain(|id, newest| {
             let needed = *newest > bound;
             if !needed {
-                writes.push((record_key(CREDIT_PREFIX, partition, *seq), None));
+                writes.push((record_key(CREDIT_PREFIX, partition, *id), None));
             }
             needed
         });
@@ -679,34 +713,31 @@ fn held_writes(
             _ => writes.push((legacy_held_key(partition, &held.key), None)),
         }
     }
-    for seq in touched {
-        let Some(record) = index.records.get_mut(&seq) else {
+    for id in touched {
+        let Some(record) = index.records.get_mut(&id) else {
             continue;
         };
-        let marks = record_key(DECIDED_PREFIX, partition, seq);
+        let marks = record_key(DECIDED_PREFIX, partition, id);
         if record.decided.iter().all(|decided| *decided) {
             if record.marked {
                 writes.push((marks, None));
             }
-            writes.push((record_key(HELD_PREFIX, partition, seq), None));
-            index.records.remove(&seq);
+            writes.push((record_key(HELD_PREFIX, partition, id), None));
+            index.records.remove(&id);
         } else {
             writes.push((marks, Some(record.encode_decided())));
             record.marked = true;
         }
     }
-    let added: Vec<&Held> = new
-        .held
-        .iter()
-        .filter(|held| !old_held.contains(&held.key))
-        .collect();
-    if !added.is_empty() {
-        let key = record_key(HELD_PREFIX, partition, seq);
-        writes.push((key, Some(encode_held(added.iter().copied()))));
-        for (at, held) in added.iter().enumerate() {
-            index.record_of.insert(held.key, Some((seq, at)));
+    let mut added = new.held.iter().filter(|held| !old_held.contains(&held.key));
+    let entries = pack(added.clone().map(held_entry));
+    for (part, (bytes, count)) in (0..).zip(entries) {
+        let id = (seq, part);
+        writes.push((record_key(HELD_PREFIX, partition, id), Some(bytes)));
+        for (at, held) in added.by_ref().take(count).enumerate() {
+            index.record_of.insert(held.key, Some((id, at)));
         }
-        index.records.insert(seq, HeldRecord::new(added.len()));
+        index.records.insert(id, HeldRecord::new(count));
     }
     index
 }
@@ -825,6 +856,7 @@ impl Store {
             .records
             .values()
             .flat_map(|records| records.held.records.keys().chain(records.credits.keys()))
+            .map(|(seq, _)| *seq)
             .max();
         if let Some(newest) = newest_record {
             self.next_seq = self.next_seq.max(newest + 1);
@@ -860,11 +892,11 @@ impl Store {
                 PartitionOrder::decode_meta(&value).ok_or_else(|| bad("the order of", &key))?;
             orders.insert(partition, order);
         }
-        let mut records: BTreeMap<(i32, u64), Vec<Held>> = BTreeMap::new();
+        let mut records: BTreeMap<(i32, RecordId), Vec<Held>> = BTreeMap::new();
         for item in self.db.scan_prefix(HELD_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
             let at = order_key_partition(&key)
-                .zip(record_key_seq(&key))
+                .zip(record_key_id(&key))
                 .ok_or_else(|| bad("held key", &key))?;
             let held = decode_held(&value).ok_or_else(|| bad("the held transfers", &key))?;
             let index = &mut loaded.records.entry(at.0).or_default().held;
@@ -873,22 +905,22 @@ impl Store {
         }
         for item in self.db.scan_prefix(DECIDED_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let (partition, seq) = order_key_partition(&key)
-                .zip(record_key_seq(&key))
+            let (partition, id) = order_key_partition(&key)
+                .zip(record_key_id(&key))
                 .ok_or_else(|| bad("decided key", &key))?;
             loaded
                 .records
                 .get_mut(&partition)
-                .and_then(|records| records.held.records.get_mut(&seq))
+                .and_then(|records| records.held.records.get_mut(&id))
                 .and_then(|record| record.mark_decided(&value))
                 .ok_or_else(|| bad("decided key", &key))?;
         }
-        for ((partition, seq), held) in records {
+        for ((partition, id), held) in records {
             let index = &mut loaded.records.entry(partition).or_default().held;
-            let decided = index.records[&seq].decided.clone();
+            let decided = index.records[&id].decided.clone();
             for (at, held) in held.into_iter().enumerate() {
                 if !decided[at] {
-                    index.record_of.insert(held.key, Some((seq, at)));
+                    index.record_of.insert(held.key, Some((id, at)));
                     orders.entry(partition).or_default().held.push(held);
                 }
             }
@@ -909,8 +941,8 @@ impl Store {
         // record was written, as the state that wrote it did.
         for item in self.db.scan_prefix(CREDIT_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let (partition, seq) = order_key_partition(&key)
-                .zip(record_key_seq(&key))
+            let (partition, id) = order_key_partition(&key)
+                .zip(record_key_id(&key))
                 .ok_or_else(|| bad("credits key", &key))?;
             let credits = decode_credits(&value).ok_or_else(|| bad("the credits", &key))?;
             let newest = credits.iter().map(|(_, key, _)| *key).max();
@@ -920,7 +952,7 @@ impl Store {
             }
             if let Some(newest) = newest {
                 let records = &mut loaded.records.entry(partition).or_default().credits;
-                records.insert(seq, newest);
+                records.insert(id, newest);
             }
         }
         for item in self.db.scan_prefix(LEGACY_RECENT_PREFIX) {
@@ -1765,11 +1797,11 @@ mod tests {
             &mut store,
             &keeping(0, &[(&alice, 1), (&alice, 2), (&bob, 3)]),
         );
-        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 0), true)]);
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, (0, 0)), true)]);
         // Batch 1 prunes the first two and keeps a fourth: a record of its
         // own; batch 0's stays, bob's credit in it is still needed.
         let changes = write(&mut store, &keeping(2, &[(&bob, 3), (&alice, 4)]));
-        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 1), true)]);
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, (1, 0)), true)]);
         drop(store);
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let kept = |store: &Store| store.order_state(0).recent.clone();
@@ -1780,7 +1812,7 @@ mod tests {
         );
         // Once bob's credit is pruned too, batch 0's record goes.
         let changes = write(&mut store, &keeping(3, &[(&alice, 4)]));
-        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, 0), false)]);
+        assert_eq!(changes, vec![(record_key(CREDIT_PREFIX, 0, (0, 0)), false)]);
 
         // bob's credits in the per-account JSON of earlier versions.
         let legacy = [LEGACY_RECENT_PREFIX, &0i32.to_be_bytes(), b"bob"].concat();
@@ -1799,7 +1831,7 @@ mod tests {
         assert_eq!(
             credit_changes(&report),
             vec![
-                (record_key(CREDIT_PREFIX, 0, 3), true),
+                (record_key(CREDIT_PREFIX, 0, (3, 0)), true),
                 (legacy.clone(), false)
             ]
         );
@@ -1811,7 +1843,7 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                (record_key(CREDIT_PREFIX, 0, 3), true),
+                (record_key(CREDIT_PREFIX, 0, (3, 0)), true),
                 (legacy.clone(), false)
             ]
         );
@@ -1883,8 +1915,8 @@ mod tests {
             changes.sort();
             changes
         };
-        let record = |seq| record_key(HELD_PREFIX, 0, seq);
-        let decided = |seq| record_key(DECIDED_PREFIX, 0, seq);
+        let record = |seq| record_key(HELD_PREFIX, 0, (seq, 0));
+        let decided = |seq| record_key(DECIDED_PREFIX, 0, (seq, 0));
 
         // Batch 0 holds three transfers: one record.
         let changes = write(&mut store, &holding(&[held(1), held(2), held(3)]));
@@ -1912,6 +1944,88 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(store.order_state(0).held, vec![held(4)]);
+    }
+
+    #[test]
+    fn a_batch_holding_thousands_writes_records_the_changelog_can_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let key = |n: u128| OrderKey {
+            at: time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(n as i64),
+            id: TransferId(uuid::Uuid::from_u128(n)),
+        };
+        let bob = AccountId::parse("bob").unwrap();
+        let held: Vec<Held> = (1..=5_000u128)
+            .map(|n| {
+                let transfer = ledger_core::domain::Transfer::new(
+                    TransferId(uuid::Uuid::from_u128(n)),
+                    AccountId::parse(&format!("acc-{n:06}")).unwrap(),
+                    bob.clone(),
+                    ledger_core::domain::Amount::from_minor(100).unwrap(),
+                    ledger_core::domain::Currency::EUR,
+                    key(n).at,
+                )
+                .unwrap();
+                Held {
+                    key: OrderKey::of(&transfer),
+                    transfer,
+                    offset: n as i64,
+                    since_ms: 0,
+                }
+            })
+            .collect();
+        let mut order = PartitionOrder {
+            floor: Some(key(5_000)),
+            held: held.clone(),
+            ..PartitionOrder::default()
+        };
+        // Credits after the first held transfer are kept, 20,000 of them.
+        for n in 0..20_000u128 {
+            let account = AccountId::parse(&format!("acc-{:06}", n % 5_000)).unwrap();
+            order.note_credit(&account, key(10_000 + n), Money(1));
+        }
+        let effects = BatchEffects {
+            orders: [(0, order.clone())].into_iter().collect(),
+            ..BatchEffects::default()
+        };
+        let report = store.write_batch(&effects).unwrap();
+        store.mark_committed();
+        let records = |prefix: &[u8]| -> Vec<usize> {
+            report
+                .changes
+                .iter()
+                .filter(|(key, _)| key.starts_with(prefix))
+                .map(|(_, value)| value.as_ref().unwrap().len())
+                .collect()
+        };
+        for prefix in [HELD_PREFIX, CREDIT_PREFIX] {
+            let sizes = records(prefix);
+            assert!(sizes.len() > 1, "{sizes:?}");
+            assert!(
+                sizes.iter().all(|size| *size <= RECORD_BYTES_MAX),
+                "{sizes:?}"
+            );
+        }
+        drop(store);
+        let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(*store.order_state(0), order);
+        // Every held transfer decided, every credit pruned: nothing is left.
+        let done = BatchEffects {
+            orders: [(
+                0,
+                PartitionOrder {
+                    floor: Some(key(40_000)),
+                    ..PartitionOrder::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..BatchEffects::default()
+        };
+        store.write_batch(&done).unwrap();
+        for prefix in [HELD_PREFIX, DECIDED_PREFIX, CREDIT_PREFIX] {
+            assert_eq!(store.db.scan_prefix(prefix).count(), 0);
+        }
     }
 
     #[test]
