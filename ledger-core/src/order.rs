@@ -80,11 +80,36 @@ pub struct Mark {
     pub open: BTreeMap<AccountId, OrderKey>,
 }
 
+/// The most bytes the marks one partition keeps may take together, stored
+/// (`q:` in the store, and so one changelog record): well under the 1 MB
+/// a broker accepts in one record by default. A mark is itself a record
+/// on `ledger-credits`.
+const MARKS_BYTES_MAX: usize = 512 * 1024;
+/// What one account of a mark's `open` takes at most, stored: a name of up
+/// to 64 characters and its order key, as JSON.
+const OPEN_ENTRY_BYTES_MAX: usize = 160;
+
 impl Mark {
     /// No credit to `account` ordered before `key` can still come from
     /// the partition this mark speaks for.
     pub fn passed(&self, account: &AccountId, key: OrderKey) -> bool {
         key <= self.floor && self.open.get(account).is_none_or(|open| key <= *open)
+    }
+
+    /// The same promise with at most `max` accounts open, so that a mark
+    /// stays small however many transfers are held. A weaker one: the
+    /// floor comes down to the first key left out, and the accounts open
+    /// at or after it go too (the floor now says as much for them). The
+    /// accounts left out wait longer for a proof; no decision changes.
+    fn limit(&mut self, max: usize) {
+        if self.open.len() <= max {
+            return;
+        }
+        let mut keys: Vec<OrderKey> = self.open.values().copied().collect();
+        keys.sort_unstable();
+        let floor = keys[max].min(self.floor);
+        self.floor = floor;
+        self.open.retain(|_, key| *key < floor);
     }
 }
 
@@ -158,18 +183,22 @@ impl PartitionOrder {
                 mark.open.entry(to.clone()).or_insert(held.key);
             }
         }
+        // A partition keeps one mark from each of the others.
+        let others = usize::try_from(partitions - 1).unwrap_or(0).max(1);
+        let open_max = MARKS_BYTES_MAX / OPEN_ENTRY_BYTES_MAX / others;
+        for mark in &mut marks {
+            mark.limit(open_max);
+        }
         Some(marks)
     }
 
     /// Takes a mark read on `ledger-credits`. A partition's marks arrive in
-    /// the order it wrote them, so the newest replaces the one before; its
-    /// floor never goes back.
+    /// the order it wrote them, so the newest replaces the one before, as
+    /// it is: a limited mark (see [`Mark::limit`]) may promise less than
+    /// the one before, and its floor with the earlier mark's open accounts
+    /// would promise what neither does.
     pub fn read_mark(&mut self, mark: Mark) {
-        let floor = match self.marks.get(&mark.partition) {
-            Some(before) => before.floor.max(mark.floor),
-            None => mark.floor,
-        };
-        self.marks.insert(mark.partition, Mark { floor, ..mark });
+        self.marks.insert(mark.partition, mark);
     }
 
     /// An idle partition's new floor: the newest floor any partition has
@@ -445,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn marks_only_move_forward_and_an_idle_floor_jumps_to_the_newest() {
+    fn the_newest_mark_replaces_and_an_idle_floor_jumps_to_the_newest() {
         let mut order = PartitionOrder::default();
         let key = |s| OrderKey::of(&transfer(1, s));
         let mark = |partition, floor| Mark {
@@ -455,9 +484,10 @@ mod tests {
         };
         order.read_mark(mark(0, 10));
         order.read_mark(mark(1, 20));
-        // A floor never goes back.
+        // The newest replaces the one before, even one that promises less.
         order.read_mark(mark(0, 8));
-        assert_eq!(order.marks[&0], mark(0, 10));
+        assert_eq!(order.marks[&0], mark(0, 8));
+        order.read_mark(mark(0, 10));
         // Not into the future of the shard's clock.
         let clock = key(15).at;
         assert!(order.jump(Some(clock), None));
@@ -500,6 +530,59 @@ mod tests {
         assert!(!marks[1].passed(&bob, floor));
         assert!(marks[1].passed(&alice, floor));
         assert!(!marks[1].passed(&alice, OrderKey::of(&transfer(1, 41))));
+    }
+
+    #[test]
+    fn a_mark_stays_small_and_true_however_many_transfers_are_held() {
+        let floor = OrderKey::of(&transfer(u128::MAX, 100_000));
+        let mut order = PartitionOrder {
+            floor: Some(floor),
+            ..PartitionOrder::default()
+        };
+        // 3,000 held transfers, each paying an account of its own.
+        for n in 0..3_000u128 {
+            let mut paying = transfer(n + 1, n as i64);
+            paying.to = AccountId::parse(&format!("acc-{n:04}")).unwrap();
+            order.held.push(Held {
+                key: OrderKey::of(&paying),
+                transfer: paying,
+                offset: n as i64,
+                since_ms: 0,
+            });
+        }
+        let marks = order.marks(0, 6, |_| 1).unwrap();
+        let mark = &marks[1];
+        let open_max = MARKS_BYTES_MAX / OPEN_ENTRY_BYTES_MAX / 5;
+        assert!(!mark.open.is_empty() && mark.open.len() <= open_max);
+        assert!(mark.floor < floor);
+        // Still true: no transfer ordered after a held one that pays its
+        // account passes, so the credit it may still send is waited for.
+        for held in &order.held {
+            let after = OrderKey {
+                at: held.key.at + Duration::nanoseconds(1),
+                id: held.key.id,
+            };
+            assert!(!mark.passed(&held.transfer.to, after), "{held:?}");
+        }
+        // Under the limit, a mark is as it was.
+        order.held.truncate(10);
+        let marks = order.marks(0, 6, |_| 1).unwrap();
+        assert_eq!((marks[1].floor, marks[1].open.len()), (floor, 10));
+        let stored = PartitionOrder {
+            marks: (1..6)
+                .map(|p| {
+                    (
+                        p,
+                        Mark {
+                            partition: p,
+                            ..mark.clone()
+                        },
+                    )
+                })
+                .collect(),
+            ..PartitionOrder::default()
+        };
+        assert!(stored.encode_meta().len() <= MARKS_BYTES_MAX);
     }
 
     #[test]
