@@ -642,17 +642,17 @@ pub fn key_partition(key: &[u8], partition_of: impl Fn(&AccountId) -> i32) -> Op
 /// record still kept that were pruned are left out when it is read back.
 /// Returns the partition's records after the batch.
 fn order_writes(
-    partition: i32,
-    old: &PartitionOrder,
-    new: &PartitionOrder,
-    (seq, index): (u64, &PartitionRecords),
-    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    change: &OrderChange<'_>,
+    index: &PartitionRecords,
+    writes: &mut Writes,
 ) -> PartitionRecords {
+    let (partition, old, new) = (change.partition, change.old, change.new);
+    let seq = change.seq;
     writes.push((order_key(partition), Some(new.encode_meta())));
-    let held = held_writes(partition, old, new, (seq, &index.held), writes);
+    let held = held_writes(change, &index.held, writes);
     let mut records = index.credits.clone();
     let added = credits_added(&new.recent, &old.recent);
-    let mut added = added.iter().peekable();
+    let mut added = added.iter();
     let entries = pack(
         added
             .clone()
@@ -679,18 +679,26 @@ fn order_writes(
     }
 }
 
+/// A batch's sled writes: key, new value (`None`: remove).
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// One partition's order state before and after the batch `seq`.
+#[derive(Clone, Copy)]
+struct OrderChange<'a> {
+    partition: i32,
+    old: &'a PartitionOrder,
+    new: &'a PartitionOrder,
+    seq: u64,
+}
+
 /// The held transfers' part of [`order_writes`]: the transfers a batch
 /// holds go in one record, written once; as they are decided, the
 /// record's `d:` key says which (a bit each, where rewriting the record
 /// would write every transfer still held in it again); the last one
 /// decided removes both.
-fn held_writes(
-    partition: i32,
-    old: &PartitionOrder,
-    new: &PartitionOrder,
-    (seq, index): (u64, &HeldIndex),
-    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> HeldIndex {
+fn held_writes(change: &OrderChange<'_>, index: &HeldIndex, writes: &mut Writes) -> HeldIndex {
+    let (partition, old, new) = (change.partition, change.old, change.new);
+    let seq = change.seq;
     let mut index = index.clone();
     let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
     let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
@@ -1134,7 +1142,13 @@ impl Store {
                 old.to_mut().recent.clear();
             }
             let records = self.records.get(partition).unwrap_or(&none);
-            let records = order_writes(*partition, &old, order, (seq, records), &mut writes);
+            let change = OrderChange {
+                partition: *partition,
+                old: &old,
+                new: order,
+                seq,
+            };
+            let records = order_writes(&change, records, &mut writes);
             records_after.insert(*partition, records);
         }
         let offsets_before = self.offsets.clone();
@@ -1705,6 +1719,25 @@ fn decode_pending(bytes: &[u8]) -> Option<Pending> {
 mod tests {
     use super::*;
 
+    /// Transfer `n` from `from` to bob, created `at`, held at offset `n`.
+    fn held_transfer(n: u128, from: &str, at: time::OffsetDateTime) -> Held {
+        let transfer = ledger_core::domain::Transfer::new(
+            TransferId(uuid::Uuid::from_u128(n)),
+            AccountId::parse(from).unwrap(),
+            AccountId::parse("bob").unwrap(),
+            ledger_core::domain::Amount::from_minor(100).unwrap(),
+            ledger_core::domain::Currency::EUR,
+            at,
+        )
+        .unwrap();
+        Held {
+            key: OrderKey::of(&transfer),
+            transfer,
+            offset: n as i64,
+            since_ms: 0,
+        }
+    }
+
     #[test]
     fn the_balance_cache_stays_within_its_bound_and_misses_read_sled() {
         let dir = tempfile::tempdir().unwrap();
@@ -1860,21 +1893,7 @@ mod tests {
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let held = |n: u128| {
             let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(n as i64);
-            let transfer = ledger_core::domain::Transfer::new(
-                TransferId(uuid::Uuid::from_u128(n)),
-                AccountId::parse("alice").unwrap(),
-                AccountId::parse("bob").unwrap(),
-                ledger_core::domain::Amount::from_minor(100).unwrap(),
-                ledger_core::domain::Currency::EUR,
-                at,
-            )
-            .unwrap();
-            Held {
-                key: OrderKey::of(&transfer),
-                transfer,
-                offset: n as i64,
-                since_ms: 0,
-            }
+            held_transfer(n, "alice", at)
         };
         let holding = |held: &[Held]| BatchEffects {
             orders: [(
@@ -1954,25 +1973,8 @@ mod tests {
             at: time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(n as i64),
             id: TransferId(uuid::Uuid::from_u128(n)),
         };
-        let bob = AccountId::parse("bob").unwrap();
         let held: Vec<Held> = (1..=5_000u128)
-            .map(|n| {
-                let transfer = ledger_core::domain::Transfer::new(
-                    TransferId(uuid::Uuid::from_u128(n)),
-                    AccountId::parse(&format!("acc-{n:06}")).unwrap(),
-                    bob.clone(),
-                    ledger_core::domain::Amount::from_minor(100).unwrap(),
-                    ledger_core::domain::Currency::EUR,
-                    key(n).at,
-                )
-                .unwrap();
-                Held {
-                    key: OrderKey::of(&transfer),
-                    transfer,
-                    offset: n as i64,
-                    since_ms: 0,
-                }
-            })
+            .map(|n| held_transfer(n, &format!("acc-{n:06}"), key(n).at))
             .collect();
         let mut order = PartitionOrder {
             floor: Some(key(5_000)),
