@@ -1169,11 +1169,11 @@ impl Shard {
 
     /// Acts on a rebalance (group assignment). The loop acts on one only
     /// between transactions, so the last batch is committed, or aborted and
-    /// undone: its pending record is history. Partitions given away are dropped from
-    /// sled; partitions taken whose state in sled is not the committed one
-    /// (new here, or changed by another shard since) are restored from the
-    /// changelog; then sled's offsets equal the group's for every owned
-    /// partition, as at any start. Queries answer 503 meanwhile. A shard of
+    /// undone: its pending record is history. Partitions given away are
+    /// dropped from sled; partitions taken whose state in sled is not the
+    /// committed one (new here, or changed by another shard since) are
+    /// restored from the changelog; then sled's offsets equal the group's
+    /// for every owned partition, as at any start. Queries answer 503 meanwhile. A shard of
     /// an older generation cannot commit: the group metadata the
     /// transactions send is this generation's (KIP-447).
     fn regroup(&mut self, change: GroupChange) -> Result<(), Error> {
@@ -1335,7 +1335,6 @@ fn refuse_first_funded(effects: &mut BatchEffects) {
     }
 }
 
-/// The shard's clock for held transfers, ms since the epoch.
 /// A polled message as the batch keeps it; an error is logged, and ends
 /// the loop only when fatal.
 fn take(
@@ -1376,6 +1375,7 @@ fn take(
     }
 }
 
+/// The shard's clock for held transfers, ms since the epoch.
 fn now_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -319,8 +319,8 @@ impl PartitionOrder {
     }
 
     /// Reads the per-account form in which earlier versions stored an
-    /// account's recent credits (JSON); the store now keeps one key per
-    /// credit and reads this only to move such keys to that form.
+    /// account's recent credits (JSON); the store now keeps them in
+    /// records per batch and reads this only to move such keys there.
     pub fn decode_legacy_recent(bytes: &[u8]) -> Option<Vec<(OrderKey, Money)>> {
         let credits: Vec<(KeyWire, i128)> = serde_json::from_slice(bytes).ok()?;
         credits
