@@ -382,16 +382,12 @@ mod tests {
     use super::*;
 
     fn scan_text(text: &str) -> Facts {
-        let dir = std::env::temp_dir().join(format!("deploy-check-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!(
-            "{:x}.rs",
-            text.len() * 7919 + text.as_bytes()[0] as usize
-        ));
+        // Removed with the directory when `dir` drops, so that test runs
+        // leave nothing behind.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scanned.rs");
         fs::write(&file, text).unwrap();
-        let facts = scan(std::slice::from_ref(&file)).unwrap();
-        let _ = fs::remove_file(&file);
-        facts
+        scan(std::slice::from_ref(&file)).unwrap()
     }
 
     #[test]
