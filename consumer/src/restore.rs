@@ -19,11 +19,12 @@
 //! after the ledger, records lost to a retention setting) is refused, not
 //! served.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ledger::kafka::{self, EofReader, EofReaderContext};
 use ledger::store::Restore;
+use ledger_core::hash::HashMap;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -79,7 +80,7 @@ pub fn restore(
         .assign(&assignment)
         .map_err(kafka_error("assigning the changelog"))?;
 
-    let mut window: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    let mut window: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::default();
     let mut read = 0u64;
     let mut at_end = BTreeSet::new();
     let mut last_progress = Instant::now();

@@ -6,6 +6,7 @@
 //!   verdict per check out.
 //! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
 //!   transfers, credits, outcomes).
+//! - [`hash`]: the hash maps of the per-record paths (foldhash).
 //! - [`wire`]: the JSON messages on the topics, decoded strictly.
 //! - [`machine`]: the pure ledger state machine (batch in, effects out).
 //! - [`order`]: the ledger's order: which credits a decision counts, held
@@ -19,6 +20,7 @@
 
 pub mod audit;
 pub mod domain;
+pub mod hash;
 pub mod machine;
 pub mod order;
 pub mod recovery;

@@ -6,7 +6,7 @@
 //! after an aborted transaction and get exactly the records it would have
 //! written the first time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     AccountId, Credit, Currency, Decision, Money, OutcomeKind, RejectReason, Transfer, TransferId,
 };
+use crate::hash::{HashMap, HashSet};
 use crate::order::{Held, Mark, OrderKey, PartitionOrder};
 use crate::routing;
 use crate::wire::{self, CreditsRecord, DecodeError, Outcome};
@@ -295,9 +296,9 @@ pub fn process_batch_at(
         view,
         rules,
         tick,
-        balances: HashMap::new(),
-        decided_here: HashMap::new(),
-        credited_here: HashMap::new(),
+        balances: HashMap::default(),
+        decided_here: HashMap::default(),
+        credited_here: HashMap::default(),
         orders: BTreeMap::new(),
         effects: BatchEffects::default(),
     };
@@ -457,7 +458,7 @@ impl<V: LedgerView> Batch<'_, V> {
         self.orders.entry(partition).or_insert_with(|| {
             let state = view.order(partition);
             let (held_accounts, held_ids) = state.held_index();
-            let mut open = HashMap::new();
+            let mut open = HashMap::default();
             for held in &state.held {
                 open.entry(held.transfer.to.clone()).or_insert(held.key);
             }
@@ -618,8 +619,8 @@ impl<V: LedgerView> Batch<'_, V> {
         }
         waiting.sort_unstable();
         // Accounts belong to one partition each: one set serves them all.
-        let mut blocked: HashSet<AccountId> = HashSet::new();
-        let mut released: HashSet<(i32, usize)> = HashSet::new();
+        let mut blocked: HashSet<AccountId> = HashSet::default();
+        let mut released: HashSet<(i32, usize)> = HashSet::default();
         for (_, partition, index) in waiting {
             let held = self.order(partition).state.held[index].clone();
             if blocked.contains(&held.transfer.from) {

@@ -30,12 +30,13 @@
 //! moves its floor up to the newest floor it has seen (an idle jump), so
 //! a quiet partition does not hold the others back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::domain::{AccountId, Money, Transfer, TransferId};
+use crate::hash::HashSet;
 use crate::wire::{self, format_timestamp, parse_timestamp};
 
 /// A transfer's place in the ledger's order.

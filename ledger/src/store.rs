@@ -34,7 +34,7 @@
 //! store from them.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use sled::IVec;
 
 use ledger_core::domain::{AccountId, Decision, Money, RejectReason, TransferId};
+use ledger_core::hash::{HashMap, HashSet};
 use ledger_core::machine::{BatchEffects, InputPartition, LedgerView, Offsets, Source};
 use ledger_core::order::{Held, OrderKey, PartitionOrder};
 
@@ -257,8 +258,8 @@ impl BalanceCache {
     fn new(capacity: usize) -> Self {
         BalanceCache {
             generation: (capacity / 2).max(1),
-            recent: HashMap::new(),
-            older: HashMap::new(),
+            recent: HashMap::default(),
+            older: HashMap::default(),
         }
     }
 
@@ -799,9 +800,9 @@ impl Store {
             shared: Arc::new(Shared::default()),
             balances: BalanceCache::new(BALANCE_CACHE_CAPACITY),
             offsets: Offsets::new(),
-            orders: HashMap::new(),
-            records: HashMap::new(),
-            legacy_recent: HashSet::new(),
+            orders: HashMap::default(),
+            records: HashMap::default(),
+            legacy_recent: HashSet::default(),
             pending: None,
             next_seq: 0,
             evicted: Vec::new(),
@@ -891,7 +892,7 @@ impl Store {
     /// key order, recent credits.
     fn load_orders(&self) -> Result<LoadedOrders, StoreError> {
         let mut loaded = LoadedOrders::default();
-        let mut orders = HashMap::<i32, PartitionOrder>::new();
+        let mut orders = HashMap::<i32, PartitionOrder>::default();
         let bad = |what: &str, key: &[u8]| self.corrupt(format!("{what} {key:?} does not decode"));
         for item in self.db.scan_prefix(ORDER_PREFIX) {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
@@ -1126,7 +1127,7 @@ impl Store {
         }
         let unchanged = PartitionOrder::default();
         let none = PartitionRecords::default();
-        let mut records_after = HashMap::new();
+        let mut records_after = HashMap::default();
         for (partition, order) in &effects.orders {
             let mut old = Cow::Borrowed(self.orders.get(partition).unwrap_or(&unchanged));
             if self.legacy_recent.contains(partition) {
