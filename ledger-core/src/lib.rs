@@ -23,6 +23,7 @@ pub mod domain;
 pub mod hash;
 pub mod machine;
 pub mod order;
+mod plain_json;
 pub mod recovery;
 pub mod replay;
 pub mod routing;

@@ -16,6 +16,7 @@ use crate::domain::{
     TransferId,
 };
 use crate::order::{Mark, OrderKey};
+use crate::plain_json;
 
 /// Transfers, keyed by source account.
 pub const TOPIC_TRANSFERS: &str = "transactions";
@@ -128,9 +129,19 @@ pub fn decode_transfer(bytes: &[u8]) -> Result<Transfer, DecodeError> {
             format!("message of {} bytes exceeds {MESSAGE_LEN_MAX}", bytes.len()),
         ));
     }
-    let raw: RawTransfer = match serde_json::from_slice(bytes) {
-        Ok(raw) => raw,
-        Err(error) => return Err(explain_bad_transfer(bytes, &error)),
+    let raw = match plain_json::string_fields(bytes, &TRANSFER_FIELDS) {
+        Some([id, from, to, amount, currency, created_at]) => RawTransfer {
+            id: Cow::Borrowed(id),
+            from: Cow::Borrowed(from),
+            to: Cow::Borrowed(to),
+            amount: Cow::Borrowed(amount),
+            currency: Cow::Borrowed(currency),
+            created_at: Cow::Borrowed(created_at),
+        },
+        None => match serde_json::from_slice(bytes) {
+            Ok(raw) => raw,
+            Err(error) => return Err(explain_bad_transfer(bytes, &error)),
+        },
     };
     let id = parse_id(&raw.id)?;
     let attributed = |error: DecodeError| DecodeError {
