@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -81,9 +82,13 @@ impl fmt::Display for AmountProblem {
 }
 
 /// An account identifier, e.g. `acc-000042` or `world`.
+///
+/// Kept inline up to 24 bytes: every record names two accounts, and a batch
+/// copies them into its balances, credits, held transfers and outcomes; as
+/// `String`s, each copy was an allocation and a free.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct AccountId(String);
+pub struct AccountId(CompactString);
 
 impl AccountId {
     pub fn parse(text: &str) -> Result<Self, DomainError> {
@@ -93,14 +98,14 @@ impl AccountId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
         if valid {
-            Ok(AccountId(text.to_owned()))
+            Ok(AccountId(CompactString::from(text)))
         } else {
             Err(DomainError::Account(text.to_owned()))
         }
     }
 
     pub fn world() -> Self {
-        AccountId(WORLD.to_owned())
+        AccountId(CompactString::const_new(WORLD))
     }
 
     pub fn is_world(&self) -> bool {
@@ -121,7 +126,7 @@ impl TryFrom<String> for AccountId {
 
 impl From<AccountId> for String {
     fn from(id: AccountId) -> String {
-        id.0
+        id.0.into()
     }
 }
 
@@ -376,7 +381,7 @@ impl Transfer {
         created_at: OffsetDateTime,
     ) -> Result<Self, DomainError> {
         if from == to {
-            return Err(DomainError::SameAccount(from.0));
+            return Err(DomainError::SameAccount(from.0.into()));
         }
         Ok(Transfer {
             id,
