@@ -508,6 +508,10 @@ pub fn decode_credits_record(bytes: &[u8]) -> Result<CreditsRecord, DecodeError>
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     const ID: &str = "6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b";
@@ -748,5 +752,122 @@ mod tests {
             decode_outcome(br#"{"transfer_id":null,"status":"odd","partition":0,"offset":0}"#)
                 .is_err()
         );
+    }
+
+    /// What serde_json makes of a transfer message: the fast path's check.
+    fn by_serde(bytes: &[u8]) -> Option<[String; 6]> {
+        let raw: RawTransfer = serde_json::from_slice(bytes).ok()?;
+        Some(
+            [
+                raw.id,
+                raw.from,
+                raw.to,
+                raw.amount,
+                raw.currency,
+                raw.created_at,
+            ]
+            .map(String::from),
+        )
+    }
+
+    /// A token of a message: mostly well-formed pieces, sometimes not.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z0-9. -]{0,6}".prop_map(|s| format!("{s:?}")),
+            1 => Just(r#""a\"b""#.to_owned()),
+            1 => Just(r#""\u0069d""#.to_owned()),
+            1 => Just("12".to_owned()),
+            1 => Just("null".to_owned()),
+            1 => Just("\"é\"".to_owned()),
+            1 => Just("\"\t\"".to_owned()),
+        ]
+    }
+
+    /// Changes that may make a message something else than the plain form.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Value(usize, String),
+        Key(usize, String),
+        Repeat(usize),
+        Drop(usize),
+        Add(String, String),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..6usize, piece()).prop_map(|(i, v)| Change::Value(i, v)),
+            (0..6usize, piece()).prop_map(|(i, k)| Change::Key(i, k)),
+            (0..6usize).prop_map(Change::Repeat),
+            (0..6usize).prop_map(Change::Drop),
+            (piece(), piece()).prop_map(|(k, v)| Change::Add(k, v)),
+        ]
+    }
+
+    /// A plain transfer object in any field order, with up to two changes, any
+    /// whitespace, and sometimes something after it.
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        let space = prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n"]);
+        (
+            Just(TRANSFER_FIELDS.to_vec()).prop_shuffle(),
+            prop::collection::vec("[a-z0-9. -]{0,6}", 6),
+            prop::collection::vec(change(), 0..3),
+            prop::collection::vec(space.clone(), 4),
+            prop::sample::select(vec!["", "", "", ",", "}", " x", "{"]),
+        )
+            .prop_map(|(order, values, changes, spaces, tail)| {
+                let mut fields: Vec<(String, String)> = order
+                    .iter()
+                    .zip(&values)
+                    .map(|(name, value)| (format!("{name:?}"), format!("{value:?}")))
+                    .collect();
+                for change in changes {
+                    let n = fields.len();
+                    match change {
+                        Change::Value(i, v) if i < n => fields[i].1 = v,
+                        Change::Key(i, k) if i < n => fields[i].0 = k,
+                        Change::Repeat(i) if i < n => fields.push(fields[i].clone()),
+                        Change::Drop(i) if i < n => {
+                            fields.remove(i);
+                        }
+                        Change::Add(k, v) => fields.push((k, v)),
+                        _ => {}
+                    }
+                }
+                let [a, b, c, d] = [spaces[0], spaces[1], spaces[2], spaces[3]];
+                let body: Vec<String> = fields
+                    .iter()
+                    .map(|(key, value)| format!("{a}{key}{b}:{c}{value}{d}"))
+                    .collect();
+                format!("{d}{{{}}}{a}{tail}", body.join(",")).into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_plain_json_reader_answers_only_where_serde_reads_the_same(bytes in message()) {
+            if let Some(read) = plain_json::string_fields(&bytes, &TRANSFER_FIELDS) {
+                let expected = by_serde(&bytes);
+                prop_assert_eq!(Some(read.map(str::to_owned)), expected);
+            }
+        }
+
+        #[test]
+        fn the_plain_json_reader_takes_every_plain_transfer_object(
+            values in prop::collection::vec("[a-zA-Z0-9:._-]{0,12}", 6),
+            order in Just(TRANSFER_FIELDS.to_vec()).prop_shuffle(),
+        ) {
+            let object: BTreeMap<&str, &str> = TRANSFER_FIELDS
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            let body: Vec<String> = order
+                .iter()
+                .map(|name| format!("{name:?}:{:?}", object[name]))
+                .collect();
+            let bytes = format!("{{{}}}", body.join(",")).into_bytes();
+            let read = plain_json::string_fields(&bytes, &TRANSFER_FIELDS);
+            prop_assert_eq!(read.map(|r| r.map(str::to_owned)), by_serde(&bytes));
+        }
     }
 }
