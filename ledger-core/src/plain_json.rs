@@ -1,6 +1,6 @@
 //! A shortcut past serde_json for the form nearly every message has: one
-//! JSON object whose values are all plain strings (no escapes), each of a
-//! known set of fields exactly once.
+//! JSON object whose values are plain strings (no escapes) or booleans,
+//! each of a known set of fields at most once.
 //!
 //! Decoding a transfer through serde_json's generic path took about 4,000
 //! instructions, half of the state machine's work on the durable core
@@ -9,16 +9,25 @@
 //! not recognise (an escape, a number, a nested value, a field missing,
 //! repeated or unknown, malformed JSON) returns `None`, and the caller then
 //! asks serde_json, which accepts or refuses it and says why. Where it does
-//! answer, serde_json would have read the same strings; the property tests
-//! of `wire` hold it to that on generated transfers of every shape.
+//! answer, serde_json would have read the same values; the property tests
+//! of `wire` hold it to that on generated transfers and credits of every
+//! shape.
+
+/// A field's value in the plain form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Value<'a> {
+    Str(&'a str),
+    Bool(bool),
+}
 
 /// The values of `names`, in that order, when `bytes` is an object of
-/// exactly those fields, each a string without escapes or control
-/// characters, with any JSON whitespace between tokens.
-pub(crate) fn string_fields<'a, const N: usize>(
+/// those fields and no other, each at most once, each a string without
+/// escapes or control characters or `true` or `false`, with any JSON
+/// whitespace between tokens. A field absent from the object is `None`.
+pub(crate) fn fields<'a, const N: usize>(
     bytes: &'a [u8],
     names: &[&str; N],
-) -> Option<[&'a str; N]> {
+) -> Option<[Option<Value<'a>>; N]> {
     // Validating the whole message at once is cheap for ASCII, and makes
     // every slice taken below a valid `str`.
     let text = std::str::from_utf8(bytes).ok()?;
@@ -26,12 +35,12 @@ pub(crate) fn string_fields<'a, const N: usize>(
         bytes: text.as_bytes(),
         at: 0,
     };
-    let mut values: [Option<&'a str>; N] = [None; N];
+    let mut values: [Option<Value<'a>>; N] = [None; N];
     reader.expect(b'{')?;
     for seen in 0.. {
         let key = reader.string(text)?;
         reader.expect(b':')?;
-        let value = reader.string(text)?;
+        let value = reader.value(text)?;
         // Writers mostly keep one order: the name in this place is tried
         // first, which saves comparing the key with every other name.
         let index = match names.get(seen) {
@@ -48,12 +57,21 @@ pub(crate) fn string_fields<'a, const N: usize>(
         }
     }
     reader.skip_whitespace();
-    if reader.at != reader.bytes.len() {
-        return None;
-    }
+    (reader.at == reader.bytes.len()).then_some(values)
+}
+
+/// [`fields`] when every one of `names` is there, as a string.
+pub(crate) fn string_fields<'a, const N: usize>(
+    bytes: &'a [u8],
+    names: &[&str; N],
+) -> Option<[&'a str; N]> {
+    let values = fields(bytes, names)?;
     let mut out = [""; N];
     for (slot, value) in out.iter_mut().zip(values) {
-        *slot = value?;
+        let Some(Value::Str(text)) = value else {
+            return None;
+        };
+        *slot = text;
     }
     Some(out)
 }
@@ -80,6 +98,25 @@ impl Reader<'_> {
 
     fn expect(&mut self, byte: u8) -> Option<()> {
         (self.token()? == byte).then_some(())
+    }
+
+    /// A string as in [`Reader::string`], or `true` or `false`.
+    fn value<'t>(&mut self, text: &'t str) -> Option<Value<'t>> {
+        self.skip_whitespace();
+        let literal = |word: &str, value: bool| {
+            self.bytes[self.at..]
+                .starts_with(word.as_bytes())
+                .then_some((word.len(), Value::Bool(value)))
+        };
+        let bool_value = match self.bytes.get(self.at)? {
+            b'"' => return self.string(text).map(Value::Str),
+            b't' => literal("true", true),
+            b'f' => literal("false", false),
+            _ => None,
+        };
+        let (len, value) = bool_value?;
+        self.at += len;
+        Some(value)
     }
 
     /// A string token without escapes or control characters, as a slice of
