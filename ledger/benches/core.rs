@@ -5,8 +5,12 @@
 //! reads them back, so accounts get funded and transfers between them are
 //! applied, as in a shard.
 //!
+//! Then the decoding of the same messages (`wire`), against a generic
+//! parse of each transfer into a `serde_json::Value`.
+//!
 //! `cargo bench -p ledger --bench core`
 
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -148,5 +152,46 @@ fn core(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, core);
+/// Decoding one batch's messages as the machine does, with a generic
+/// parse of the same transfers into a `serde_json::Value` as the baseline:
+/// what reading any JSON at all costs.
+fn wire_decoding(c: &mut Criterion) {
+    let mut stream = Stream::new();
+    let transfers = stream.transfers();
+    let effects = process_batch(
+        &MemoryLedger::default(),
+        &Rules::new(PARTITIONS),
+        &inputs(&transfers),
+    )
+    .expect("a batch of transfers refuses nothing");
+    let credits = stream.credit_loop.credits(&effects);
+
+    let mut group = c.benchmark_group("wire");
+    group.throughput(Throughput::Elements(transfers.len() as u64));
+    group.bench_function("serde_json_value_of_each_transfer", |b| {
+        b.iter(|| {
+            for (_, _, bytes) in &transfers {
+                black_box(serde_json::from_slice::<serde_json::Value>(bytes).unwrap());
+            }
+        })
+    });
+    group.bench_function("decode_transfer", |b| {
+        b.iter(|| {
+            for (_, _, bytes) in &transfers {
+                black_box(wire::decode_transfer(bytes).unwrap());
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(credits.len() as u64));
+    group.bench_function("decode_credits_record", |b| {
+        b.iter(|| {
+            for (_, _, bytes) in &credits {
+                black_box(wire::decode_credits_record(bytes).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, core, wire_decoding);
 criterion_main!(benches);
