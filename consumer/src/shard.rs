@@ -1173,9 +1173,9 @@ impl Shard {
     /// dropped from sled; partitions taken whose state in sled is not the
     /// committed one (new here, or changed by another shard since) are
     /// restored from the changelog; then sled's offsets equal the group's
-    /// for every owned partition, as at any start. Queries answer 503 meanwhile. A shard of
-    /// an older generation cannot commit: the group metadata the
-    /// transactions send is this generation's (KIP-447).
+    /// for every owned partition, as at any start. Queries answer 503
+    /// meanwhile. A shard of an older generation cannot commit: the group
+    /// metadata the transactions send is this generation's (KIP-447).
     fn regroup(&mut self, change: GroupChange) -> Result<(), Error> {
         self.shared.ready.store(false, Ordering::Release);
         measure::ready(false);

@@ -647,8 +647,12 @@ fn order_writes(
     index: &PartitionRecords,
     writes: &mut Writes,
 ) -> PartitionRecords {
-    let (partition, old, new) = (change.partition, change.old, change.new);
-    let seq = change.seq;
+    let OrderChange {
+        partition,
+        old,
+        new,
+        seq,
+    } = *change;
     writes.push((order_key(partition), Some(new.encode_meta())));
     let held = held_writes(change, &index.held, writes);
     let mut records = index.credits.clone();
@@ -698,8 +702,12 @@ struct OrderChange<'a> {
 /// would write every transfer still held in it again); the last one
 /// decided removes both.
 fn held_writes(change: &OrderChange<'_>, index: &HeldIndex, writes: &mut Writes) -> HeldIndex {
-    let (partition, old, new) = (change.partition, change.old, change.new);
-    let seq = change.seq;
+    let OrderChange {
+        partition,
+        old,
+        new,
+        seq,
+    } = *change;
     let mut index = index.clone();
     let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
     let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
