@@ -210,6 +210,22 @@ pub struct Config {
     )]
     pub transaction_timeout_ms: u64,
 
+    /// The timeout of each transactional call (begin, send offsets, commit,
+    /// abort, flush), in milliseconds. librdkafka can block in some of them
+    /// past their timeout; the shard cuts such a call off 2 s later and
+    /// exits with status 75 for its supervisor to restart it (recovery makes
+    /// that safe). Capped at --transaction-timeout-ms; keep it at most a third
+    /// of --hold-max-ms, so that a call cut off and a restart end before
+    /// other shards' held transfers expire.
+    #[arg(
+        long,
+        env = names::TXLEDGER_CALL_TIMEOUT_MS,
+        default_value_t = kafka::CALL_TIMEOUT_DEFAULT_MS,
+        value_parser = clap::value_parser!(u64)
+            .range(kafka::CALL_TIMEOUT_MS_MIN..=kafka::CALL_TIMEOUT_MS_MAX)
+    )]
+    pub call_timeout_ms: u64,
+
     /// The ledger's one currency; transfers in any other are rejected.
     #[arg(long, env = names::TXLEDGER_CURRENCY, default_value = "EUR")]
     pub currency: Currency,
@@ -266,6 +282,9 @@ pub(crate) struct Settings {
     pub batch_records: usize,
     pub batch_time: Duration,
     pub transaction_timeout: Duration,
+    /// Given to each transactional call; the watchdog cuts it off
+    /// `kafka::CALL_CUTOFF_GRACE` later.
+    pub call_timeout: Duration,
     pub rules: Rules,
     pub store: StoreOptions,
     pub faults: Faults,
@@ -349,6 +368,10 @@ impl Settings {
             batch_records: config.batch_records as usize,
             batch_time: Duration::from_millis(config.batch_ms),
             transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),
+            // A call cannot outlast the transaction it belongs to.
+            call_timeout: Duration::from_millis(
+                config.call_timeout_ms.min(config.transaction_timeout_ms),
+            ),
             rules: Rules {
                 currency: config.currency,
                 partitions: config.partitions,

@@ -15,6 +15,10 @@
 //!   shard does that a
 //!   long pause or a partition cuts off from the group (a zombie), while its
 //!   transaction stays open.
+//! - `TXLEDGER_HANG_IN=<call>` (and `TXLEDGER_HANG_AFTER_BATCHES=B`, default
+//!   1): that transactional call of the B-th non-empty batch or the first
+//!   after it never returns, as librdkafka's can (`ledger::watchdog`); the
+//!   call is `send_offsets_to_transaction` or `commit_transaction`.
 //! - `TXLEDGER_MUTANT=skip_seek_back|skip_undo|commit_before_sled_write`: break the
 //!   protocol on purpose, so that the audit can prove it notices.
 
@@ -79,6 +83,12 @@ pub const ENV_MUTANT: &str = "TXLEDGER_MUTANT";
 pub const ENV_STALL_AT: &str = "TXLEDGER_STALL_AT";
 pub const ENV_STALL_MS: &str = "TXLEDGER_STALL_MS";
 pub const ENV_STALL_AFTER_BATCHES: &str = "TXLEDGER_STALL_AFTER_BATCHES";
+pub const ENV_HANG_IN: &str = "TXLEDGER_HANG_IN";
+pub const ENV_HANG_AFTER_BATCHES: &str = "TXLEDGER_HANG_AFTER_BATCHES";
+
+/// The calls `TXLEDGER_HANG_IN` can make hang: the two of a batch's
+/// transaction that librdkafka has been seen to block in.
+pub const HANGING_CALLS: [&str; 2] = ["send_offsets_to_transaction", "commit_transaction"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -90,6 +100,9 @@ pub struct Faults {
     /// Sleep this long at this step of the first non-empty batch numbered
     /// at least this.
     pub stall_at: Option<(Step, std::time::Duration, u64)>,
+    /// This call of the first non-empty batch numbered at least this never
+    /// returns.
+    pub hang_in: Option<(&'static str, u64)>,
 }
 
 impl Faults {
@@ -170,11 +183,28 @@ impl Faults {
                 ))
             }
         };
+        let hang_in = match lookup(ENV_HANG_IN) {
+            None => None,
+            Some(value) => Some((
+                HANGING_CALLS
+                    .into_iter()
+                    .find(|call| *call == value)
+                    .ok_or_else(|| {
+                        invalid(
+                            ENV_HANG_IN,
+                            value,
+                            "use send_offsets_to_transaction or commit_transaction",
+                        )
+                    })?,
+                batch_of(ENV_HANG_AFTER_BATCHES)?,
+            )),
+        };
         Ok(Faults {
             fail_at,
             abort_every,
             mutant,
             stall_at,
+            hang_in,
         })
     }
 
@@ -216,6 +246,24 @@ impl Faults {
                 batch
             );
             std::process::abort();
+        }
+    }
+
+    /// Never returns if `call` of batch number `batch` is the one to hang:
+    /// called inside the watchdog's bound, before the real call.
+    pub fn hang(&self, call: &str, batch: u64) {
+        if self
+            .hang_in
+            .is_some_and(|(at, nth)| at == call && batch >= nth)
+        {
+            tracing::warn!(
+                message = "Failure injection: this call never returns.",
+                call,
+                batch
+            );
+            loop {
+                std::thread::park();
+            }
         }
     }
 
@@ -268,8 +316,19 @@ mod tests {
                 1
             ))
         );
+        let hanging = faults(&[
+            (ENV_HANG_IN, "commit_transaction"),
+            (ENV_HANG_AFTER_BATCHES, "2"),
+        ])
+        .unwrap();
+        assert_eq!(hanging.hang_in, Some(("commit_transaction", 2)));
         for bad in [
             &[(ENV_FAIL_AT, "later")][..],
+            &[(ENV_HANG_IN, "poll")],
+            &[
+                (ENV_HANG_IN, "send_offsets_to_transaction"),
+                (ENV_HANG_AFTER_BATCHES, "0"),
+            ],
             &[(ENV_FAIL_AT, "after_poll"), (ENV_FAIL_AFTER_BATCHES, "0")],
             &[(ENV_ABORT_EVERY, "1")],
             &[(ENV_MUTANT, "chaos")],

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -38,11 +39,13 @@ pub(crate) struct AppState {
     /// ordinal may not exist (replicas scaled without one).
     pub name: Arc<str>,
     pub metrics: PrometheusHandle,
+    /// `/healthz` fails once the loop has shown no progress for this long.
+    pub stall_bound: Duration,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .route("/v1/accounts", get(top_accounts))
@@ -59,6 +62,24 @@ struct ApiError(StatusCode, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(ErrorView { error: self.1 })).into_response()
+    }
+}
+
+/// Liveness: 503 once the batch loop has shown no progress for longer
+/// than the bound, whatever holds it (a call blocked in librdkafka that no
+/// bound of ours covers, a deadlock), so that the platform restarts the
+/// shard. Healthy while it starts: recovery has bounds of its own.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.shared.beat.since() {
+        Some(since) if since > state.stall_bound => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: the batch loop has shown no progress for {} s (bound {} s)",
+                since.as_secs(),
+                state.stall_bound.as_secs()
+            ),
+        ),
+        _ => (StatusCode::OK, "ok".to_owned()),
     }
 }
 

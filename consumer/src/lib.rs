@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use ledger::kafka::{self, TopicError, TopicSpec};
 use ledger::store::StoreError;
+pub use ledger::watchdog::EXIT_STUCK;
 use rdkafka::error::KafkaError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -97,6 +98,22 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("the shard loop panicked (an invariant was violated; see the panic message)")]
     LoopPanicked,
+    #[error(
+        "the shard loop did not stop within {0:?} of the shutdown request: a call into \
+         librdkafka is blocked; exiting with the open batch left to recovery"
+    )]
+    StopTimedOut(Duration),
+}
+
+impl Error {
+    /// The process's exit status for this error: [`EXIT_STUCK`] where a
+    /// restart heals (a blocked call), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Error::StopTimedOut(_) => EXIT_STUCK,
+            _ => 1,
+        }
+    }
 }
 
 /// Binds `config.http_addr` and runs the shard until `shutdown` resolves
@@ -132,6 +149,7 @@ pub async fn serve(
         shared: Arc::clone(&shared),
         name: settings.transactional_id.as_str().into(),
         metrics: ledger::telemetry::metrics_handle(),
+        stall_bound: stall_bound(&settings),
     });
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -155,6 +173,13 @@ pub async fn serve(
     result.and(served)
 }
 
+/// How long the loop may show no progress before `/healthz` fails, and how
+/// long a stop may take: the transaction timeout, since an iteration that
+/// takes longer cannot commit its batch anyway (the broker aborts it).
+fn stall_bound(settings: &config::Settings) -> Duration {
+    settings.transaction_timeout
+}
+
 /// Topics, then the loop thread; returns its result.
 async fn drive(
     config: &Config,
@@ -163,6 +188,7 @@ async fn drive(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
+    let stop_bound = stall_bound(&settings);
     let mut topics = vec![
         TopicSpec {
             name: &settings.transfers_topic,
@@ -218,7 +244,12 @@ async fn drive(
         () = &mut shutdown => {
             info!(message = "Shutdown requested: finishing the open batch.");
             shared.stop.store(true, Ordering::Release);
-            finished.await
+            // Bounded: a loop blocked in librdkafka would never see the
+            // flag, and a shard that ignores SIGTERM is only ever killed.
+            match tokio::time::timeout(stop_bound, finished).await {
+                Ok(result) => result,
+                Err(_) => return Err(Error::StopTimedOut(stop_bound)),
+            }
         }
     };
     // The sender is dropped without a result only if the thread panicked.

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
                 message = "The shard stopped on an error.",
                 error = %ledger::telemetry::chain(error.as_ref()),
             );
-            ExitCode::FAILURE
+            match error.downcast_ref::<consumer::Error>() {
+                Some(error) => ExitCode::from(error.exit_status()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::info;
 
 use crate::config::Settings;
+use crate::shard::Beat;
 use crate::Error;
 
 /// Distinct keys held in memory before they go to sled (some 60 MB at
@@ -52,6 +53,7 @@ pub fn restore(
     settings: &Settings,
     topic: &str,
     partitions: &[i32],
+    beat: &Beat,
 ) -> Result<(), Error> {
     let started = Instant::now();
     let kafka_error = |step: &'static str| move |error| Error::Kafka { step, error };
@@ -88,6 +90,8 @@ pub fn restore(
     // Where the time goes, for the log: applying to sled, the rest reading.
     let mut writing = Duration::ZERO;
     while at_end.len() < partitions.len() {
+        // A long restore is progress, not a stuck loop (`/healthz`).
+        beat.now();
         match reader.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 last_progress = Instant::now();

@@ -9,7 +9,7 @@
 //! replaces it or an idle round clears it; recovery resolves it after a crash.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use ledger::kafka;
 use ledger::store::{self, Change, Stamp, Store, StoreError, StoreReader, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
+use ledger::watchdog::Watchdog;
 use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason, TransferId};
 use ledger_core::machine::{
     process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Offsets, Output,
@@ -33,7 +34,6 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -78,6 +78,40 @@ pub(crate) struct Shared {
     /// `/v1/stats` reports so that clients route by ownership, not by an
     /// ordinal: with group assignment each rebalance changes them.
     owned: Mutex<Vec<i32>>,
+    /// When the loop last showed progress, for `/healthz`.
+    pub beat: Beat,
+}
+
+/// When the shard's loop last completed an iteration (or, restoring
+/// partitions from the changelog, read some), as milliseconds since the
+/// process's first beat plus one; 0 before the loop has begun. An atomic,
+/// not a lock: the loop beats every iteration and restores on every read.
+#[derive(Debug, Default)]
+pub(crate) struct Beat(AtomicU64);
+
+impl Beat {
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    pub fn now(&self) {
+        let since = Beat::epoch().elapsed().as_millis();
+        self.0
+            .store(u64::try_from(since).unwrap_or(u64::MAX - 1) + 1, Ordering::Release);
+    }
+
+    /// How long ago the last beat was; `None` before the first.
+    pub fn since(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(
+                Beat::epoch()
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1)),
+            ),
+        }
+    }
 }
 
 impl Shared {
@@ -239,6 +273,9 @@ pub(crate) fn run(settings: Settings, shared: Arc<Shared>) -> Result<(), Error> 
 struct Shard {
     settings: Settings,
     shared: Arc<Shared>,
+    /// Cuts off a transactional call that overruns its bound (see
+    /// `ledger::watchdog`): the process exits for a restart.
+    watchdog: Watchdog,
     store: Store,
     consumer: BaseConsumer<KafkaContext>,
     producer: BaseProducer<KafkaContext>,
@@ -284,7 +321,8 @@ impl Shard {
             offsets = %recovery::show(store.offsets()),
             pending = store.pending().is_some(),
         );
-        let Some(producer) = fenced_producer(&settings, &shared)? else {
+        let watchdog = Watchdog::exiting(&settings.transactional_id).map_err(Error::Thread)?;
+        let Some(producer) = fenced_producer(&settings, &shared, &watchdog)? else {
             return Ok(None);
         };
         let consumer = shard_consumer(&settings)?;
@@ -293,7 +331,7 @@ impl Shard {
                 let Some(committed) = fetch_committed(&consumer, &settings, owned, &shared)? else {
                     return Ok(None);
                 };
-                recover(&mut store, &committed, &settings, owned)?;
+                recover(&mut store, &committed, &settings, owned, &shared.beat)?;
                 owned.clone()
             }
             Ownership::Group { .. } => {
@@ -316,6 +354,7 @@ impl Shard {
         let mut shard = Shard {
             settings,
             shared,
+            watchdog,
             store,
             consumer,
             producer,
@@ -413,6 +452,7 @@ impl Shard {
     fn serve(&mut self) -> Result<(), Error> {
         let faults = self.settings.faults;
         while !self.shared.stop.load(Ordering::Acquire) {
+            self.shared.beat.now();
             let polled = self.poll_batch()?;
             let change = self.consumer.context().group_change().take();
             if let Some(change) = change {
@@ -850,7 +890,7 @@ impl Shard {
     ) -> Result<BatchCost, Interrupted> {
         let faults = self.settings.faults;
         self.transactions += 1;
-        attempt("begin_transaction", || self.producer.begin_transaction())?;
+        self.attempt("begin_transaction", || self.producer.begin_transaction())?;
         self.produce(effects)?;
         faults.check(Step::AfterProduce, self.batches);
         // Old balances must be read before the write replaces them.
@@ -880,15 +920,15 @@ impl Shard {
         if write_first && faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
         }
+        // Every record is acknowledged (or failed) here, so the commit's own
+        // flush has nothing to wait for and its timeout is the coordinator's
+        // round trip: a retriable timeout while a coordinator fails over is
+        // retried by `attempt`. (A flush timeout would carry no
+        // retriable/abortable/fatal flag: fatal, and recovery decides.)
         self.settle();
-        // `Timeout::Never` passes -1, which librdkafka reads as the
-        // transaction's remaining time (transaction.timeout.ms), the use it
-        // recommends: a shorter one can fail with a flush timeout that
-        // carries no retriable/abortable/fatal flag, leaving the
-        // transaction's fate unknown. Undelivered records fail sooner, after
-        // message.timeout.ms, which fails the commit (abortable).
-        attempt("commit_transaction", || {
-            self.producer.commit_transaction(Timeout::Never)
+        self.attempt("commit_transaction", || {
+            faults.hang("commit_transaction", self.batches);
+            self.producer.commit_transaction(self.settings.call_timeout)
         })?;
         faults.check(Step::AfterCommit, self.batches);
         let report = match report {
@@ -1064,13 +1104,39 @@ impl Shard {
     }
 
     fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), Failed> {
-        attempt("send_offsets_to_transaction", || {
+        self.attempt("send_offsets_to_transaction", || {
+            self.settings
+                .faults
+                .hang("send_offsets_to_transaction", self.batches);
             self.producer.send_offsets_to_transaction(
                 offsets,
                 &self.group,
-                self.settings.transaction_timeout,
+                self.settings.call_timeout,
             )
         })
+    }
+
+    /// A transactional call of the batch thread: each try bounded by the
+    /// watchdog, retriable failures retried (`txn::retrying`); a retriable
+    /// failure that persists aborts the transaction like an abortable one.
+    fn attempt<T>(
+        &self,
+        step: &'static str,
+        mut call: impl FnMut() -> KafkaResult<T>,
+    ) -> Result<T, Failed> {
+        let bound = self.settings.call_timeout + kafka::CALL_CUTOFF_GRACE;
+        txn::retrying(
+            step,
+            || self.watchdog.bounded(step, bound, &mut call),
+            |error, _| {
+                report(
+                    ErrorEvent::Kafka(ErrorClass::Retriable),
+                    step,
+                    error,
+                    "Kafka call failed; retrying.",
+                );
+            },
+        )
     }
 
     /// Abort, undo in sled, seek back: the batch is redone from the same
@@ -1084,10 +1150,14 @@ impl Shard {
         // message.timeout.ms). Purging instead would break the idempotent
         // producer's sequence numbers and fail the next transaction. A
         // failure here is aborted along with the rest.
-        let _ = self.producer.flush(self.settings.transaction_timeout);
-        if let Err(Failed { step, error, .. }) = attempt("abort_transaction", || {
-            self.producer
-                .abort_transaction(self.settings.transaction_timeout)
+        let call_timeout = self.settings.call_timeout;
+        let _ = self.watchdog.bounded(
+            "flush",
+            call_timeout + kafka::CALL_CUTOFF_GRACE,
+            || self.producer.flush(call_timeout),
+        );
+        if let Err(Failed { step, error, .. }) = self.attempt("abort_transaction", || {
+            self.producer.abort_transaction(call_timeout)
         }) {
             report(
                 ErrorEvent::Kafka(ErrorClass::Fatal),
@@ -1253,7 +1323,7 @@ impl Shard {
                 partitions = ?stale,
             );
             let restore = self.store.restore_partitions(&stale, partition_of)?;
-            restore::restore(restore, &self.settings, topic, &stale)?;
+            restore::restore(restore, &self.settings, topic, &stale, &self.shared.beat)?;
         }
         let held: Offsets = self
             .store
@@ -1390,6 +1460,7 @@ fn now_ms() -> u64 {
 fn fenced_producer(
     settings: &Settings,
     shared: &Shared,
+    watchdog: &Watchdog,
 ) -> Result<Option<BaseProducer<KafkaContext>>, Error> {
     let producer: BaseProducer<KafkaContext> = kafka::transactional_producer_config(
         &settings.bootstrap_servers,
@@ -1402,10 +1473,11 @@ fn fenced_producer(
         error,
     })?;
     let init = startup_retry(shared, "init_transactions", |left| {
-        txn::init_transactions(
-            &producer,
-            &settings.results_topic,
-            settings.transaction_timeout.min(left),
+        let timeout = settings.transaction_timeout.min(left);
+        watchdog.bounded(
+            "init_transactions",
+            timeout + kafka::CALL_CUTOFF_GRACE,
+            || txn::init_transactions(&producer, &settings.results_topic, timeout),
         )
     })?;
     Ok(init.map(|()| producer))
@@ -1539,6 +1611,7 @@ fn recover(
     committed: &Committed,
     settings: &Settings,
     owned: &[i32],
+    beat: &Beat,
 ) -> Result<(), Error> {
     let pending = store.pending().map(|pending| PendingOffsets {
         before: &pending.offsets_before,
@@ -1568,7 +1641,7 @@ fn recover(
                 reason = %reason,
                 topic = %topic,
             );
-            restore::restore(store.restore()?, settings, topic, owned)?;
+            restore::restore(store.restore()?, settings, topic, owned, beat)?;
             if *store.offsets() != committed.offsets {
                 return Err(Error::RecoveryRefused(format!(
                     "{reason}; restored from {topic}, sled has {}, still not Kafka's {}: the \
@@ -1588,20 +1661,6 @@ fn recover(
         "invariant violated: after recovery sled's offsets must equal Kafka's"
     );
     Ok(())
-}
-
-/// Runs a transactional call, retrying retriable failures (`txn::retrying`);
-/// a retriable failure that persists aborts the transaction like an
-/// abortable one.
-fn attempt<T>(step: &'static str, call: impl FnMut() -> KafkaResult<T>) -> Result<T, Failed> {
-    txn::retrying(step, call, |error, _| {
-        report(
-            ErrorEvent::Kafka(ErrorClass::Retriable),
-            step,
-            error,
-            "Kafka call failed; retrying.",
-        );
-    })
 }
 
 /// Start-up calls (`txn::starting`), each given the time left, at most

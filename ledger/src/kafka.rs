@@ -54,6 +54,23 @@ pub const TRANSACTION_TIMEOUT_DEFAULT_MS: u64 = 60_000;
 pub const TRANSACTION_TIMEOUT_MS_MIN: u64 = 1_000;
 pub const TRANSACTION_TIMEOUT_MS_MAX: u64 = 900_000;
 
+/// The timeout each transactional call (begin, send offsets, commit, abort,
+/// flush) is given when none is set (`TXLEDGER_CALL_TIMEOUT_MS`); the
+/// binary's watchdog (`crate::watchdog`) cuts a call off
+/// [`CALL_CUTOFF_GRACE`] after it, whether librdkafka honoured it or not.
+/// A third of the shards' default `--hold-max-ms` (30 s): a call cut off
+/// plus a restart and recovery ends before another shard's held transfers
+/// expire waiting for this one's marks.
+pub const CALL_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+/// The bounds both binaries accept for it: under a second, an ordinary
+/// coordinator round trip on a loaded machine would be cut off.
+pub const CALL_TIMEOUT_MS_MIN: u64 = 1_000;
+pub const CALL_TIMEOUT_MS_MAX: u64 = TRANSACTION_TIMEOUT_MS_MAX;
+/// How long after its own timeout a call is cut off: room for librdkafka to
+/// return the timeout it does honour, as a retriable error the caller can
+/// act on, before the watchdog ends the process.
+pub const CALL_CUTOFF_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A transactional, idempotent producer's configuration.
 pub fn transactional_producer_config(
     bootstrap_servers: &str,

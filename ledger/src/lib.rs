@@ -11,6 +11,8 @@
 //! - [`telemetry`]: logging setup shared by every binary.
 //! - [`txn`]: the error path of transactional calls (classify, retry,
 //!   wait for room, settle, start up), for the shard and the producer.
+//! - [`watchdog`]: a bound of our own on librdkafka calls that can block
+//!   past their timeout; an overrun ends the process for a restart.
 
 pub mod api;
 pub mod kafka;
@@ -19,3 +21,4 @@ pub mod signal;
 pub mod store;
 pub mod telemetry;
 pub mod txn;
+pub mod watchdog;

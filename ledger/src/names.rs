@@ -19,8 +19,9 @@ pub const TXLEDGER_LOG_FORMAT: &str = "TXLEDGER_LOG_FORMAT";
 
 // Settings the producer and the shards both have, under one name: the topic
 // the producer writes and the shards read, its partition count, the
-// ledger's currency, and Kafka's transaction.timeout.ms of each binary's
-// transactions.
+// ledger's currency, Kafka's transaction.timeout.ms of each binary's
+// transactions, and the timeout of each transactional call.
+pub const TXLEDGER_CALL_TIMEOUT_MS: &str = "TXLEDGER_CALL_TIMEOUT_MS";
 pub const TXLEDGER_CURRENCY: &str = "TXLEDGER_CURRENCY";
 pub const TXLEDGER_PARTITIONS: &str = "TXLEDGER_PARTITIONS";
 pub const TXLEDGER_TRANSACTION_TIMEOUT_MS: &str = "TXLEDGER_TRANSACTION_TIMEOUT_MS";

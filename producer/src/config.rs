@@ -145,6 +145,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub connect_timeout_secs: u64,
 
+    /// The timeout of each transactional call (begin, commit, abort,
+    /// flush), in milliseconds, capped at the transaction timeout.
+    /// librdkafka can block in some of them past their timeout; the
+    /// producer cuts such a call off 2 s later and exits with status 75 for
+    /// its supervisor to restart it.
+    #[arg(long, env = names::TXLEDGER_CALL_TIMEOUT_MS,
+          default_value_t = kafka::CALL_TIMEOUT_DEFAULT_MS,
+          value_parser = clap::value_parser!(u64)
+              .range(kafka::CALL_TIMEOUT_MS_MIN..=kafka::CALL_TIMEOUT_MS_MAX))]
+    pub call_timeout_ms: u64,
+
     /// Records per second; 0 means as fast as possible.
     #[arg(long, env = names::TXLEDGER_PRODUCER_RATE, default_value_t = 0)]
     pub rate: u64,
@@ -350,6 +361,11 @@ impl Config {
 
     pub fn transaction_timeout(&self) -> Duration {
         Duration::from_millis(self.transaction_timeout_ms())
+    }
+
+    /// A call cannot outlast the transaction it belongs to.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms.min(self.transaction_timeout_ms()))
     }
 
     pub fn connect_timeout(&self) -> Duration {

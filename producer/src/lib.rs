@@ -98,6 +98,13 @@ pub enum ProducerError {
         #[source]
         source: KafkaError,
     },
+    #[error("could not start the watchdog thread")]
+    Watchdog(#[source] std::io::Error),
+    #[error(
+        "the sending loop did not stop within {0:?} of the shutdown request: a call into \
+         librdkafka is blocked; its open transaction is aborted by the broker"
+    )]
+    StopTimedOut(Duration),
     #[error("{count} record(s) were not delivered; the first failed with: {reason}")]
     Undelivered { count: u64, reason: String },
     #[error("the metrics server on {address} failed")]
@@ -211,7 +218,9 @@ async fn send(
     progress::describe_metrics();
     let (metrics_stop, metrics) = start_metrics(config.metrics_addr);
     let stop = Arc::new(StopSignal::default());
-    let sender = Sender::new(settings, source, Arc::clone(&stop), Arc::clone(progress));
+    // The transaction's whole time, then the cut-off of a call blocked in it.
+    let stop_bound = settings.transaction_timeout + kafka::CALL_CUTOFF_GRACE;
+    let sender = Sender::new(settings, source, Arc::clone(&stop), Arc::clone(progress))?;
     let mut sending = tokio::task::spawn_blocking(move || sender.run());
     let reporter = {
         let progress = Arc::clone(progress);
@@ -224,7 +233,11 @@ async fn send(
         () = shutdown => {
             info!("Shutdown requested; ending the open transaction.");
             stop.set();
-            sending.await
+            // Bounded: a loop blocked in librdkafka would never see the stop.
+            match tokio::time::timeout(stop_bound, &mut sending).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(ProducerError::StopTimedOut(stop_bound)),
+            }
         }
         failure = metrics => {
             stop.set();
@@ -267,6 +280,7 @@ fn sender_settings(config: &Config, transactional_id: Option<String>) -> Setting
         batch_records: config.batch_records,
         batch_duration: config.batch_duration(),
         transaction_timeout: config.transaction_timeout(),
+        call_timeout: config.call_timeout(),
         connect_timeout: config.connect_timeout(),
         rate: config.rate,
     }

@@ -37,6 +37,12 @@ async fn run(config: Config) -> ExitCode {
     };
     match producer::run(config, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
+        Err(error @ producer::ProducerError::StopTimedOut(_)) => {
+            eprintln!("error: {}", ledger::telemetry::chain(&error));
+            // Not through `main`'s return: dropping the runtime would wait
+            // for the blocked sending loop, forever.
+            std::process::exit(i32::from(ledger::watchdog::EXIT_STUCK));
+        }
         Err(error) => {
             eprintln!("error: {}", ledger::telemetry::chain(&error));
             ExitCode::FAILURE

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use ledger::kafka;
 use ledger::telemetry::chain;
 use ledger::txn::{self, classify, ErrorClass, Failed};
+use ledger::watchdog::Watchdog;
 use ledger_core::wire::encode_transfer;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::util::Timeout;
 use tracing::{error, info, warn};
 
 use crate::progress::{Progress, StopSignal};
@@ -45,6 +45,9 @@ pub struct Settings {
     pub batch_records: usize,
     pub batch_duration: Duration,
     pub transaction_timeout: Duration,
+    /// Given to each transactional call; the watchdog cuts it off
+    /// `kafka::CALL_CUTOFF_GRACE` later.
+    pub call_timeout: Duration,
     pub connect_timeout: Duration,
     /// Records per second; 0 for no limit.
     pub rate: u64,
@@ -142,6 +145,9 @@ pub struct Sender {
     source: Source,
     stop: Arc<StopSignal>,
     progress: Arc<Progress>,
+    /// Cuts off a call into librdkafka that overruns its bound: the
+    /// process exits for a restart (`ledger::watchdog`).
+    watchdog: Watchdog,
     /// Deliberate resubmissions sent so far (for `--no-transactions`, where
     /// records are counted when acknowledged rather than per transaction).
     resubmissions_sent: u64,
@@ -153,14 +159,24 @@ impl Sender {
         source: Source,
         stop: Arc<StopSignal>,
         progress: Arc<Progress>,
-    ) -> Self {
-        Sender {
+    ) -> Result<Self, ProducerError> {
+        let owner = settings.transactional_id.as_deref().unwrap_or("producer");
+        let watchdog = Watchdog::exiting(owner).map_err(ProducerError::Watchdog)?;
+        Ok(Sender {
             settings,
             source,
             stop,
             progress,
+            watchdog,
             resubmissions_sent: 0,
-        }
+        })
+    }
+
+    /// A call into librdkafka given `timeout`, cut off by the watchdog
+    /// `kafka::CALL_CUTOFF_GRACE` after it.
+    fn bounded<T>(&self, step: &'static str, timeout: Duration, call: impl FnOnce() -> T) -> T {
+        self.watchdog
+            .bounded(step, timeout + kafka::CALL_CUTOFF_GRACE, call)
     }
 
     /// Sends until the source is exhausted or a stop is requested; gives the
@@ -179,8 +195,8 @@ impl Sender {
             self.settle(&producer);
             // Bounded: message.timeout.ms is below the transaction timeout,
             // so by then every record is delivered or failed.
-            producer
-                .flush(self.settings.transaction_timeout)
+            let timeout = self.settings.transaction_timeout;
+            self.bounded("flush", timeout, || producer.flush(timeout))
                 .map_err(|error| self.failed("flush", error))?;
             self.check_deliveries(&producer)?;
         }
@@ -212,7 +228,11 @@ impl Sender {
             "init_transactions",
             self.settings.connect_timeout,
             || self.stop.is_set(),
-            |left| txn::init_transactions(producer, &self.settings.topic, left),
+            |left| {
+                self.bounded("init_transactions", left, || {
+                    txn::init_transactions(producer, &self.settings.topic, left)
+                })
+            },
             |error, attempt| {
                 warn!(error = %chain(error), attempt, "Initializing transactions failed; retrying.");
             },
@@ -327,9 +347,10 @@ impl Sender {
     }
 
     fn begin(&self, producer: &KafkaProducer) -> Result<(), ProducerError> {
-        producer
-            .begin_transaction()
-            .map_err(|error| self.failed("begin_transaction", error))
+        self.bounded("begin_transaction", self.settings.call_timeout, || {
+            producer.begin_transaction()
+        })
+        .map_err(|error| self.failed("begin_transaction", error))
     }
 
     /// Commits the open transaction. On an abortable error (or a record that
@@ -349,15 +370,14 @@ impl Sender {
         for attempt in 1..=BATCH_ATTEMPTS_MAX {
             let outcome = match failure.take() {
                 Some(error) => Err(error),
-                // `Timeout::Never` passes -1, which librdkafka reads as the
-                // transaction's remaining time, the use it recommends: a
-                // shorter one can fail with an unclassified flush timeout.
-                // Undelivered records fail sooner, after message.timeout.ms,
-                // which fails the commit (abortable).
+                // Every record is acknowledged (or failed) after `settle`, so
+                // the commit's own flush has nothing to wait for and its
+                // timeout is the coordinator's round trip: a retriable
+                // timeout while a coordinator fails over is retried.
                 None => {
                     self.settle(producer);
                     self.retrying("commit_transaction", || {
-                        producer.commit_transaction(Timeout::Never)
+                        producer.commit_transaction(self.settings.call_timeout)
                     })
                     .map_err(|failed| failed.error)
                 }
@@ -402,7 +422,7 @@ impl Sender {
         // Bounded: aborting waits for outstanding records, which are
         // delivered or failed within message.timeout.ms.
         self.retrying("abort_transaction", || {
-            producer.abort_transaction(self.settings.transaction_timeout)
+            producer.abort_transaction(self.settings.call_timeout)
         })
         .map_err(|failed| self.failed(failed.step, failed.error))?;
         self.progress.aborted();
@@ -434,15 +454,19 @@ impl Sender {
     }
 
     /// Calls `call` again while it fails with a retriable error
-    /// (`txn::retrying`).
+    /// (`txn::retrying`), each try bounded by the watchdog.
     fn retrying(
         &self,
         step: &'static str,
-        call: impl FnMut() -> KafkaResult<()>,
+        mut call: impl FnMut() -> KafkaResult<()>,
     ) -> Result<(), Failed> {
-        txn::retrying(step, call, |error, attempt| {
-            warn!(error = %chain(error), attempt, "Retriable Kafka error; retrying.");
-        })
+        txn::retrying(
+            step,
+            || self.bounded(step, self.settings.call_timeout, &mut call),
+            |error, attempt| {
+                warn!(error = %chain(error), attempt, "Retriable Kafka error; retrying.");
+            },
+        )
     }
 
     /// The error that ends the run after `operation` failed for good; logged

@@ -56,12 +56,14 @@ fn an_abortable_error_aborts_and_resends_the_same_batch() {
         batch_records: 100,
         batch_duration: Duration::from_secs(60),
         transaction_timeout: Duration::from_secs(120),
+        call_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(30),
         rate: 0,
     };
     let progress = Arc::new(Progress::new(None));
     let stop = Arc::new(StopSignal::default());
     Sender::new(settings, source, stop, Arc::clone(&progress))
+        .expect("the sender starts")
         .run()
         .expect("the run recovers from the abort");
     let counts = progress.counts();
