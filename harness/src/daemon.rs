@@ -1,36 +1,62 @@
-//! A broker that outlives the command that started it: what
-//! `txledger-kafka start|stop|status` does. Its directory holds, besides the
-//! broker's own files, `broker.pid` (the JVM's pid, which also leads its
-//! process group) and `bootstrap` (the address, one line).
+//! A broker or a cluster that outlives the command that started it: what
+//! `txledger-kafka start|stop|status` does (and `node`/`roles`, through
+//! [`crate::Cluster::attach`]). Its directory holds, besides each node's own
+//! files, `nodes` (the nodes' ports, for `attach`) and `bootstrap` (the
+//! addresses, one line); each node's directory (a single broker's is the
+//! directory itself, a cluster's `node-N/`) holds `broker.pid`, the JVM's
+//! pid, which also leads its process group.
 
-use std::fs;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::broker::{Broker, BrokerOptions, SERVER_PROPERTIES};
+use crate::broker::{Broker, BrokerOptions};
+use crate::cluster::{self, Cluster, ClusterOptions};
 use crate::error::HarnessError;
-use crate::process;
+use crate::node::{self, Node};
 
-const PID_FILE: &str = "broker.pid";
 const BOOTSTRAP_FILE: &str = "bootstrap";
 
-/// Bound on a graceful stop before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// A daemon broker found running.
+/// A daemon broker or cluster found running (at least one node of it).
 #[derive(Debug, Clone)]
 pub struct Running {
-    pub pid: u32,
     pub bootstrap: String,
+    /// Every node, running or not, in node id order.
+    pub nodes: Vec<NodeState>,
 }
 
-/// Starts a detached broker in `dir`, waits until it is ready, records its
-/// pid and address, and returns the address. Call [`status`] first: this
-/// does not check for a broker already running there.
+/// One node of a [`Running`] daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeState {
+    pub node: u32,
+    /// `None`: not running.
+    pub pid: Option<u32>,
+}
+
+impl Running {
+    /// The pids, for messages: `pid 123` for a single broker, `node 1 pid
+    /// 123, node 2 stopped, ...` for a cluster.
+    pub fn pids(&self) -> String {
+        let describe = |state: &NodeState| match state.pid {
+            Some(pid) => format!("pid {pid}"),
+            None => "stopped".to_owned(),
+        };
+        match self.nodes.as_slice() {
+            [only] => describe(only),
+            nodes => nodes
+                .iter()
+                .map(|state| format!("node {} {}", state.node, describe(state)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Starts a detached single-node broker in `dir`, waits until it is ready,
+/// records its pid and address, and returns the address. Call [`status`]
+/// first: this does not check for a broker already running there.
 pub fn start(
     dir: &Path,
     port: Option<u16>,
@@ -43,48 +69,60 @@ pub fn start(
         detached: true,
         ..BrokerOptions::default()
     })?;
-    let Some(pid) = broker.pid() else {
-        unreachable!("Broker::start returns a running broker");
-    };
-    write_file(&dir.join(PID_FILE), &format!("{pid}\n"))?;
-    write_file(
-        &dir.join(BOOTSTRAP_FILE),
-        &format!("{}\n", broker.bootstrap_servers()),
-    )?;
-    Ok(broker.bootstrap_servers().to_owned())
+    record_bootstrap(dir, broker.bootstrap_servers())
 }
 
-/// The broker running in `dir`, if any. Leftover files of a broker that is
-/// gone are removed.
+/// Starts a detached cluster of `nodes` nodes in `dir` (node N in
+/// `node-N/`), waits until it is ready, records the pids and addresses, and
+/// returns the addresses, comma-separated. Call [`status`] first.
+pub fn start_cluster(
+    dir: &Path,
+    nodes: usize,
+    ready_timeout: Duration,
+) -> Result<String, HarnessError> {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        dir: Some(dir.to_path_buf()),
+        ready_timeout,
+        detached: true,
+        ..ClusterOptions::default()
+    })?;
+    record_bootstrap(dir, cluster.bootstrap_servers())
+}
+
+fn record_bootstrap(dir: &Path, bootstrap: &str) -> Result<String, HarnessError> {
+    let path = dir.join(BOOTSTRAP_FILE);
+    std::fs::write(&path, format!("{bootstrap}\n"))
+        .map_err(HarnessError::io(format!("writing {}", path.display())))?;
+    Ok(bootstrap.to_owned())
+}
+
+/// The broker or cluster running in `dir`, if any node of it runs.
+/// Leftover files of one that is gone are removed.
 pub fn status(dir: &Path) -> Result<Option<Running>, HarnessError> {
-    let pid_path = dir.join(PID_FILE);
-    let pid = match fs::read_to_string(&pid_path) {
-        Ok(text) => text.trim().parse::<u32>().ok(),
-        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(HarnessError::Io {
-                context: format!("reading {}", pid_path.display()),
-                source: error,
-            })
-        }
+    let Some(mut nodes) = daemon_nodes(dir)? else {
+        return Ok(None);
     };
-    let server_properties = absolute(dir)?.join(SERVER_PROPERTIES);
-    match pid {
-        Some(pid) if process::is_broker(pid, &server_properties) => {
-            let bootstrap_path = dir.join(BOOTSTRAP_FILE);
-            let bootstrap = fs::read_to_string(&bootstrap_path).map_err(HarnessError::io(
-                format!("reading {}", bootstrap_path.display()),
-            ))?;
-            Ok(Some(Running {
-                pid,
-                bootstrap: bootstrap.trim().to_owned(),
-            }))
-        }
-        _ => {
-            remove_files(dir)?;
-            Ok(None)
-        }
+    let states: Vec<NodeState> = nodes
+        .iter_mut()
+        .map(|node| NodeState {
+            node: node.id(),
+            pid: node.pid().filter(|_| node.is_running()),
+        })
+        .collect();
+    if states.iter().all(|state| state.pid.is_none()) {
+        remove_files(dir, &mut nodes)?;
+        return Ok(None);
     }
+    let bootstrap = nodes
+        .iter()
+        .map(|node| node.spec().address())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Some(Running {
+        bootstrap,
+        nodes: states,
+    }))
 }
 
 /// Whether the broker at `bootstrap` answers a metadata request within 5 s.
@@ -100,37 +138,34 @@ pub fn answers(bootstrap: &str) -> bool {
     })
 }
 
-/// Stops the broker running in `dir` (SIGTERM, SIGKILL after 30 s) and
-/// removes its pid and address files. Returns what was running, if anything.
+/// Stops every node running in `dir` (SIGTERM to all at once, SIGKILL after
+/// 20 s) and removes the pid and address files. Returns what was running,
+/// if anything.
 pub fn stop(dir: &Path) -> Result<Option<Running>, HarnessError> {
     let running = status(dir)?;
-    if let Some(running) = &running {
-        process::stop_group(running.pid, None, STOP_GRACE)?;
-        remove_files(dir)?;
+    if running.is_some() {
+        if let Some(mut nodes) = daemon_nodes(dir)? {
+            node::stop_all(&mut nodes)?;
+            remove_files(dir, &mut nodes)?;
+        }
     }
     Ok(running)
 }
 
-fn absolute(dir: &Path) -> Result<PathBuf, HarnessError> {
-    fs::canonicalize(dir).map_err(HarnessError::io(format!("resolving {}", dir.display())))
-}
-
-fn write_file(path: &Path, contents: &str) -> Result<(), HarnessError> {
-    fs::write(path, contents).map_err(HarnessError::io(format!("writing {}", path.display())))
-}
-
-fn remove_files(dir: &Path) -> Result<(), HarnessError> {
-    for name in [PID_FILE, BOOTSTRAP_FILE] {
-        let path = dir.join(name);
-        match fs::remove_file(&path) {
-            Err(error) if error.kind() != ErrorKind::NotFound => {
-                return Err(HarnessError::Io {
-                    context: format!("removing {}", path.display()),
-                    source: error,
-                })
-            }
-            _ => {}
-        }
+/// The nodes of the daemon in `dir`, each with its process if it runs;
+/// `None` if nothing was ever started there.
+fn daemon_nodes(dir: &Path) -> Result<Option<Vec<Node>>, HarnessError> {
+    if !cluster::has_nodes_file(dir) {
+        return Ok(None);
     }
-    Ok(())
+    let dir = std::fs::canonicalize(dir)
+        .map_err(HarnessError::io(format!("resolving {}", dir.display())))?;
+    Ok(Some(cluster::attached_nodes(&dir)?.1))
+}
+
+fn remove_files(dir: &Path, nodes: &mut [Node]) -> Result<(), HarnessError> {
+    for node in nodes {
+        node::remove_if_present(&node.dir().join(node::PID_FILE))?;
+    }
+    node::remove_if_present(&dir.join(BOOTSTRAP_FILE))
 }

@@ -12,7 +12,8 @@ pub const INSTALL_HINT: &str = "install Java 17+ and Maven (Debian/Ubuntu, as ro
      `apt-get install openjdk-17-jre-headless maven`), or set KAFKA_BOOTSTRAP_SERVERS \
      to use an existing broker";
 
-/// Everything that can go wrong while starting, probing or stopping a broker.
+/// Everything that can go wrong while starting, probing or stopping a broker
+/// or a cluster.
 ///
 /// Broker failures carry the broker log's path and tail, so that the message
 /// of a failed test is enough to see why.
@@ -56,26 +57,27 @@ pub enum HarnessError {
         output: String,
     },
 
-    /// The broker process ended while we were waiting for it.
+    /// A broker process ended while we were waiting for it.
     #[error(
-        "the broker exited ({status}) before it was ready; log {log_path}, last lines:\n{log_tail}"
+        "{broker} exited ({status}) before it was ready; log {log_path}, last lines:\n{log_tail}"
     )]
     Exited {
+        /// "the broker", or "node N" of a cluster.
+        broker: String,
         status: ExitStatus,
         log_path: PathBuf,
         log_tail: String,
     },
 
-    /// The broker did not become ready in time.
-    #[error(
-        "the broker was not ready within {timeout:?} (last problem: {last_problem}); \
-         log {log_path}, last lines:\n{log_tail}"
-    )]
+    /// A broker, a node or a whole cluster did not become ready in time.
+    #[error("{what} was not ready within {timeout:?} (last problem: {last_problem}); {logs}")]
     NotReady {
+        /// "the broker", "node N" or "the cluster".
+        what: String,
         timeout: Duration,
         last_problem: String,
-        log_path: PathBuf,
-        log_tail: String,
+        /// The log path and tail of every node concerned.
+        logs: String,
     },
 
     /// The broker did not stop even after SIGKILL (should not happen).
@@ -104,6 +106,33 @@ pub enum HarnessError {
         timeout: Duration,
         detail: String,
     },
+
+    /// A node id outside the cluster.
+    #[error("there is no node {node}: the cluster has nodes 1 to {nodes}")]
+    UnknownNode { node: u32, nodes: usize },
+
+    /// An operation that needs a running node (pause, resume) found it
+    /// stopped.
+    #[error("node {node} is not running")]
+    NodeNotRunning { node: u32 },
+
+    /// A role lookup (partition leader, coordinator, active controller)
+    /// found no answer.
+    #[error("finding {what}: {detail}")]
+    Lookup { what: String, detail: String },
+
+    /// Some partition's replicas were not all in sync in time.
+    #[error("replicas were not all in sync within {timeout:?}: {detail}; {logs}")]
+    NotInSync {
+        timeout: Duration,
+        detail: String,
+        /// The log tails of the nodes missing from an in-sync replica set.
+        logs: String,
+    },
+
+    /// A file the harness wrote earlier does not read back.
+    #[error("{path}: {detail}")]
+    BadFile { path: PathBuf, detail: String },
 }
 
 impl std::fmt::Debug for HarnessError {

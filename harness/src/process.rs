@@ -70,6 +70,7 @@ exit "$status"
 "#;
 
 /// What should happen to the broker when the spawning process goes away.
+#[derive(Clone, Copy)]
 pub(crate) enum Lifetime<'a> {
     /// Die with the spawning process; delete `cleanup_dir` (if any) after.
     Watched {
@@ -148,19 +149,29 @@ pub(crate) fn group_alive(leader: u32) -> bool {
     to_pid(leader).is_some_and(|pid| test_kill_process_group(pid) != Err(Errno::SRCH))
 }
 
-/// Stops the group led by `leader`: SIGTERM, then SIGKILL after `grace`.
-/// `child` is the leader's handle when it is our child, so that it gets
-/// reaped (a zombie leader would keep the group "alive").
-pub(crate) fn stop_group(
-    leader: u32,
-    mut child: Option<&mut Child>,
+/// Stops the groups led by the given leaders: SIGTERM to all at once, then
+/// SIGKILL to those still alive `grace` after. At once, because the nodes of
+/// a cluster stopped one by one would each wait for a quorum that the
+/// previous ones took away. Each leader comes with its `Child` handle when it
+/// is our child, so that it gets reaped (a zombie leader would keep the
+/// group "alive").
+pub(crate) fn stop_groups(
+    groups: &mut [(u32, Option<&mut Child>)],
     grace: Duration,
 ) -> Result<(), HarnessError> {
-    signal_group(leader, Signal::TERM)?;
-    if wait_group_gone(leader, child.as_deref_mut(), grace)? {
-        return Ok(());
+    for (leader, _) in groups.iter() {
+        signal_group(*leader, Signal::TERM)?;
+        // A paused (SIGSTOPped) process acts on SIGTERM only once continued.
+        signal_group(*leader, Signal::CONT)?;
     }
-    kill_group(leader, child)
+    let deadline = Instant::now() + grace;
+    for (leader, child) in groups.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !wait_group_gone(*leader, child.as_deref_mut(), left)? {
+            kill_group(*leader, child.as_deref_mut())?;
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILL to the group, then wait (bounded) until it is gone.
@@ -265,7 +276,7 @@ mod tests {
         .expect("spawn sleep");
         let leader = child.id();
         assert!(group_alive(leader));
-        stop_group(leader, Some(&mut child), Duration::from_secs(10)).expect("stop");
+        stop_groups(&mut [(leader, Some(&mut child))], Duration::from_secs(10)).expect("stop");
         assert!(!group_alive(leader));
     }
 }

@@ -10,7 +10,7 @@ use crate::process::KEEP_MARKER;
 /// Names an existing broker; when set, the harness starts nothing.
 pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
 
-/// How many broker log lines a failing test prints.
+/// How many lines of each log a failing test prints.
 const FAILURE_LOG_LINES: usize = 60;
 
 /// The address of the broker this test process uses: `KAFKA_BOOTSTRAP_SERVERS`
@@ -40,7 +40,7 @@ pub fn shared_bootstrap() -> String {
         }
         match Broker::start(BrokerOptions::default()) {
             Ok(broker) => {
-                print_log_on_panic(broker.log_path().to_path_buf());
+                broker.print_log_on_panic();
                 Ok((broker.bootstrap_servers().to_owned(), Some(broker)))
             }
             Err(error) => Err(format!(
@@ -55,23 +55,25 @@ pub fn shared_bootstrap() -> String {
     }
 }
 
-/// Installs a panic hook, after the existing one, that prints the broker log
-/// tail. A hook rather than a guard in each test: it covers every assertion
-/// of every test with no code in the tests. Printed from the panicking
-/// thread, so `cargo test` shows it with the failing test's output.
-fn print_log_on_panic(log_path: PathBuf) {
+/// Installs a panic hook, after the existing one, that prints the tail of
+/// each `(label, path)` log and writes the keep marker into `dir` (so that
+/// the watchdogs leave a temporary directory for the logs to be read). A
+/// hook rather than a guard in each test: it covers every assertion of
+/// every test with no code in the tests. Printed from the panicking thread,
+/// so `cargo test` shows it with the failing test's output.
+pub(crate) fn print_logs_on_panic(dir: PathBuf, logs: Vec<(String, PathBuf)>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        // Best effort: a hook must not fail, and the tail is printed anyway.
-        let kept = log_path
-            .parent()
-            .is_some_and(|dir| fs::write(dir.join(KEEP_MARKER), b"").is_ok());
-        eprintln!(
-            "---- broker log {}{} (last {FAILURE_LOG_LINES} lines) ----\n{}\n---- end of broker log ----",
-            log_path.display(),
-            if kept { ", kept after exit" } else { "" },
-            crate::process::tail_file(&log_path, FAILURE_LOG_LINES),
-        );
+        // Best effort: a hook must not fail, and the tails are printed anyway.
+        let kept = fs::write(dir.join(KEEP_MARKER), b"").is_ok();
+        for (label, log_path) in &logs {
+            eprintln!(
+                "---- log of {label}: {}{} (last {FAILURE_LOG_LINES} lines) ----\n{}\n---- end of the log of {label} ----",
+                log_path.display(),
+                if kept { ", kept after exit" } else { "" },
+                crate::process::tail_file(log_path, FAILURE_LOG_LINES),
+            );
+        }
     }));
 }

@@ -22,7 +22,8 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())
 }
 
-/// Creates `(name, partitions)` topics with replication factor 1 and returns
+/// Creates `(name, partitions)` topics with the brokers' default replication
+/// factor (1 on a single broker, 3 on a cluster of three or more) and returns
 /// once every partition has a leader in the metadata, so that the next
 /// produce or assign does not race the broker. A topic that already exists
 /// with the same partition count is fine.
@@ -33,7 +34,9 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), Harn
         .map_err(HarnessError::kafka("creating an admin client"))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        // -1: the brokers' `default.replication.factor`, so that one call
+        // suits a single broker and a cluster alike.
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)))
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(TOPIC_TIMEOUT))
