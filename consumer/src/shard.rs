@@ -97,8 +97,10 @@ impl Beat {
 
     pub fn now(&self) {
         let since = Beat::epoch().elapsed().as_millis();
-        self.0
-            .store(u64::try_from(since).unwrap_or(u64::MAX - 1) + 1, Ordering::Release);
+        self.0.store(
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Release,
+        );
     }
 
     /// How long ago the last beat was; `None` before the first.
@@ -1151,11 +1153,11 @@ impl Shard {
         // producer's sequence numbers and fail the next transaction. A
         // failure here is aborted along with the rest.
         let call_timeout = self.settings.call_timeout;
-        let _ = self.watchdog.bounded(
-            "flush",
-            call_timeout + kafka::CALL_CUTOFF_GRACE,
-            || self.producer.flush(call_timeout),
-        );
+        let _ = self
+            .watchdog
+            .bounded("flush", call_timeout + kafka::CALL_CUTOFF_GRACE, || {
+                self.producer.flush(call_timeout)
+            });
         if let Err(Failed { step, error, .. }) = self.attempt("abort_transaction", || {
             self.producer.abort_transaction(call_timeout)
         }) {

@@ -11,7 +11,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use consumer::faults::{Step, ENV_FAIL_AFTER_BATCHES, ENV_FAIL_AT, ENV_MUTANT};
+use consumer::faults::{
+    Step, ENV_FAIL_AFTER_BATCHES, ENV_FAIL_AT, ENV_HANG_AFTER_BATCHES, ENV_HANG_IN, ENV_MUTANT,
+    ENV_STALL_AFTER_BATCHES, ENV_STALL_AT, ENV_STALL_MS, HANGING_CALLS,
+};
+use consumer::EXIT_STUCK;
 use ledger::store::{Store, StoreOptions};
 use rustix::process::Signal;
 
@@ -345,4 +349,131 @@ fn the_commit_before_sled_write_mutant_is_refused_at_restart() {
     let status = restarted.wait_exit();
     assert!(!status.success(), "{status}");
     assert!(last_incarnation(&restarted.log_text()).contains("recovery refused"));
+}
+
+/// Waits until the shard's log since its last start holds `line`; the
+/// shard must not exit first.
+fn wait_logged(shard: &mut ChildShard, line: &str) {
+    wait_until(&format!("the shard to log {line:?}"), || {
+        if let Ok(Some(status)) = shard.child.try_wait() {
+            panic!("the shard exited ({status}) before logging {line:?}");
+        }
+        last_incarnation(&shard.log_text()).contains(line)
+    });
+}
+
+/// A transactional call that never returns, as librdkafka's
+/// `send_offsets_to_transaction` can on a cluster whose coordinator fails
+/// over, is cut off by the shard's watchdog at `--call-timeout-ms` plus
+/// the grace: the shard exits with `EXIT_STUCK`, and its restart decides
+/// every transfer exactly once.
+fn hang_in(call: &str, seed: u64) {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let log = dir.path().join("shard.log");
+    let mut args = shard_args(&topics, &data);
+    args.extend(["--call-timeout-ms".to_owned(), "1000".to_owned()]);
+    let scenario = Scenario::new(seed, 12, 150);
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
+
+    feed(&topics, &scenario.transfers);
+    let mut shard = ChildShard::spawn(
+        &args,
+        &[(ENV_HANG_IN, call), (ENV_HANG_AFTER_BATCHES, "2")],
+        &log,
+    );
+    wait_logged(&mut shard, "this call never returns");
+    let status = shard.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(i32::from(EXIT_STUCK)),
+        "a call stuck in {call} must end the shard with {EXIT_STUCK}: {status}"
+    );
+    let text = shard.log_text();
+    let incarnation = last_incarnation(&text);
+    let overrun = incarnation
+        .lines()
+        .find(|line| line.contains("did not return within its bound"))
+        .unwrap_or_else(|| panic!("the overrun is logged:\n{incarnation}"));
+    assert!(
+        overrun.contains(call) && overrun.contains("bound_ms=3000"),
+        "the overrun names the call and its bound (1 s and 2 s of grace): {overrun}"
+    );
+    drop(shard);
+
+    let recovered = restart_and_verify(&topics, &scenario, &args, &log);
+    assert!(
+        recovered.contains("UndoPending"),
+        "the cut-off batch was written to sled and never committed: {recovered}"
+    );
+}
+
+#[test]
+fn a_send_offsets_that_never_returns_is_cut_off_and_the_restart_recovers() {
+    hang_in(HANGING_CALLS[0], 51);
+}
+
+#[test]
+fn a_commit_that_never_returns_is_cut_off_and_the_restart_recovers() {
+    hang_in(HANGING_CALLS[1], 52);
+}
+
+/// A loop held where no bound of ours covers it (a hang nobody has found
+/// yet): `/healthz` turns 503 once it has shown no progress for the
+/// transaction timeout, and SIGTERM still ends the shard within that bound,
+/// with `EXIT_STUCK`; the restart recovers.
+#[test]
+fn a_stuck_loop_fails_its_liveness_and_sigterm_still_stops_it() {
+    let topics = Topics::create(3);
+    let dir = test_dir();
+    let data = dir.path().join("shard-0");
+    let log = dir.path().join("shard.log");
+    let mut args = shard_args(&topics, &data);
+    args.extend(["--transaction-timeout-ms".to_owned(), "5000".to_owned()]);
+    let scenario = Scenario::new(53, 12, 150);
+    deposits_then_sigterm(&topics, &scenario, &args, dir.path());
+
+    feed(&topics, &scenario.transfers);
+    let mut shard = ChildShard::spawn(
+        &args,
+        &[
+            (ENV_STALL_AT, Step::AfterSendOffsets.name()),
+            (ENV_STALL_MS, "3600000"),
+            (ENV_STALL_AFTER_BATCHES, "2"),
+        ],
+        &log,
+    );
+    wait_logged(&mut shard, "stalling the loop");
+    let healthz = format!("{}/healthz", shard.url);
+    assert_eq!(
+        http().get(&healthz).send().expect("GET /healthz").status(),
+        200,
+        "healthy until the bound has passed"
+    );
+    let mut answer = String::new();
+    wait_until("/healthz to report the stall", || {
+        match http().get(&healthz).send() {
+            Ok(response) if response.status() == 503 => {
+                answer = response.text().unwrap_or_default();
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(answer.starts_with("stalled"), "{answer}");
+
+    let terminated = Instant::now();
+    shard.signal(Signal::TERM);
+    let status = shard.wait_exit();
+    let took = terminated.elapsed();
+    assert_eq!(status.code(), Some(i32::from(EXIT_STUCK)), "{status}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "SIGTERM took {took:?} to end a stuck shard, bound 5 s"
+    );
+    assert!(last_incarnation(&shard.log_text()).contains("did not stop within"));
+    drop(shard);
+
+    restart_and_verify(&topics, &scenario, &args, &log);
 }

@@ -254,10 +254,13 @@ fn the_shards_are_one_service_that_scales_with_replicas_alone() {
             problems.push(format!("{name}: the image does not carry the ledger CLI"));
         }
         let health = service["healthcheck"]["test"].to_string();
-        if !health.contains("/readyz") || !health.contains(&format!("/{port}")) {
-            problems.push(format!(
-                "{name}: the healthcheck does not ask /readyz on port {port}"
-            ));
+        // Ready (recovery done) and alive (the batch loop moves).
+        for path in ["/readyz", "/healthz"] {
+            if !health.contains(path) || !health.contains(&format!("/{port}")) {
+                problems.push(format!(
+                    "{name}: the healthcheck does not ask {path} on port {port}"
+                ));
+            }
         }
     }
     assert_no_problems("shards", &problems);

@@ -74,6 +74,9 @@ pub struct Record {
     pub payload: Option<Vec<u8>>,
     /// Header values as text (lossy), in record order.
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (its writer's clock at produce time), in
+    /// milliseconds since the epoch, when it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -175,6 +178,7 @@ impl TopicReader {
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     headers,
+                    timestamp_ms: message.timestamp().to_millis(),
                 });
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {

@@ -223,7 +223,9 @@ mod tests {
         // Then one that overruns, named in the report.
         let (_silent, never) = mpsc::channel::<()>();
         thread::spawn(move || {
-            watchdog.bounded("abort_transaction", Duration::from_millis(200), || never.recv())
+            watchdog.bounded("abort_transaction", Duration::from_millis(200), || {
+                never.recv()
+            })
         });
         let (overrun, _) = overruns
             .recv_timeout(Duration::from_secs(60))

@@ -556,6 +556,8 @@ impl ChildShard {
             .env_remove(consumer::faults::ENV_FAIL_AT)
             .env_remove(consumer::faults::ENV_ABORT_EVERY)
             .env_remove(consumer::faults::ENV_MUTANT)
+            .env_remove(consumer::faults::ENV_HANG_IN)
+            .env_remove(consumer::faults::ENV_STALL_AT)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out);

@@ -1,0 +1,384 @@
+//! Broker faults on the topology production runs: three Kafka nodes
+//! (replication factor 3, `min.insync.replicas=2`, the transaction state
+//! log likewise), two shards with group assignment and the producer, as
+//! child processes. While transfers flow, faults are aimed at roles, not at
+//! node numbers: the group coordinator's node is killed in the middle of a
+//! shard's transaction, then the transaction coordinator of a shard's
+//! `transactional.id`, the leader of a `transactions` partition, a node
+//! paused past the shards' session timeout, and the active controller.
+//! Each killed node is started again and the cluster is back in sync before
+//! the next fault, as in a rolling restart.
+//!
+//! The test is the supervisor (as Kubernetes would be): it restarts a shard
+//! or the producer that exits, and counts those that exited with
+//! `EXIT_STUCK` (a call into librdkafka cut off by the watchdog).
+//!
+//! Afterwards the audit must pass, no partition's outcomes may have paused
+//! longer than `PAUSE_MAX` while the producer wrote, and no transfer may
+//! have been rejected `hold_expired` (a decision that would depend on
+//! timing).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::OpenTransactions;
+use harness::testkit::{Isolation, TopicReader};
+use harness::{Cluster, ClusterOptions};
+use ledger::kafka;
+use ledger::watchdog::EXIT_STUCK;
+use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use ledger_core::wire;
+
+const SHARDS: u32 = 2;
+const PARTITIONS: i32 = 6;
+const RATE: u64 = 1_000;
+/// How long a killed node stays down before it is started again.
+const DOWN: Duration = Duration::from_secs(8);
+/// Longer than the shards' session timeout (10 s, the default).
+const PAUSED: Duration = Duration::from_secs(15);
+/// The longest a partition's outcomes may stop while transfers arrive:
+/// well under `--hold-max-ms` (30 s), so that no held transfer expires.
+const PAUSE_MAX: Duration = Duration::from_secs(30);
+/// Bound on the cluster's healing after a fault (the node back, every
+/// replica in sync).
+const HEAL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A fault that happened: what was done, to which node, in which role.
+struct Fault {
+    action: &'static str,
+    node: u32,
+    role: String,
+    /// Since the producer started.
+    at: Duration,
+}
+
+/// The run's processes and what the supervisor saw.
+struct Run {
+    cluster: Cluster,
+    pipeline: Pipeline,
+    producer: ProducerRun,
+    started: Instant,
+    faults: Vec<Fault>,
+    /// Exit statuses of shards and producers that ended on their own.
+    exits: Vec<String>,
+    stuck_exits: u32,
+}
+
+impl Run {
+    /// Restarts whatever exited on its own.
+    fn supervise(&mut self) {
+        for shard in self.pipeline.active_shards() {
+            if let Some(status) = self.pipeline.shard_exit(shard) {
+                if status.code() == Some(i32::from(EXIT_STUCK)) {
+                    self.stuck_exits += 1;
+                }
+                self.exits.push(format!(
+                    "shard {shard} at {:?}: {status}",
+                    self.started.elapsed()
+                ));
+                self.pipeline.start_shard(shard).expect("restart a shard");
+            }
+        }
+        if let Some(status) = self.pipeline.producer_exit() {
+            self.exits.push(format!(
+                "producer at {:?}: {status}",
+                self.started.elapsed()
+            ));
+            self.pipeline
+                .start_producer(&self.producer)
+                .expect("restart the producer");
+        }
+    }
+
+    /// Supervises for `period` while transfers flow.
+    fn run_for(&mut self, period: Duration) {
+        let until = Instant::now() + period;
+        while Instant::now() < until {
+            self.supervise();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn record(&mut self, action: &'static str, node: u32, role: String) {
+        let at = self.started.elapsed();
+        let _ = writeln!(
+            std::io::stderr(),
+            "cluster fault at {at:?}: {action} node {node}, {role}"
+        );
+        self.faults.push(Fault {
+            action,
+            node,
+            role,
+            at,
+        });
+    }
+
+    /// Kills `node`, keeps the traffic going for `DOWN`, starts it again
+    /// and waits until every replica is back in sync.
+    fn kill_and_restart(&mut self, node: u32, role: String) {
+        self.cluster.kill(node).expect("kill a node");
+        self.record("killed", node, role);
+        self.run_for(DOWN);
+        self.cluster.start_node(node).expect("start the node again");
+        self.heal();
+    }
+
+    /// Waits, supervising, until the cluster is whole again.
+    fn heal(&mut self) {
+        let deadline = Instant::now() + HEAL_TIMEOUT;
+        loop {
+            self.supervise();
+            match self.cluster.wait_in_sync(Duration::from_secs(5)) {
+                Ok(()) => return,
+                Err(error) if Instant::now() >= deadline => {
+                    self.print_logs();
+                    panic!("the cluster did not heal within {HEAL_TIMEOUT:?}: {error}");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn print_logs(&self) {
+        for shard in 0..SHARDS as usize {
+            let log = std::fs::read_to_string(self.pipeline.shard_log(shard)).unwrap_or_default();
+            eprintln!(
+                "--- shard {shard} log tail ---\n{}",
+                harness::testkit::tail(&log, 40)
+            );
+        }
+        let log = std::fs::read_to_string(self.pipeline.producer_log()).unwrap_or_default();
+        eprintln!(
+            "--- producer log tail ---\n{}",
+            harness::testkit::tail(&log, 20)
+        );
+        eprintln!("{}", self.cluster.logs_tail(40));
+    }
+}
+
+/// Milliseconds since the epoch, the clock of the records' timestamps.
+fn epoch_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The longest pause between two consecutive outcomes of transfers, per
+/// input partition, among the outcomes written in `[from_ms, to_ms]`.
+fn longest_pauses(records: &[harness::testkit::Record], from_ms: i64, to_ms: i64) -> Vec<i64> {
+    let mut times: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for record in records {
+        let Some(at) = record
+            .timestamp_ms
+            .filter(|at| (from_ms..=to_ms).contains(at))
+        else {
+            continue;
+        };
+        let payload = record.payload.as_deref().expect("an outcome has a payload");
+        let outcome = wire::decode_outcome(payload).expect("an outcome decodes");
+        times.entry(outcome.partition).or_default().push(at);
+    }
+    (0..PARTITIONS)
+        .map(|partition| {
+            let mut times = times.remove(&partition).unwrap_or_default();
+            times.sort_unstable();
+            // From the window's start and to its end too: a partition that
+            // stopped for good shows its whole silence.
+            let mut edges = vec![from_ms];
+            edges.extend(times);
+            edges.push(to_ms);
+            edges
+                .windows(2)
+                .map(|pair| pair[1] - pair[0])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[test]
+fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
+    let binaries = Binaries::locate().expect("the producer and consumer binaries");
+    let cluster = Cluster::start(ClusterOptions::default())
+        .unwrap_or_else(|error| panic!("starting a three-node cluster: {error}"));
+    cluster.print_logs_on_panic();
+    let prefix = harness::unique_name("cluster") + "-";
+    let work = tempfile::tempdir().expect("work dir");
+    let config = PipelineConfig {
+        bootstrap_servers: cluster.bootstrap_servers().to_owned(),
+        topics: pipeline::prefixed_topics(&prefix),
+        partitions: PARTITIONS,
+        shards: SHARDS,
+        work_dir: work.path().to_owned(),
+        group_id: format!("{prefix}ledger"),
+        transactional_id_prefix: format!("{prefix}ledger-consumer"),
+        producer_transactional_id: format!("{prefix}producer"),
+        batch_ms: 100,
+        shard_env: Vec::new(),
+        group_assignment: true,
+    };
+    let group_id = config.group_id.clone();
+    let shard_ids: Vec<String> = (0..SHARDS)
+        .map(|shard| kafka::shard_transactional_id(&config.transactional_id_prefix, shard))
+        .collect();
+    let topics = config.topics.clone();
+    let mut pipeline = Pipeline::new(config, binaries).expect("pipeline");
+    pipeline.create_topics().expect("topics");
+    pipeline.start_shards().expect("shards");
+    if let Err(error) = pipeline.wait_ready(Duration::from_secs(300)) {
+        eprintln!("{}", cluster.logs_tail(40));
+        panic!("{error}");
+    }
+    let producer = ProducerRun {
+        // More than the run needs: it is stopped once the faults are done.
+        count: 10_000_000,
+        rate: RATE,
+        seed: 24,
+        accounts: 500,
+        batch_ms: 100,
+    };
+    pipeline.start_producer(&producer).expect("producer");
+    let producing_from = epoch_ms();
+    let open_outcomes =
+        OpenTransactions::new(cluster.bootstrap_servers(), &topics.results, PARTITIONS);
+    let mut run = Run {
+        cluster,
+        pipeline,
+        producer,
+        started: Instant::now(),
+        faults: Vec::new(),
+        exits: Vec::new(),
+        stuck_exits: 0,
+    };
+    // Traffic settles before the first fault.
+    run.run_for(Duration::from_secs(10));
+
+    // 1. The group coordinator, while a shard's transaction has outcomes
+    //    in it (its offsets go to that coordinator at the commit).
+    let mid_transaction = open_outcomes.wait_for_records(Duration::from_secs(10));
+    let node = run
+        .cluster
+        .group_coordinator(&group_id)
+        .expect("group coordinator");
+    run.kill_and_restart(
+        node,
+        format!(
+            "group coordinator of {group_id} ({} a shard's transaction)",
+            if mid_transaction {
+                "in the middle of"
+            } else {
+                "between two of"
+            }
+        ),
+    );
+    assert!(
+        mid_transaction,
+        "no shard transaction with outcomes was open in 10 s of traffic"
+    );
+
+    // 2. The transaction coordinator of shard 0's transactional.id.
+    let node = run
+        .cluster
+        .transaction_coordinator(&shard_ids[0])
+        .expect("transaction coordinator");
+    run.kill_and_restart(node, format!("transaction coordinator of {}", shard_ids[0]));
+
+    // 3. The leader of a partition of `transactions`.
+    let node = run
+        .cluster
+        .partition_leader(&topics.transactions, 0)
+        .expect("partition leader");
+    run.kill_and_restart(node, format!("leader of {}/0", topics.transactions));
+
+    // 4. A node paused for longer than the shards' session timeout: the
+    //    transaction coordinator of shard 1.
+    let node = run
+        .cluster
+        .transaction_coordinator(&shard_ids[1])
+        .expect("transaction coordinator");
+    run.cluster.pause(node).expect("pause a node");
+    run.record(
+        "paused",
+        node,
+        format!("transaction coordinator of {} for {PAUSED:?}", shard_ids[1]),
+    );
+    run.run_for(PAUSED);
+    run.cluster.resume(node).expect("resume the node");
+    run.heal();
+
+    // 5. The active KRaft controller.
+    let node = run.cluster.active_controller().expect("active controller");
+    run.kill_and_restart(node, "active controller".to_owned());
+
+    run.run_for(Duration::from_secs(10));
+    let producing_to = epoch_ms();
+    let stopped = run.pipeline.stop_producer();
+    assert!(
+        stopped.is_some(),
+        "the producer did not stop within its grace"
+    );
+    let settled = run
+        .pipeline
+        .wait_ready(Duration::from_secs(180))
+        .and_then(|()| run.pipeline.wait_caught_up(Duration::from_secs(300)));
+    if let Err(error) = settled {
+        run.print_logs();
+        panic!("the shards did not settle: {error}");
+    }
+    let report = match run.pipeline.audit() {
+        Ok(report) => report,
+        Err(error) => {
+            run.print_logs();
+            panic!("the audit could not run: {error}");
+        }
+    };
+
+    let mut outcomes = TopicReader::new(
+        run.cluster.bootstrap_servers(),
+        &topics.results,
+        PARTITIONS,
+        Isolation::ReadCommitted,
+    );
+    let outcomes = outcomes.read_at_least_then_end(report.totals.outcomes as usize);
+    let pauses = longest_pauses(outcomes, producing_from, producing_to);
+    let faults: Vec<String> = run
+        .faults
+        .iter()
+        .map(|fault| {
+            format!(
+                "{:?}: {} node {}, {}",
+                fault.at, fault.action, fault.node, fault.role
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        std::io::stderr(),
+        "cluster run over {:?}: {} transfers committed, faults:\n  {}\nexits (restarted): \
+         {:?} ({} cut off by the watchdog)\nlongest pause between outcomes per partition \
+         (ms): {pauses:?}\nhold_expired: {}\n{report}",
+        run.started.elapsed(),
+        report.totals.inputs_committed,
+        faults.join("\n  "),
+        run.exits,
+        run.stuck_exits,
+        report.totals.hold_expired,
+    );
+    if !report.passed() {
+        run.print_logs();
+    }
+    assert!(report.passed(), "the audit failed after the cluster faults");
+    assert_eq!(run.faults.len(), 5, "every fault happened");
+    assert_eq!(
+        report.totals.hold_expired, 0,
+        "transfers expired in their holds: a shard stood still too long"
+    );
+    let longest = pauses.iter().copied().max().unwrap_or(0);
+    assert!(
+        longest <= PAUSE_MAX.as_millis() as i64,
+        "a partition's outcomes paused {longest} ms (per partition: {pauses:?}), bound {PAUSE_MAX:?}"
+    );
+}
