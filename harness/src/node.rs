@@ -628,9 +628,12 @@ impl Wait {
     }
 
     /// After a failed probe: a timeout error naming `problem` once the
-    /// deadline has passed.
+    /// deadline has passed, otherwise a pause before the next probe (a
+    /// probe may fail at once, and a tight loop would take the CPU the
+    /// nodes need to start).
     fn check(&mut self, nodes: &[Node], problem: String) -> Result<(), HarnessError> {
         if Instant::now() < self.deadline {
+            thread::sleep(Duration::from_millis(100));
             return Ok(());
         }
         Err(HarnessError::NotReady {
@@ -665,7 +668,6 @@ impl Wait {
                 return Ok(());
             };
             self.check(nodes, problem)?;
-            thread::sleep(Duration::from_millis(100));
         }
     }
 }
