@@ -57,12 +57,20 @@ pub enum PipelineError {
     Io(#[from] std::io::Error),
 }
 
+/// The broker named by `KAFKA_BOOTSTRAP_SERVERS`, if it is set and not
+/// blank.
+pub fn external_bootstrap() -> Option<String> {
+    std::env::var(kafka::ENV_BOOTSTRAP)
+        .ok()
+        .filter(|bootstrap| !bootstrap.trim().is_empty())
+}
+
 /// The broker of a run: the one named by `KAFKA_BOOTSTRAP_SERVERS`, or a
 /// local one (the harness's) that stops when the returned handle drops.
 pub fn broker() -> Result<(String, Option<harness::Broker>), harness::HarnessError> {
-    match std::env::var(kafka::ENV_BOOTSTRAP) {
-        Ok(bootstrap) if !bootstrap.trim().is_empty() => Ok((bootstrap, None)),
-        _ => {
+    match external_bootstrap() {
+        Some(bootstrap) => Ok((bootstrap, None)),
+        None => {
             eprintln!(
                 "starting a local Kafka broker (the first run fetches its jars with Maven)..."
             );
