@@ -298,8 +298,9 @@ impl fmt::Display for Role {
 }
 
 impl Role {
-    /// The node in this role now, and the role named in full. `turn`
-    /// chooses the shard or partition where the role has several holders.
+    /// The node in this role now, and the role named in full. Where the
+    /// role has several holders, `turn` (how many faults aimed at it
+    /// before) chooses the shard or partition, so that they take turns.
     fn find(
         self,
         cluster: &Cluster,
@@ -548,8 +549,7 @@ struct Faults {
     laps: u32,
     interval: Duration,
     due: Instant,
-    /// Rotates the shard, the shard's transaction coordinator or the
-    /// partition a fault aims at.
+    /// Rotates the shard a shard fault aims at.
     turn: usize,
     brokers: Option<Brokers>,
     started: Instant,
@@ -696,10 +696,12 @@ impl Faults {
             }
             Fault::Node(node_fault, role) => {
                 let entry = self.happened.len();
+                let turn =
+                    self.count(|fault| matches!(fault, Fault::Node(_, aimed) if aimed == role));
                 self.brokers
                     .as_mut()
                     .context("broker faults need the local cluster")?
-                    .inflict(node_fault, role, pipeline.config(), self.turn, entry)?
+                    .inflict(node_fault, role, pipeline.config(), turn, entry)?
             }
         })
     }
