@@ -308,6 +308,15 @@ struct Shard {
     /// reading if it was an error.
     ahead: Vec<Polled>,
     ahead_failed: Option<Error>,
+    /// After a group assignment, each owned partition of `ledger-credits`
+    /// and its end then (`None` until known): until every credit below it
+    /// is processed, a credit between two of the shard's own partitions,
+    /// sent when they had other owners, may still be on its way, and their
+    /// live state proves no shortage (`Tick::catching_up`).
+    credits_due: BTreeMap<i32, Option<i64>>,
+    /// Caught up since the last heartbeat: the shard's marks to its own
+    /// partitions, read back, are the batch that decides what waited.
+    wake_own: bool,
 }
 
 impl Shard {
@@ -372,6 +381,8 @@ impl Shard {
             last_stuck_report: Instant::now(),
             ahead: Vec::new(),
             ahead_failed: None,
+            credits_due: BTreeMap::new(),
+            wake_own: false,
         };
         shard.set_owned(owned);
         shard.assign_and_open(reader)?;
@@ -584,11 +595,15 @@ impl Shard {
             self.report_stuck(now_ms);
         }
         let idle = self.idle_partitions();
+        let wake_own = std::mem::take(&mut self.wake_own);
         let publish: Vec<i32> = self
             .owned
             .iter()
             .copied()
             .filter(|partition| {
+                if wake_own {
+                    return true;
+                }
                 let order = self.store.order_state(*partition);
                 let marks = self.settings.rules.marks(*partition, &order);
                 // Marks for this shard's own partitions are never sent.
@@ -613,6 +628,7 @@ impl Shard {
             idle: &idle,
             publish: &publish,
             local: &self.owned,
+            catching_up: !self.credits_due.is_empty(),
         };
         let mut effects = process_batch_at(&self.store, &self.settings.rules, &[], tick)
             .expect("a batch without records refuses nothing");
@@ -670,6 +686,63 @@ impl Shard {
         }
     }
 
+    /// Whether the batch `polled` must be decided as catching up: some
+    /// credit that reached an owned partition of `ledger-credits` before
+    /// the last assignment is not processed yet (it is neither behind the
+    /// consumer's position nor done: in this batch or read ahead counts as
+    /// not done, since the batch decides transfers as it reads them).
+    fn catching_up(&mut self, polled: &[Polled]) -> bool {
+        if self.credits_due.is_empty() {
+            return false;
+        }
+        let topic = self.settings.credits_topic.as_str();
+        let mut unprocessed: BTreeMap<i32, i64> = BTreeMap::new();
+        for record in polled.iter().chain(&self.ahead) {
+            if record.at.source == Source::Credits {
+                let first = unprocessed.entry(record.at.partition).or_insert(i64::MAX);
+                *first = (*first).min(record.offset);
+            }
+        }
+        let positions = self.consumer.position().unwrap_or_default();
+        let (watcher, store) = (&self.watcher, &self.store);
+        self.credits_due.retain(|partition, end| {
+            if end.is_none() {
+                *end = watcher
+                    .fetch_watermarks(topic, *partition, END_QUERY_TIMEOUT)
+                    .ok()
+                    .map(|(_, high)| high);
+            }
+            let Some(end) = *end else {
+                return true;
+            };
+            let position = match positions
+                .find_partition(topic, *partition)
+                .map(|element| element.offset())
+            {
+                Some(Offset::Offset(next)) => next,
+                // Nothing consumed since the assignment: where it began.
+                _ => store
+                    .offsets()
+                    .get(&InputPartition {
+                        source: Source::Credits,
+                        partition: *partition,
+                    })
+                    .copied()
+                    .unwrap_or(0),
+            };
+            position < end || unprocessed.get(partition).is_some_and(|first| *first < end)
+        });
+        if self.credits_due.is_empty() {
+            info!(
+                message = "Caught up with the credits sent to the owned partitions before the assignment; their own state decides shortages again.",
+                partitions = ?self.owned,
+            );
+            self.wake_own = true;
+            return false;
+        }
+        true
+    }
+
     /// Owned partitions of `transactions` read to their very end: no record
     /// left, and none in an open transaction. A partition whose end cannot
     /// be read now is not idle, nor one with records read ahead.
@@ -725,9 +798,11 @@ impl Shard {
                 payload: record.payload.as_deref(),
             })
             .collect();
+        let catching_up = self.catching_up(polled);
         let tick = Tick {
             now_ms: now_ms(),
             local: &self.owned,
+            catching_up,
             ..Tick::default()
         };
         let mut effects = process_batch_at(&self.store, &self.settings.rules, &records, tick)
@@ -1342,6 +1417,9 @@ impl Shard {
                 recovery::show(&committed.offsets)
             )));
         }
+        // What was sent to these partitions before the assignment is read
+        // before their own state proves a shortage (see `catching_up`).
+        self.credits_due = owned.iter().map(|partition| (*partition, None)).collect();
         self.set_owned(owned);
         self.published.clear();
         self.group = group_metadata(&self.consumer)?;

@@ -260,6 +260,12 @@ pub struct Tick<'a> {
     /// that a chain of payments on one shard resolves in one batch instead
     /// of one credits round trip per link.
     pub local: &'a [i32],
+    /// The shard has not yet read every credit that reached its own
+    /// partitions before it took them (a group assignment moved some): a
+    /// credit between two of them may still wait on `ledger-credits`, sent
+    /// when they had different owners, so their live state proves no
+    /// shortage. The marks read prove it meanwhile, as between shards.
+    pub catching_up: bool,
 }
 
 /// Runs the batch at time zero, with no partition idle: for tests and
@@ -560,13 +566,14 @@ impl<V: LedgerView> Batch<'_, V> {
 
     /// Whether no credit to `account` (of `partition`) ordered before
     /// `key` can still come. From a partition this shard owns too, its
-    /// state says so now: its credits to local partitions are applied as
-    /// they are made. From the others, the marks read on `partition`'s
-    /// credits say so.
+    /// state says so now (unless it is catching up): its credits to local
+    /// partitions are applied as they are made. From the others, the marks
+    /// read on `partition`'s credits say so.
     fn proven(&mut self, partition: i32, account: &AccountId, key: OrderKey) -> bool {
         let local = self.tick.local;
+        let live = !self.tick.catching_up;
         (0..self.rules.partitions).all(|source| {
-            if local.contains(&source) && local.contains(&partition) {
+            if live && local.contains(&source) && local.contains(&partition) {
                 self.live_passed(source, account, key)
             } else {
                 let marks = &self.order(partition).state.marks;

@@ -102,10 +102,20 @@ struct Record {
     value: Vec<u8>,
 }
 
-/// The simulated cluster: two input topics, the outcomes, and N shards each
-/// owning the partitions p with p mod N == shard.
+/// The simulated cluster: two input topics, the outcomes, and N shards,
+/// shard i first owning the partitions p with p mod N == i; a partition
+/// can move to another shard with its state, as a group rebalance moves it.
 struct Cluster {
     shards: usize,
+    /// Each partition's shard.
+    owner: Vec<usize>,
+    /// Per shard, after it took partitions: for each partition it owns, the
+    /// end of `ledger-credits` then, which it must have read before its
+    /// own partitions' live state proves a shortage (`Tick::catching_up`).
+    due: Vec<BTreeMap<i32, i64>>,
+    /// Per shard: its partitions changed, so it publishes all its marks
+    /// again, as a shard does after a rebalance.
+    republish: Vec<bool>,
     rules: Rules,
     /// Shards apply credits to their own partitions at once (as the real
     /// shards do) instead of reading them back.
@@ -126,6 +136,9 @@ impl Cluster {
     fn with_rules(shards: usize, rules: Rules) -> Self {
         Cluster {
             shards,
+            owner: (0..PARTITIONS).map(|p| p as usize % shards).collect(),
+            due: vec![BTreeMap::new(); shards],
+            republish: vec![false; shards],
             rules,
             local_credits: false,
             transfers: vec![Vec::new(); PARTITIONS as usize],
@@ -199,7 +212,7 @@ impl Cluster {
     fn unread(&self, shard: usize, limit: usize) -> Vec<(InputPartition, i64, &Record)> {
         let offsets = &self.ledgers[shard].offsets;
         let mut records = Vec::new();
-        for partition in (0..PARTITIONS).filter(|p| *p as usize % self.shards == shard) {
+        for partition in self.owned(shard) {
             for (source, topic) in [
                 (Source::Transfers, &self.transfers),
                 (Source::Credits, &self.credits),
@@ -233,6 +246,7 @@ impl Cluster {
         let owned = self.owned(shard);
         let tick = Tick {
             local: if self.local_credits { &owned } else { &[] },
+            catching_up: self.catching_up(shard),
             ..Tick::default()
         };
         process_batch_at(&self.ledgers[shard], &self.rules, &inputs, tick)
@@ -241,8 +255,68 @@ impl Cluster {
 
     fn owned(&self, shard: usize) -> Vec<i32> {
         (0..PARTITIONS)
-            .filter(|p| *p as usize % self.shards == shard)
+            .filter(|p| self.owner[*p as usize] == shard)
             .collect()
+    }
+
+    /// Whether `shard` has credits left to read that reached its
+    /// partitions before it took them.
+    fn catching_up(&self, shard: usize) -> bool {
+        self.due[shard].iter().any(|(partition, end)| {
+            let at = InputPartition {
+                source: Source::Credits,
+                partition: *partition,
+            };
+            self.ledgers[shard].offsets.get(&at).copied().unwrap_or(0) < *end
+        })
+    }
+
+    /// Moves `partition` to shard `to` with its state (balances, offsets,
+    /// order state; remembered ids are copied whole, a superset), as a
+    /// rebalance does through the changelog. The new owner catches up on
+    /// `ledger-credits` before trusting its own partitions' live state.
+    fn move_partition(&mut self, partition: i32, to: usize) {
+        let from = self.owner[partition as usize];
+        if from == to {
+            return;
+        }
+        let taken = &mut self.ledgers[from];
+        let balances: Vec<(AccountId, Money)> = taken
+            .balances
+            .iter()
+            .filter(|(account, _)| partition_of(account) == partition)
+            .map(|(account, balance)| (account.clone(), *balance))
+            .collect();
+        taken
+            .balances
+            .retain(|account, _| partition_of(account) != partition);
+        let offsets: Vec<(InputPartition, i64)> = taken
+            .offsets
+            .iter()
+            .filter(|(at, _)| at.partition == partition)
+            .map(|(at, next)| (*at, *next))
+            .collect();
+        taken.offsets.retain(|at, _| at.partition != partition);
+        let order = taken.orders.remove(&partition);
+        let (decided, credited) = (taken.decided.clone(), taken.credited.clone());
+        let into = &mut self.ledgers[to];
+        into.balances.extend(balances);
+        into.offsets.extend(offsets);
+        if let Some(order) = order {
+            into.orders.insert(partition, order);
+        }
+        into.decided.extend(decided);
+        into.credited.extend(credited);
+        self.owner[partition as usize] = to;
+        self.republish[from] = true;
+        self.due[from].remove(&partition);
+        self.republish[to] = true;
+        let ends: Vec<(i32, i64)> = self
+            .owned(to)
+            .into_iter()
+            .map(|owned| (owned, self.credits[owned as usize].len() as i64))
+            .collect();
+        self.due[to].extend(ends);
     }
 
     /// Every shard, having read everything, lets its floors jump; true when
@@ -251,8 +325,17 @@ impl Cluster {
         let mut published = false;
         for shard in 0..self.shards {
             let owned = self.owned(shard);
+            // Caught up after a move: the shard's marks to its own
+            // partitions, read back, are the batch that decides what its
+            // live state can prove now (as `Shard::heartbeat` does).
+            let caught_up = !self.due[shard].is_empty() && !self.catching_up(shard);
+            if caught_up {
+                self.due[shard].clear();
+            }
+            let publish = caught_up || std::mem::take(&mut self.republish[shard]);
             let tick = Tick {
                 idle: &owned,
+                publish: if publish { &owned } else { &[] },
                 local: if self.local_credits { &owned } else { &[] },
                 // A clock past every stamp: floors may jump anywhere.
                 now_ms: u64::MAX,
@@ -293,7 +376,7 @@ impl Cluster {
     fn in_flight(&self) -> Money {
         let mut total = Money::ZERO;
         for partition in 0..PARTITIONS {
-            let shard = partition as usize % self.shards;
+            let shard = self.owner[partition as usize];
             let at = InputPartition {
                 source: Source::Credits,
                 partition,
@@ -324,7 +407,7 @@ impl Cluster {
         // the transfers were written to.
         for (shard, ledger) in self.ledgers.iter().enumerate() {
             for account in ledger.balances.keys() {
-                let owner = partition_of(account) as usize % self.shards;
+                let owner = self.owner[partition_of(account) as usize];
                 prop_assert_eq!(owner, shard, "{} held by shard {}", account, shard);
             }
         }
@@ -459,8 +542,20 @@ proptest! {
 /// one second after the one before, and batches of random sizes.
 #[derive(Debug, Clone)]
 enum OrderStep {
-    Transfer { from: usize, to: usize, cents: i64 },
-    Process { shard: usize, records: usize },
+    Transfer {
+        from: usize,
+        to: usize,
+        cents: i64,
+    },
+    Process {
+        shard: usize,
+        records: usize,
+    },
+    /// A rebalance: the partition moves to the shard, with its state.
+    Move {
+        partition: i32,
+        shard: usize,
+    },
 }
 
 fn order_step() -> impl Strategy<Value = OrderStep> {
@@ -468,6 +563,7 @@ fn order_step() -> impl Strategy<Value = OrderStep> {
         3 => (0..ACCOUNTS, 1i64..50_000).prop_map(|(to, cents)| OrderStep::Transfer { from: ACCOUNTS, to, cents }),
         8 => (0..ACCOUNTS, 0..=ACCOUNTS, 1i64..40_000).prop_map(|(from, to, cents)| OrderStep::Transfer { from, to, cents }),
         6 => (0usize..3, 1usize..12).prop_map(|(shard, records)| OrderStep::Process { shard, records }),
+        1 => (0..PARTITIONS, 0usize..3).prop_map(|(partition, shard)| OrderStep::Move { partition, shard }),
     ]
 }
 
@@ -476,8 +572,9 @@ proptest! {
 
     /// Issue 17's rule: with holding on, every decision is the one the
     /// transfers give in the order they were created, whatever the number
-    /// of shards and however the batches fall. Nothing ends up held, and
-    /// nothing is rejected for a shortage the order does not have.
+    /// of shards, however the batches fall and wherever partitions move
+    /// meanwhile. Nothing ends up held, and nothing is rejected for a
+    /// shortage the order does not have.
     #[test]
     fn decisions_follow_the_order_the_transfers_were_created_in(
         shards in 1usize..=3,
@@ -507,6 +604,9 @@ proptest! {
                     let shard = shard % cluster.shards;
                     let effects = cluster.run_shard(shard, records);
                     cluster.commit(shard, &effects);
+                }
+                OrderStep::Move { partition, shard } => {
+                    cluster.move_partition(partition, shard % cluster.shards);
                 }
             }
             cluster.check_invariants()?;
