@@ -229,6 +229,9 @@ fn drive(
                      again with the same seed (its transfers are answered `duplicate`)"
                 );
             } else if args.chaos {
+                // A broker fault may make it give up, or its watchdog cut
+                // off a call (status 75): restarted as a supervisor would.
+                // Without chaos nothing excuses a failure.
                 faults.exited("the producer".to_owned(), exit, pipeline.producer_log());
             } else {
                 anyhow::bail!(
