@@ -466,6 +466,7 @@ impl Shard {
         let faults = self.settings.faults;
         while !self.shared.stop.load(Ordering::Acquire) {
             self.shared.beat.now();
+            self.check_fatal()?;
             let polled = self.poll_batch()?;
             let change = self.consumer.context().group_change().take();
             if let Some(change) = change {
@@ -502,6 +503,36 @@ impl Shard {
             shard = %self.settings.transactional_id,
             offsets = %recovery::show(self.store.offsets()),
         );
+        Ok(())
+    }
+
+    /// Stops on librdkafka's fatal state of either client. librdkafka
+    /// reports it once, through the error callback, and the client then
+    /// does nothing more: a static consumer fenced by its own rejoin (seen
+    /// when its group coordinator's node was paused) never joins again, and
+    /// the shard would poll an empty assignment forever, its loop turning
+    /// and `/healthz` green. A new incarnation joins afresh.
+    fn check_fatal(&self) -> Result<(), Error> {
+        let fatal = [
+            ("consumer", self.consumer.client().fatal_error()),
+            ("producer", self.producer.client().fatal_error()),
+        ];
+        for (client, fatal) in fatal {
+            if let Some((code, reason)) = fatal {
+                let error = KafkaError::Global(code);
+                report(
+                    ErrorEvent::Kafka(ErrorClass::Fatal),
+                    client,
+                    &error,
+                    "A Kafka client is in its fatal state: exiting; the next incarnation starts a new one.",
+                );
+                error!(message = "librdkafka's reason.", client, reason = %reason);
+                return Err(Error::Kafka {
+                    step: "a client's fatal state",
+                    error,
+                });
+            }
+        }
         Ok(())
     }
 

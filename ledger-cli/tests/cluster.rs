@@ -55,19 +55,18 @@ struct Fault {
     at: Duration,
 }
 
-/// The run's processes and what the supervisor saw.
-struct Run {
-    cluster: Cluster,
+/// The pipeline's processes, restarted when they exit, as a platform
+/// restarts a container.
+struct Supervisor {
     pipeline: Pipeline,
     producer: ProducerRun,
     started: Instant,
-    faults: Vec<Fault>,
     /// Exit statuses of shards and producers that ended on their own.
     exits: Vec<String>,
     stuck_exits: u32,
 }
 
-impl Run {
+impl Supervisor {
     /// Restarts whatever exited on its own.
     fn supervise(&mut self) {
         for shard in self.pipeline.active_shards() {
@@ -92,18 +91,64 @@ impl Run {
                 .expect("restart the producer");
         }
     }
+}
 
+/// The cluster, the supervised pipeline, and the faults done so far.
+struct Run {
+    cluster: Cluster,
+    supervisor: Supervisor,
+    faults: Vec<Fault>,
+}
+
+impl Run {
     /// Supervises for `period` while transfers flow.
     fn run_for(&mut self, period: Duration) {
-        let until = Instant::now() + period;
-        while Instant::now() < until {
-            self.supervise();
+        self.on_cluster(|_| std::thread::sleep(period));
+    }
+
+    /// Runs `operation` on the cluster (starting a node waits until it
+    /// serves, which takes seconds) while the pipeline stays supervised: a
+    /// shard that exits meanwhile is restarted at once, as by a platform.
+    fn on_cluster<T: Send>(&mut self, operation: impl FnOnce(&mut Cluster) -> T + Send) -> T {
+        let cluster = &mut self.cluster;
+        let supervisor = &mut self.supervisor;
+        std::thread::scope(|scope| {
+            let done = scope.spawn(|| operation(cluster));
+            while !done.is_finished() {
+                supervisor.supervise();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            supervisor.supervise();
+            done.join().expect("the cluster operation panicked")
+        })
+    }
+
+    /// Waits, supervising, until every shard is ready and has decided all
+    /// it read: a shard's call may still be cut off after the last fault.
+    fn settle(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.supervisor.supervise();
+            let pipeline = &self.supervisor.pipeline;
+            let ready = pipeline
+                .active_shards()
+                .into_iter()
+                .all(|shard| pipeline.shard_ready(shard));
+            if ready && pipeline.caught_up().unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not caught up within {timeout:?} (lag {:?})",
+                    pipeline.lag()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     fn record(&mut self, action: &'static str, node: u32, role: String) {
-        let at = self.started.elapsed();
+        let at = self.supervisor.started.elapsed();
         let _ = writeln!(
             std::io::stderr(),
             "cluster fault at {at:?}: {action} node {node}, {role}"
@@ -122,35 +167,29 @@ impl Run {
         self.cluster.kill(node).expect("kill a node");
         self.record("killed", node, role);
         self.run_for(DOWN);
-        self.cluster.start_node(node).expect("start the node again");
+        self.on_cluster(|cluster| cluster.start_node(node))
+            .expect("start the node again");
         self.heal();
     }
 
     /// Waits, supervising, until the cluster is whole again.
     fn heal(&mut self) {
-        let deadline = Instant::now() + HEAL_TIMEOUT;
-        loop {
-            self.supervise();
-            match self.cluster.wait_in_sync(Duration::from_secs(5)) {
-                Ok(()) => return,
-                Err(error) if Instant::now() >= deadline => {
-                    self.print_logs();
-                    panic!("the cluster did not heal within {HEAL_TIMEOUT:?}: {error}");
-                }
-                Err(_) => {}
-            }
+        if let Err(error) = self.on_cluster(|cluster| cluster.wait_in_sync(HEAL_TIMEOUT)) {
+            self.print_logs();
+            panic!("the cluster did not heal within {HEAL_TIMEOUT:?}: {error}");
         }
     }
 
     fn print_logs(&self) {
+        let pipeline = &self.supervisor.pipeline;
         for shard in 0..SHARDS as usize {
-            let log = std::fs::read_to_string(self.pipeline.shard_log(shard)).unwrap_or_default();
+            let log = std::fs::read_to_string(pipeline.shard_log(shard)).unwrap_or_default();
             eprintln!(
                 "--- shard {shard} log tail ---\n{}",
                 harness::testkit::tail(&log, 40)
             );
         }
-        let log = std::fs::read_to_string(self.pipeline.producer_log()).unwrap_or_default();
+        let log = std::fs::read_to_string(pipeline.producer_log()).unwrap_or_default();
         eprintln!(
             "--- producer log tail ---\n{}",
             harness::testkit::tail(&log, 20)
@@ -218,7 +257,14 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
         transactional_id_prefix: format!("{prefix}ledger-consumer"),
         producer_transactional_id: format!("{prefix}producer"),
         batch_ms: 100,
-        shard_env: Vec::new(),
+        // The production default (the pipeline's 10 s is for quick
+        // scale-ins): a shard held in a call keeps its partitions until its
+        // watchdog ends it, and its restart takes them back as the same
+        // static member, with no rebalance.
+        shard_env: vec![(
+            ledger::names::TXLEDGER_MAX_POLL_INTERVAL_MS.to_owned(),
+            "300000".to_owned(),
+        )],
         group_assignment: true,
     };
     let group_id = config.group_id.clone();
@@ -247,12 +293,14 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
         OpenTransactions::new(cluster.bootstrap_servers(), &topics.results, PARTITIONS);
     let mut run = Run {
         cluster,
-        pipeline,
-        producer,
-        started: Instant::now(),
+        supervisor: Supervisor {
+            pipeline,
+            producer,
+            started: Instant::now(),
+            exits: Vec::new(),
+            stuck_exits: 0,
+        },
         faults: Vec::new(),
-        exits: Vec::new(),
-        stuck_exits: 0,
     };
     // Traffic settles before the first fault.
     run.run_for(Duration::from_secs(10));
@@ -316,20 +364,16 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
 
     run.run_for(Duration::from_secs(10));
     let producing_to = epoch_ms();
-    let stopped = run.pipeline.stop_producer();
+    let stopped = run.supervisor.pipeline.stop_producer();
     assert!(
         stopped.is_some(),
         "the producer did not stop within its grace"
     );
-    let settled = run
-        .pipeline
-        .wait_ready(Duration::from_secs(180))
-        .and_then(|()| run.pipeline.wait_caught_up(Duration::from_secs(300)));
-    if let Err(error) = settled {
+    if let Err(error) = run.settle(Duration::from_secs(300)) {
         run.print_logs();
         panic!("the shards did not settle: {error}");
     }
-    let report = match run.pipeline.audit() {
+    let report = match run.supervisor.pipeline.audit() {
         Ok(report) => report,
         Err(error) => {
             run.print_logs();
@@ -360,11 +404,11 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
         "cluster run over {:?}: {} transfers committed, faults:\n  {}\nexits (restarted): \
          {:?} ({} cut off by the watchdog)\nlongest pause between outcomes per partition \
          (ms): {pauses:?}\nhold_expired: {}\n{report}",
-        run.started.elapsed(),
+        run.supervisor.started.elapsed(),
         report.totals.inputs_committed,
         faults.join("\n  "),
-        run.exits,
-        run.stuck_exits,
+        run.supervisor.exits,
+        run.supervisor.stuck_exits,
         report.totals.hold_expired,
     );
     if !report.passed() {
