@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //!
-//! - [`audit`]: the audit's judge: facts folded from the topics in, a
-//!   verdict per check out.
+//! - [`audit`]: the audit's judge: facts folded from the topics in
+//!   (`audit/facts.rs`), a verdict per check out (`audit/judge.rs`, the
+//!   replay of funds in the ledger's order in `audit/funds.rs`), and the
+//!   report that `ledger audit` prints (`audit/report.rs`).
 //! - [`domain`]: types that cannot hold invalid values (accounts, amounts,
 //!   transfers, credits, outcomes).
 //! - [`hash`]: the hash maps of the per-record paths (foldhash).
