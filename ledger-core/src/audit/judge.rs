@@ -16,6 +16,7 @@ pub fn audit(input: &AuditInput) -> AuditReport {
     judge.match_outcomes();
     judge.walk_inputs();
     judge.check_decisions();
+    // The part of `decisions` that depends on funds (see `funds`).
     judge.check_funds();
     let expected = judge.check_credits();
     judge.check_balances(&expected);

@@ -25,7 +25,8 @@
 //! The audit judges a quiescent pipeline: producer stopped, shards caught up,
 //! every credit applied. On a pipeline still moving, an input whose outcome
 //! comes later counts as lost and a credit not yet applied breaks the
-//! balances.//!
+//! balances.
+//!
 //! # Layout
 //!
 //! - `facts`: what the judge takes: the topics' records folded, as they are
