@@ -6,7 +6,10 @@
 //! - [`api`]: the JSON views of a shard's state (HTTP API and `ledger query`).
 //! - [`names`]: topic names and environment variables, defined once.
 //! - [`signal`]: the shutdown signal of every long-running binary.
-//! - [`store`]: the sled store of one shard, written once per batch.
+//! - [`store`]: the sled store of one shard, written once per batch; a
+//!   folder, one concern per file (keys, value codec, writing a batch, the
+//!   pending record, the idempotency window, caches, order-state records,
+//!   legacy layouts, reader, restore), listed in its own `# Layout`.
 //! - [`kafka`]: Kafka client settings shared by every binary.
 //! - [`telemetry`]: logging setup shared by every binary.
 //! - [`txn`]: the error path of transactional calls (classify, retry,
