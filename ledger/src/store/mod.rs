@@ -259,8 +259,8 @@ impl Store {
         };
         let window = self.load_window(window_limit)?;
         let in_doubt = self.pending.as_ref().map(InDoubt::of);
-        *write(&self.shared.window) = window;
-        *write(&self.shared.in_doubt) = in_doubt;
+        *write_lock(&self.shared.window) = window;
+        *write_lock(&self.shared.in_doubt) = in_doubt;
         Ok(())
     }
 
@@ -368,11 +368,14 @@ impl LedgerView for Store {
     }
 
     fn decision(&self, id: TransferId) -> Option<Decision> {
-        read(&self.shared.window).decided.get(&id).map(|(d, _)| *d)
+        read_lock(&self.shared.window)
+            .decided
+            .get(&id)
+            .map(|(d, _)| *d)
     }
 
     fn credited(&self, id: TransferId) -> bool {
-        read(&self.shared.window).credited.contains_key(&id)
+        read_lock(&self.shared.window).credited.contains_key(&id)
     }
 
     fn order(&self, partition: i32) -> PartitionOrder {
@@ -383,11 +386,11 @@ impl LedgerView for Store {
 /// Poisoning only follows a panic in another thread, which already stops
 /// the shard; the data behind these locks is replaced wholesale, never left
 /// half-updated, so reading through a poisoned lock is safe.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

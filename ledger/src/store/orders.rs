@@ -173,61 +173,81 @@ fn partition_order_changes(
 /// would write every transfer still held in it again); the last one
 /// decided removes both.
 fn held_changes(diff: &OrderDiff<'_>, index: &HeldIndex, changes: &mut Vec<Change>) -> HeldIndex {
-    let OrderDiff {
-        partition,
-        old,
-        new,
-        seq,
-    } = *diff;
     let mut index = index.clone();
-    let old_held: HashSet<OrderKey> = old.held.iter().map(|held| held.key).collect();
-    let new_held: HashSet<OrderKey> = new.held.iter().map(|held| held.key).collect();
-    let mut touched = BTreeSet::new();
-    for held in &old.held {
-        if new_held.contains(&held.key) {
-            continue;
-        }
-        match index.record_of.remove(&held.key) {
-            Some(Some((record, at))) => {
-                if let Some(decided) = index
-                    .records
-                    .get_mut(&record)
-                    .and_then(|record| record.decided.get_mut(at))
-                {
-                    *decided = true;
-                    touched.insert(record);
-                }
-            }
-            _ => changes.push((legacy_held_key(partition, &held.key), None)),
-        }
-    }
-    for id in touched {
-        let Some(record) = index.records.get_mut(&id) else {
-            continue;
-        };
-        let marks = record_key(DECIDED_PREFIX, partition, id);
-        if record.decided.iter().all(|decided| *decided) {
-            if record.marked {
-                changes.push((marks, None));
-            }
-            changes.push((record_key(HELD_PREFIX, partition, id), None));
-            index.records.remove(&id);
-        } else {
-            changes.push((marks, Some(record.encode_decided())));
-            record.marked = true;
-        }
-    }
-    let mut added = new.held.iter().filter(|held| !old_held.contains(&held.key));
-    let entries = pack(added.clone().map(held_entry));
-    for (part, (bytes, count)) in (0..).zip(entries) {
-        let id = (seq, part);
-        changes.push((record_key(HELD_PREFIX, partition, id), Some(bytes)));
-        for (at, held) in added.by_ref().take(count).enumerate() {
-            index.record_of.insert(held.key, Some((id, at)));
-        }
-        index.records.insert(id, HeldRecord::new(count));
-    }
+    let touched = index.decide(diff, changes);
+    index.mark(diff.partition, touched, changes);
+    index.hold(diff, changes);
     index
+}
+
+impl HeldIndex {
+    /// Notes decided the transfers `diff.old` held that `diff.new` does
+    /// not, in their records' bitmaps; returns the records touched. A
+    /// transfer of its own `h:` key has that key removed.
+    fn decide(&mut self, diff: &OrderDiff<'_>, changes: &mut Vec<Change>) -> BTreeSet<RecordId> {
+        let new_held: HashSet<OrderKey> = diff.new.held.iter().map(|held| held.key).collect();
+        let mut touched = BTreeSet::new();
+        for held in &diff.old.held {
+            if new_held.contains(&held.key) {
+                continue;
+            }
+            match self.record_of.remove(&held.key) {
+                Some(Some((record, at))) => {
+                    if let Some(decided) = self
+                        .records
+                        .get_mut(&record)
+                        .and_then(|record| record.decided.get_mut(at))
+                    {
+                        *decided = true;
+                        touched.insert(record);
+                    }
+                }
+                _ => changes.push((legacy_held_key(diff.partition, &held.key), None)),
+            }
+        }
+        touched
+    }
+
+    /// Writes the `d:` key of each `touched` record, or removes it with
+    /// the record once every transfer in it is decided.
+    fn mark(&mut self, partition: i32, touched: BTreeSet<RecordId>, changes: &mut Vec<Change>) {
+        for id in touched {
+            let Some(record) = self.records.get_mut(&id) else {
+                continue;
+            };
+            let marks = record_key(DECIDED_PREFIX, partition, id);
+            if record.decided.iter().all(|decided| *decided) {
+                if record.marked {
+                    changes.push((marks, None));
+                }
+                changes.push((record_key(HELD_PREFIX, partition, id), None));
+                self.records.remove(&id);
+            } else {
+                changes.push((marks, Some(record.encode_decided())));
+                record.marked = true;
+            }
+        }
+    }
+
+    /// Writes the transfers `diff.new` holds that `diff.old` did not in
+    /// records of the batch `diff.seq`, and indexes them.
+    fn hold(&mut self, diff: &OrderDiff<'_>, changes: &mut Vec<Change>) {
+        let old_held: HashSet<OrderKey> = diff.old.held.iter().map(|held| held.key).collect();
+        let mut added = diff
+            .new
+            .held
+            .iter()
+            .filter(|held| !old_held.contains(&held.key));
+        let entries = pack(added.clone().map(held_entry));
+        for (part, (bytes, count)) in (0..).zip(entries) {
+            let id = (diff.seq, part);
+            changes.push((record_key(HELD_PREFIX, diff.partition, id), Some(bytes)));
+            for (at, held) in added.by_ref().take(count).enumerate() {
+                self.record_of.insert(held.key, Some((id, at)));
+            }
+            self.records.insert(id, HeldRecord::new(count));
+        }
+    }
 }
 
 /// The credits of `new` that `old` does not have.

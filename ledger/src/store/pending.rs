@@ -7,7 +7,7 @@ use ledger_core::machine::Offsets;
 
 use super::keys::PENDING_KEY;
 use super::write::sled_batch;
-use super::{write, Change, Store, StoreError};
+use super::{write_lock, Change, Store, StoreError};
 
 /// The record of the batch written to sled but not yet known to be
 /// committed in Kafka: enough to decide after a crash whether it happened,
@@ -53,7 +53,7 @@ impl Store {
     /// pending record stays on disk until the next write replaces it (or
     /// `clear_pending`), which saves a flush per batch; recovery resolves it.
     pub fn mark_committed(&mut self) {
-        *write(&self.shared.in_doubt) = None;
+        *write_lock(&self.shared.in_doubt) = None;
     }
 
     /// Removes the pending record of a batch known to be committed.

@@ -14,7 +14,7 @@ use super::keys::{
     balance_key, decode_offset_key, BALANCE_PREFIX, DECIDED_PREFIX, HELD_PREFIX,
     LEGACY_HELD_PREFIX, OFFSET_PREFIX, PENDING_KEY,
 };
-use super::{read, Shared};
+use super::{read_lock, Shared};
 
 /// A read-only handle that serves queries from the last committed state,
 /// even while a batch is between its sled write and its Kafka commit.
@@ -53,7 +53,7 @@ pub struct TransferStatus {
 
 impl StoreReader {
     fn committed(&self, key: &[u8]) -> Result<Option<IVec>, sled::Error> {
-        if let Some(in_doubt) = read(&self.shared.in_doubt).as_ref() {
+        if let Some(in_doubt) = read_lock(&self.shared.in_doubt).as_ref() {
             if let Some(prior) = in_doubt.prior.get(key) {
                 return Ok(prior.as_deref().map(IVec::from));
             }
@@ -62,7 +62,7 @@ impl StoreReader {
     }
 
     fn in_doubt_seq(&self) -> Option<u64> {
-        read(&self.shared.in_doubt).as_ref().map(|d| d.seq)
+        read_lock(&self.shared.in_doubt).as_ref().map(|d| d.seq)
     }
 
     /// The committed balance, or `None` for an account never seen here.
@@ -86,7 +86,7 @@ impl StoreReader {
         after: Option<&AccountId>,
         limit: usize,
     ) -> Result<Vec<(AccountId, Money)>, sled::Error> {
-        let in_doubt = read(&self.shared.in_doubt);
+        let in_doubt = read_lock(&self.shared.in_doubt);
         let prior = in_doubt.as_ref().map(|d| &d.prior);
         let start = match after {
             // The smallest key after the account's own.
@@ -124,7 +124,7 @@ impl StoreReader {
 
     pub fn transfer(&self, id: TransferId) -> TransferStatus {
         let doubt = self.in_doubt_seq();
-        let window = read(&self.shared.window);
+        let window = read_lock(&self.shared.window);
         TransferStatus {
             decision: window
                 .decided
@@ -151,7 +151,7 @@ impl StoreReader {
             None => None,
         };
         let held = self.committed_held()?;
-        let window = read(&self.shared.window);
+        let window = read_lock(&self.shared.window);
         Ok(Stats {
             accounts: balances.len() as u64,
             sum: balances.iter().map(|(_, b)| *b).sum(),

@@ -9,7 +9,7 @@ use ledger_core::hash::HashMap;
 
 use super::codec::{entry_id, ID_ENTRY_LEN, TAG_ACCEPTED, TAG_CREDITED};
 use super::keys::{ids_key_seq, ids_prefix, IDS_PREFIX};
-use super::{write, Change, Store, StoreError};
+use super::{write_lock, Change, Store, StoreError};
 
 /// The ids remembered for idempotency, with the batch that wrote each, so a
 /// reader can ignore the batch that is not yet committed.
@@ -120,7 +120,7 @@ impl Store {
         seq: u64,
         ids: &BTreeMap<i32, Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let mut window = write(&self.shared.window);
+        let mut window = write_lock(&self.shared.window);
         let count: usize = ids
             .values()
             .map(|entries| entries.len() / ID_ENTRY_LEN)

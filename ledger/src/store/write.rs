@@ -12,7 +12,7 @@ use super::codec::{encode_money, encode_offset, encode_pending, packed_ids};
 use super::keys::{balance_key, ids_key, offset_key, stamp_key, META_PREFIX, PENDING_KEY, SEQ_KEY};
 use super::orders::PartitionRecords;
 use super::pending::{InDoubt, Pending};
-use super::{write, Change, Stamp, Store, StoreError};
+use super::{write_lock, Change, Stamp, Store, StoreError};
 
 /// What a durable write did and cost.
 #[derive(Debug, Clone)]
@@ -144,7 +144,7 @@ impl Store {
         let mut batch = sled_batch(changes);
         batch.insert(PENDING_KEY, encode_pending(pending));
         // Readers must stop trusting these keys before they change on disk.
-        *write(&self.shared.in_doubt) = Some(InDoubt::of(pending));
+        *write_lock(&self.shared.in_doubt) = Some(InDoubt::of(pending));
         self.db.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         let started = Instant::now();
         self.db.flush().map_err(|e| self.sled_error(e))?;
