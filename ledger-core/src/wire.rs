@@ -953,6 +953,39 @@ mod tests {
             prop_assert_eq!(read.map(|r| r.map(str::to_owned)), by_serde(&bytes));
         }
 
+        /// The guard of the test below, which checks only where the reader
+        /// answers: every credit `encode_credit` writes, local or not,
+        /// re-timed or not, with any account names and amounts, is read by
+        /// the reader and not handed to serde, and read as serde reads it.
+        #[test]
+        fn the_plain_json_reader_takes_every_credit_encode_credit_writes(
+            id in any::<u128>(),
+            names in prop::collection::vec("[a-zA-Z0-9._-]{1,20}", 2),
+            minor in 1i64..1_000_000_000,
+            seconds in 0i64..4_000_000_000,
+            retimed_by in prop::option::of(1i64..1_000_000),
+            local: bool,
+        ) {
+            prop_assume!(names[0] != names[1]);
+            let created_at = OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+            let credit = Credit {
+                transfer_id: TransferId(uuid::Uuid::from_u128(id)),
+                from: AccountId::parse(&names[0]).unwrap(),
+                to: AccountId::parse(&names[1]).unwrap(),
+                amount: Amount::from_minor(minor).unwrap(),
+                currency: Currency::EUR,
+                created_at,
+                effective_at: created_at
+                    + time::Duration::nanoseconds(retimed_by.unwrap_or(0)),
+                local,
+            };
+            let bytes = encode_credit(&credit);
+            let read = plain_credit(&bytes);
+            prop_assert!(read.is_some(), "not read: {}", String::from_utf8_lossy(&bytes));
+            let expected: CreditWire = serde_json::from_slice(&bytes).unwrap();
+            prop_assert_eq!(read, Some(expected));
+        }
+
         #[test]
         fn a_credit_read_without_serde_is_the_credit_serde_reads(
             bytes in message(&CREDIT_FIELDS, credit_values()),
