@@ -140,8 +140,8 @@ async fn account(
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, error.to_string()))?;
     let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
-        match reader.balance(&account).map_err(store_error)? {
-            Some(balance) => Ok(Json(AccountView::new(account.as_str(), balance, &shard))),
+        match api::account_view(reader, &shard, &account).map_err(store_error)? {
+            Some(view) => Ok(Json(view)),
             None => Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -189,16 +189,9 @@ async fn top_accounts(
     let top = count_param("top", params.top.as_deref(), TOP_DEFAULT, TOP_MAX)?;
     let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
-        let accounts = reader
-            .top(top)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), balance, &shard))
-            .collect();
-        Ok(Json(TopView {
-            shard: shard.to_string(),
-            accounts,
-        }))
+        api::top_view(reader, &shard, top)
+            .map(Json)
+            .map_err(store_error)
     })
     .await
 }
@@ -228,16 +221,9 @@ async fn balances_page(
     )?;
     let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
-        let accounts = reader
-            .balances_page(after.as_ref(), limit)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|(account, balance)| AccountView::new(account.as_str(), balance, &shard))
-            .collect();
-        Ok(Json(BalancesPageView {
-            shard: shard.to_string(),
-            accounts,
-        }))
+        api::balances_page_view(reader, &shard, after.as_ref(), limit)
+            .map(Json)
+            .map_err(store_error)
     })
     .await
 }
@@ -252,13 +238,9 @@ async fn transfer(
             format!("transfer id {id:?} is not a UUID"),
         )
     })?;
-    let shard = state.name.to_string();
+    let shard = Arc::clone(&state.name);
     read(&state, move |reader| {
-        Ok(Json(TransferView::new(
-            transfer_id.to_string(),
-            shard,
-            reader.transfer(transfer_id),
-        )))
+        Ok(Json(api::transfer_view(reader, &shard, transfer_id)))
     })
     .await
 }
@@ -266,21 +248,19 @@ async fn transfer(
 /// Ready only: the partitions change while a rebalance keeps it unready.
 async fn shard(State(state): State<AppState>) -> Result<Json<ShardView>, ApiError> {
     ready_reader(&state)?;
-    Ok(Json(ShardView {
-        shard: state.name.to_string(),
-        partitions: state.shared.owned(),
-    }))
+    Ok(Json(api::shard_view(&state.name, state.shared.owned())))
 }
 
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsView>, ApiError> {
-    let shard = state.name.to_string();
+    let shard = Arc::clone(&state.name);
     // A rebalance makes the shard unready before it changes its partitions,
     // so `read` serves these with their state; a rebalance racing this
     // answer shows to clients as a partition owned twice or by no shard.
     let partitions = state.shared.owned();
     read(&state, move |reader| {
-        let stats = reader.stats().map_err(store_error)?;
-        Ok(Json(StatsView::new(shard, partitions, &stats)))
+        api::stats_view(reader, &shard, partitions)
+            .map(Json)
+            .map_err(store_error)
     })
     .await
 }

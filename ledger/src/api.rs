@@ -7,13 +7,19 @@
 //! stopped shard read with `ledger query --db DIR` is named by the
 //! directory as given. Clients identify shards by this name, never by the
 //! address they asked: one address may stand for all shards.
+//!
+//! The views are built from a [`StoreReader`] here, once, by
+//! [`account_view`], [`top_view`], [`balances_page_view`],
+//! [`transfer_view`], [`stats_view`] (or [`stopped_stats_view`]) and
+//! [`shard_view`]: the shard's HTTP API serves them, and `ledger query
+//! --db` builds the same ones from a stopped shard's directory.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Stats, TransferStatus};
-use ledger_core::domain::{Decision, Money, RejectReason};
+use crate::store::{Stats, StoreReader, TransferStatus};
+use ledger_core::domain::{AccountId, Decision, Money, RejectReason, TransferId};
 use ledger_core::machine::{Offsets, Source};
 
 /// `GET /v1/accounts/{id}`.
@@ -231,6 +237,95 @@ impl AccountView {
             shard: shard.to_owned(),
         }
     }
+}
+
+/// `GET /v1/accounts/{id}`: the account's committed balance on shard
+/// `shard`, or `None` for an account never seen there.
+pub fn account_view(
+    reader: &StoreReader,
+    shard: &str,
+    account: &AccountId,
+) -> Result<Option<AccountView>, sled::Error> {
+    Ok(reader
+        .balance(account)?
+        .map(|balance| AccountView::new(account.as_str(), balance, shard)))
+}
+
+/// `GET /v1/accounts?top=N`: the `limit` largest committed balances,
+/// largest first.
+pub fn top_view(reader: &StoreReader, shard: &str, limit: usize) -> Result<TopView, sled::Error> {
+    Ok(TopView {
+        shard: shard.to_owned(),
+        accounts: account_views(reader.top(limit)?, shard),
+    })
+}
+
+/// `GET /v1/balances?after=ACCOUNT&limit=N`: up to `limit` committed
+/// balances in account order, after `after` (from the first without it).
+pub fn balances_page_view(
+    reader: &StoreReader,
+    shard: &str,
+    after: Option<&AccountId>,
+    limit: usize,
+) -> Result<BalancesPageView, sled::Error> {
+    Ok(BalancesPageView {
+        shard: shard.to_owned(),
+        accounts: account_views(reader.balances_page(after, limit)?, shard),
+    })
+}
+
+fn account_views(balances: Vec<(AccountId, Money)>, shard: &str) -> Vec<AccountView> {
+    balances
+        .into_iter()
+        .map(|(account, balance)| AccountView::new(account.as_str(), balance, shard))
+        .collect()
+}
+
+/// `GET /v1/transfers/{id}`: what shard `shard` knows of the transfer.
+pub fn transfer_view(reader: &StoreReader, shard: &str, id: TransferId) -> TransferView {
+    TransferView::new(id.to_string(), shard.to_owned(), reader.transfer(id))
+}
+
+/// `GET /v1/stats` of a running shard, which owns `partitions` now.
+pub fn stats_view(
+    reader: &StoreReader,
+    shard: &str,
+    partitions: Vec<i32>,
+) -> Result<StatsView, sled::Error> {
+    Ok(StatsView::new(
+        shard.to_owned(),
+        partitions,
+        &reader.stats()?,
+    ))
+}
+
+/// The stats of a stopped shard, read from its directory: it owns the
+/// partitions its committed offsets record ([`recorded_partitions`]).
+pub fn stopped_stats_view(reader: &StoreReader, shard: &str) -> Result<StatsView, sled::Error> {
+    let stats = reader.stats()?;
+    Ok(StatsView::new(
+        shard.to_owned(),
+        recorded_partitions(&stats.offsets),
+        &stats,
+    ))
+}
+
+/// `GET /v1/shard`: shard `shard`, which owns `partitions`.
+pub fn shard_view(shard: &str, partitions: Vec<i32>) -> ShardView {
+    ShardView {
+        shard: shard.to_owned(),
+        partitions,
+    }
+}
+
+/// The partitions a stopped shard owns: those of `transactions` its
+/// offsets record, the ones it consumed up to its stop. Ascending.
+pub fn recorded_partitions(offsets: &Offsets) -> Vec<i32> {
+    offsets
+        .keys()
+        .filter(|at| at.source == Source::Transfers)
+        .map(|at| at.partition)
+        .collect()
 }
 
 /// The body of every error response.
