@@ -53,6 +53,8 @@ struct Fault {
     role: String,
     /// Since the producer started.
     at: Duration,
+    /// From the fault until every partition's shard committed again.
+    flowing_after: Duration,
 }
 
 /// The pipeline's processes, restarted when they exit, as a platform
@@ -64,6 +66,10 @@ struct Supervisor {
     /// Exit statuses of shards and producers that ended on their own.
     exits: Vec<String>,
     stuck_exits: u32,
+    /// Shards restarted and not ready yet, since when.
+    restarting: BTreeMap<usize, Instant>,
+    /// How long each restarted shard took to be ready again.
+    recoveries: Vec<Duration>,
 }
 
 impl Supervisor {
@@ -79,6 +85,19 @@ impl Supervisor {
                     self.started.elapsed()
                 ));
                 self.pipeline.start_shard(shard).expect("restart a shard");
+                self.restarting.insert(shard, Instant::now());
+            }
+        }
+        let pipeline = &self.pipeline;
+        let ready: Vec<usize> = self
+            .restarting
+            .keys()
+            .copied()
+            .filter(|shard| pipeline.shard_ready(*shard))
+            .collect();
+        for shard in ready {
+            if let Some(since) = self.restarting.remove(&shard) {
+                self.recoveries.push(since.elapsed());
             }
         }
         if let Some(status) = self.pipeline.producer_exit() {
@@ -158,11 +177,55 @@ impl Run {
             node,
             role,
             at,
+            flowing_after: Duration::ZERO,
         });
     }
 
+    /// The next offset of each `transactions` partition that its shard
+    /// has committed, as the shards that answer report it.
+    fn committed_transfers(&self) -> BTreeMap<i32, i64> {
+        self.supervisor
+            .pipeline
+            .stats()
+            .into_iter()
+            .flatten()
+            .flat_map(|stats| stats.offsets)
+            .filter(|offset| offset.source == ledger_core::machine::Source::Transfers)
+            .map(|offset| (offset.partition, offset.next_offset))
+            .collect()
+    }
+
+    /// Waits, supervising, until every partition of `transactions` has
+    /// moved on since the cluster healed: the pipeline is whole again
+    /// before the next fault, so that each fault's pause is its own.
+    fn wait_flowing(&mut self) {
+        let before = self.committed_transfers();
+        let deadline = Instant::now() + HEAL_TIMEOUT;
+        loop {
+            self.supervisor.supervise();
+            let now = self.committed_transfers();
+            let moved = (0..PARTITIONS).all(|partition| {
+                now.get(&partition).copied().unwrap_or(-1)
+                    > before.get(&partition).copied().unwrap_or(-1)
+            });
+            if moved {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.print_logs();
+                panic!("the pipeline did not flow again within {HEAL_TIMEOUT:?}: {now:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let started = self.supervisor.started;
+        if let Some(fault) = self.faults.last_mut() {
+            fault.flowing_after = started.elapsed().saturating_sub(fault.at);
+        }
+    }
+
     /// Kills `node`, keeps the traffic going for `DOWN`, starts it again
-    /// and waits until every replica is back in sync.
+    /// and waits until every replica is back in sync and the pipeline
+    /// flows again.
     fn kill_and_restart(&mut self, node: u32, role: String) {
         self.cluster.kill(node).expect("kill a node");
         self.record("killed", node, role);
@@ -170,6 +233,7 @@ impl Run {
         self.on_cluster(|cluster| cluster.start_node(node))
             .expect("start the node again");
         self.heal();
+        self.wait_flowing();
     }
 
     /// Waits, supervising, until the cluster is whole again.
@@ -299,6 +363,8 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
             started: Instant::now(),
             exits: Vec::new(),
             stuck_exits: 0,
+            restarting: BTreeMap::new(),
+            recoveries: Vec::new(),
         },
         faults: Vec::new(),
     };
@@ -357,6 +423,7 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
     run.run_for(PAUSED);
     run.cluster.resume(node).expect("resume the node");
     run.heal();
+    run.wait_flowing();
 
     // 5. The active KRaft controller.
     let node = run.cluster.active_controller().expect("active controller");
@@ -394,25 +461,33 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
         .iter()
         .map(|fault| {
             format!(
-                "{:?}: {} node {}, {}",
-                fault.at, fault.action, fault.node, fault.role
+                "{:?}: {} node {}, {}; every partition committed again {:?} later",
+                fault.at, fault.action, fault.node, fault.role, fault.flowing_after
             )
         })
         .collect();
     let _ = writeln!(
         std::io::stderr(),
         "cluster run over {:?}: {} transfers committed, faults:\n  {}\nexits (restarted): \
-         {:?} ({} cut off by the watchdog)\nlongest pause between outcomes per partition \
+         {:?} ({} cut off by the watchdog), ready again after {:?}\nlongest pause between outcomes per partition \
          (ms): {pauses:?}\nhold_expired: {}\n{report}",
         run.supervisor.started.elapsed(),
         report.totals.inputs_committed,
         faults.join("\n  "),
         run.supervisor.exits,
         run.supervisor.stuck_exits,
+        run.supervisor.recoveries,
         report.totals.hold_expired,
     );
-    if !report.passed() {
+    let longest = pauses.iter().copied().max().unwrap_or(0);
+    let failed = !report.passed()
+        || report.totals.hold_expired > 0
+        || longest > PAUSE_MAX.as_millis() as i64;
+    if failed {
         run.print_logs();
+        // The shards' logs and directories are the evidence: kept.
+        let kept = work.keep();
+        eprintln!("shard logs and data kept in {}", kept.display());
     }
     assert!(report.passed(), "the audit failed after the cluster faults");
     assert_eq!(run.faults.len(), 5, "every fault happened");
@@ -420,7 +495,6 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
         report.totals.hold_expired, 0,
         "transfers expired in their holds: a shard stood still too long"
     );
-    let longest = pauses.iter().copied().max().unwrap_or(0);
     assert!(
         longest <= PAUSE_MAX.as_millis() as i64,
         "a partition's outcomes paused {longest} ms (per partition: {pauses:?}), bound {PAUSE_MAX:?}"

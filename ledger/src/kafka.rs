@@ -58,10 +58,14 @@ pub const TRANSACTION_TIMEOUT_MS_MAX: u64 = 900_000;
 /// flush) is given when none is set (`TXLEDGER_CALL_TIMEOUT_MS`); the
 /// binary's watchdog (`crate::watchdog`) cuts a call off
 /// [`CALL_CUTOFF_GRACE`] after it, whether librdkafka honoured it or not.
-/// A third of the shards' default `--hold-max-ms` (30 s): a call cut off
-/// plus a restart and recovery ends before another shard's held transfers
-/// expire waiting for this one's marks.
-pub const CALL_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+/// A sixth of the shards' default `--hold-max-ms` (30 s): a call cut off
+/// (7 s), a restart and its recovery (whose `init_transactions` waits for
+/// the broker to abort the cut-off transaction: up to 15 s while a node is
+/// down) end before another shard's held transfers expire waiting for this
+/// one's marks. A coordinator failing over takes longer than 5 s (the
+/// broker session, 9 s): such a call returns a retriable timeout, and is
+/// retried.
+pub const CALL_TIMEOUT_DEFAULT_MS: u64 = 5_000;
 /// The bounds both binaries accept for it: under a second, an ordinary
 /// coordinator round trip on a loaded machine would be cut off.
 pub const CALL_TIMEOUT_MS_MIN: u64 = 1_000;
