@@ -18,7 +18,11 @@
 //!
 //! - [`config`]: flags with environment fallbacks, and what is derived from
 //!   them (ordinal, owned partitions).
-//! - `shard`: the protocol loop and recovery, on a dedicated thread.
+//! - `shard`: the protocol loop and recovery, on a dedicated thread; a
+//!   folder with one file per concern (start-up and recovery, the batch's
+//!   transaction, what it produces, the heartbeat, rebalances), listed in
+//!   its own Layout.
+//! - `restore`: rebuilding partitions' state from the changelog.
 //! - `http`: health, readiness, metrics and queries (axum, on tokio).
 //!   Its JSON bodies are `ledger::api`'s views, shared with `ledger query`.
 //! - `measure`: the Prometheus metrics.
