@@ -3,6 +3,8 @@
 //! Queries read the store through `StoreReader`, which serves the last
 //! COMMITTED state: a batch between its sled write and its Kafka commit is
 //! invisible here. sled reads block, so they run on the blocking pool.
+//! The views answered are built by `ledger::api` from the reader, as
+//! `ledger query --db` builds them from a stopped shard's directory.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

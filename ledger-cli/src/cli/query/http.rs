@@ -129,12 +129,11 @@ impl ShardSource for HttpSource {
     }
 
     fn balance(&self, account: &AccountId) -> anyhow::Result<Option<AccountView>> {
-        Ok(
-            match self.get(&["v1", "accounts", account.as_str()], &[])? {
-                Reply::Found(view) => Some(view),
-                Reply::NotFound(_) => None,
-            },
-        )
+        let reply = self.get(&["v1", "accounts", account.as_str()], &[])?;
+        Ok(match reply {
+            Reply::Found(view) => Some(view),
+            Reply::NotFound(_) => None,
+        })
     }
 
     fn top(&self, limit: usize) -> anyhow::Result<TopView> {

@@ -7,21 +7,22 @@
 //! both. Shards are known by the name their views report, never by the
 //! order or the address they were given in: one URL may stand for every
 //! shard (`ledger_cli::shards`), and ownership of partitions (which
-//! `balance` routes by) is what each shard's stats say. Answers show committed state only: a stopped shard's last batch
-//! whose Kafka commit is unknown (its pending record) is left out and
-//! reported, since only the shard itself, talking to Kafka at start, can
-//! tell whether it happened.
+//! `balance` routes by) is what each shard's stats say. Answers show
+//! committed state only: a stopped shard's last batch whose Kafka commit is
+//! unknown (its pending record) is left out and reported, since only the
+//! shard itself, talking to Kafka at start, can tell whether it happened.
 //!
 //! # Layout
 //!
 //! - this file: the arguments, the dispatch to a question, and printing
 //!   an answer (JSON, text, "not found").
-//! - `source`: where a shard is asked, the [`source::ShardSource`] trait,
-//!   and resolving `--db`/`--url`/`TXLEDGER_SHARD_URLS` into [`source::Shard`]s
-//!   known by name.
-//! - `http`: a running shard, asked over its HTTP API.
-//! - `db`: a stopped shard, read from its sled directory; its views are
-//!   built by `ledger::api`, as the shard's own HTTP API builds them.
+//! - `source`: the `ShardSource` trait (what a shard answers, however it
+//!   is reached), and resolving `--db`, `--url` or `TXLEDGER_SHARD_URLS`
+//!   into `Shard`s known by name, whose answers are checked to come from
+//!   that shard.
+//! - `http`: `ShardSource` for a running shard, asked over its HTTP API.
+//! - `db`: `ShardSource` for a stopped shard's sled directory; its views
+//!   are built by `ledger::api`, as the shard's own HTTP API builds them.
 //! - `balance`, `top`, `transfer`, `stats`: one question each, merging
 //!   the shards' views and printing them.
 //! - `balances`: the export of every balance, as JSON lines or CSV.
