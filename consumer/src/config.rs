@@ -15,8 +15,6 @@ use ledger::telemetry::LogFormat;
 use ledger_core::domain::Currency;
 use ledger_core::machine::{Rules, Source};
 
-use crate::faults::Faults;
-
 /// Why the configuration cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,12 +53,6 @@ pub enum ConfigError {
          (--max-poll-interval-ms, {poll_ms} ms)"
     )]
     SessionTimeout { session_ms: u64, poll_ms: u64 },
-    #[error("{variable}={value:?} is not valid: {why}")]
-    Fault {
-        variable: &'static str,
-        value: String,
-        why: &'static str,
-    },
 }
 
 /// How a shard comes to own its partitions (`--assignment`).
@@ -247,11 +239,6 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = names::TXLEDGER_LOG_FORMAT, value_enum, default_value = "human")]
     pub log_format: LogFormat,
-
-    /// Test-only failure injection, from TXLEDGER_FAIL_AT and friends (see
-    /// `faults`); never a flag, so that nobody sets it by accident.
-    #[arg(skip)]
-    pub faults: Faults,
 }
 
 /// Long enough for a credit to cross the pipeline under load and a shard
@@ -287,7 +274,6 @@ pub(crate) struct Settings {
     pub call_timeout: Duration,
     pub rules: Rules,
     pub store: StoreOptions,
-    pub faults: Faults,
 }
 
 impl Settings {
@@ -381,7 +367,6 @@ impl Settings {
                 idempotency_window: usize::try_from(config.idempotency_window)
                     .unwrap_or(usize::MAX),
             },
-            faults: config.faults,
         })
     }
 

@@ -50,6 +50,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use config::{Config, ConfigError};
+pub use faults::{FaultError, Faults};
 
 /// Bound on creating or checking the topics at start.
 const TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,25 +123,31 @@ impl Error {
 
 /// Binds `config.http_addr` and runs the shard until `shutdown` resolves
 /// (then finishes the open batch and returns `Ok`) or a fatal error.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// `faults`: test-only failure injection, `Faults::default()` for none.
+pub async fn run(
+    config: Config,
+    faults: Faults,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|error| Error::Http {
             address: config.http_addr,
             error,
         })?;
-    serve(config, listener, shutdown).await
+    serve(config, faults, listener, shutdown).await
 }
 
 /// [`run`] on a listener bound by the caller (tests bind `127.0.0.1:0`).
 pub async fn serve(
     config: Config,
+    faults: Faults,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let settings = config::Settings::resolve(&config)?;
-    if settings.faults.is_active() {
-        warn!(message = "Test-only failure injection is on.", faults = ?settings.faults);
+    if faults.is_active() {
+        warn!(message = "Test-only failure injection is on.", faults = ?faults);
     }
     let address = listener.local_addr().map_err(|error| Error::Http {
         address: config.http_addr,
@@ -165,7 +172,7 @@ pub async fn serve(
     });
     info!(message = "HTTP API listening.", %address);
 
-    let result = drive(&config, settings, &shared, shutdown).await;
+    let result = drive(&config, settings, faults, &shared, shutdown).await;
     let _ = http_stop.send(());
     let served = match server.await {
         Ok(served) => served.map_err(|error| Error::Http { address, error }),
@@ -188,11 +195,47 @@ fn stall_bound(settings: &config::Settings) -> Duration {
 async fn drive(
     config: &Config,
     settings: config::Settings,
+    faults: Faults,
     shared: &Arc<shard::Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
     let stop_bound = stall_bound(&settings);
+    let client = kafka::client_config(&settings.bootstrap_servers);
+    let topics = topics(config, &settings);
+    tokio::select! {
+        created = kafka::ensure_topics(&client, &topics, TOPIC_TIMEOUT) => created?,
+        () = &mut shutdown => return Ok(()),
+    }
+
+    let (done, finished) = oneshot::channel();
+    let loop_shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name(settings.transactional_id.clone())
+        .spawn(move || {
+            let _ = done.send(shard::run(settings, faults, loop_shared));
+        })
+        .map_err(Error::Thread)?;
+    tokio::pin!(finished);
+    let result = tokio::select! {
+        result = &mut finished => result,
+        () = &mut shutdown => {
+            info!(message = "Shutdown requested: finishing the open batch.");
+            shared.stop.store(true, Ordering::Release);
+            // Bounded: a loop blocked in librdkafka would never see the
+            // flag, and a shard that ignores SIGTERM is only ever killed.
+            match tokio::time::timeout(stop_bound, finished).await {
+                Ok(result) => result,
+                Err(_) => return Err(Error::StopTimedOut(stop_bound)),
+            }
+        }
+    };
+    // The sender is dropped without a result only if the thread panicked.
+    result.unwrap_or(Err(Error::LoopPanicked))
+}
+
+/// The topics the shard reads and writes, as created or checked at start.
+fn topics<'a>(config: &Config, settings: &'a config::Settings) -> Vec<TopicSpec<'a>> {
     let mut topics = vec![
         TopicSpec {
             name: &settings.transfers_topic,
@@ -228,34 +271,5 @@ async fn drive(
             compacted: true,
         });
     }
-    let client = kafka::client_config(&settings.bootstrap_servers);
-    tokio::select! {
-        created = kafka::ensure_topics(&client, &topics, TOPIC_TIMEOUT) => created?,
-        () = &mut shutdown => return Ok(()),
-    }
-
-    let (done, finished) = oneshot::channel();
-    let loop_shared = Arc::clone(shared);
-    std::thread::Builder::new()
-        .name(settings.transactional_id.clone())
-        .spawn(move || {
-            let _ = done.send(shard::run(settings, loop_shared));
-        })
-        .map_err(Error::Thread)?;
-    tokio::pin!(finished);
-    let result = tokio::select! {
-        result = &mut finished => result,
-        () = &mut shutdown => {
-            info!(message = "Shutdown requested: finishing the open batch.");
-            shared.stop.store(true, Ordering::Release);
-            // Bounded: a loop blocked in librdkafka would never see the
-            // flag, and a shard that ignores SIGTERM is only ever killed.
-            match tokio::time::timeout(stop_bound, finished).await {
-                Ok(result) => result,
-                Err(_) => return Err(Error::StopTimedOut(stop_bound)),
-            }
-        }
-    };
-    // The sender is dropped without a result only if the thread panicked.
-    result.unwrap_or(Err(Error::LoopPanicked))
+    topics
 }

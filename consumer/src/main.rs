@@ -27,8 +27,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mut config: Config) -> anyhow::Result<()> {
-    config.faults = Faults::from_env()?;
+fn run(config: Config) -> anyhow::Result<()> {
+    let faults = Faults::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +36,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Before anything else runs: a SIGTERM during recovery is not lost.
         let shutdown = shutdown_signal().context("installing the signal handlers")?;
-        consumer::run(config, shutdown).await?;
+        consumer::run(config, faults, shutdown).await?;
         anyhow::Ok(())
     })
 }

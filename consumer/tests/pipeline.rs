@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use consumer::faults::Mutant;
+use consumer::Faults;
 use ledger::api::{AccountView, BalancesPageView, ErrorView, StatsView, TopView, TransferView};
 use ledger_core::domain::{OutcomeKind, RejectReason};
 use ledger_core::machine::Source;
@@ -16,20 +17,21 @@ use ledger_core::wire;
 
 /// Deposits, then funded transfers with duplicates and bad records, through
 /// `shards` shards; every exactly-once property checked against the model.
-fn run_scenario(shards: u32, seed: u64, extra: &[&str], configure: impl Fn(&mut consumer::Config)) {
+fn run_scenario(shards: u32, seed: u64, extra: &[&str], inject: impl Fn(&mut Faults)) {
     let topics = Topics::create(6);
     let dir = test_dir();
     let scenario = Scenario::new(seed, 24, 300);
     let mut running = InProcess::new();
     for shard in 0..shards {
-        let mut config = topics.config(
+        let config = topics.config(
             shard,
             shards,
             &dir.path().join(format!("shard-{shard}")),
             extra,
         );
-        configure(&mut config);
-        running.start(config);
+        let mut faults = Faults::default();
+        inject(&mut faults);
+        running.start_with_faults(config, faults);
     }
     let urls = running.urls.clone();
 
@@ -61,8 +63,8 @@ fn three_shards_are_exactly_once_with_cross_shard_credits() {
 /// offsets: undo and seek back must make the redo indistinguishable.
 #[test]
 fn aborted_transactions_are_undone_and_redone() {
-    run_scenario(2, 5, &["--batch-records", "16"], |config| {
-        config.faults.abort_every = Some(3);
+    run_scenario(2, 5, &["--batch-records", "16"], |faults| {
+        faults.abort_every = Some(3);
     });
 }
 
@@ -368,15 +370,16 @@ fn the_skip_seek_back_mutant_loses_records() {
     let topics = Topics::create(1);
     let dir = test_dir();
     let mut running = InProcess::new();
-    let mut config = topics.config(
+    let config = topics.config(
         0,
         1,
         &dir.path().join("shard-0"),
         &["--batch-records", "10"],
     );
-    config.faults.abort_every = Some(3);
-    config.faults.mutant = Some(Mutant::SkipSeekBack);
-    let url = running.start(config);
+    let mut faults = Faults::default();
+    faults.abort_every = Some(3);
+    faults.mutant = Some(Mutant::SkipSeekBack);
+    let url = running.start_with_faults(config, faults);
     let deposits: Vec<Input> = (0..200)
         .map(|i| Input::Transfer(transfer("world", &format!("acc-{i}"), 100, "EUR")))
         .collect();

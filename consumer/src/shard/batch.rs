@@ -3,16 +3,16 @@
 //! a commit (`committed`) or its failure (`interrupted`, `abort`: undo and
 //! seek back, so that the batch is redone from the same state).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ledger::kafka;
 use ledger::store::{Stamp, StoreError, WriteReport};
 use ledger::telemetry::chain;
 use ledger::txn::{self, ErrorClass, Failed};
-use ledger_core::domain::{Decision, Money, OutcomeKind, RejectReason, TransferId};
+use ledger_core::domain::Money;
 use ledger_core::machine::{
-    process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Output, Source, Tick,
+    process_batch_at, BatchEffects, InputPartition, InputRecord, LedgerView, Source, Tick,
 };
 use ledger_core::recovery;
 use rdkafka::consumer::Consumer;
@@ -21,7 +21,7 @@ use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use crate::faults::{Mutant, Step};
+use crate::faults::Step;
 use crate::measure::{self, ErrorEvent};
 use crate::Error;
 
@@ -75,9 +75,7 @@ impl Shard {
                     error = %chain(error),
                 );
             })?;
-        if self.settings.faults.mutant == Some(Mutant::RefuseFunded) {
-            refuse_first_funded(&mut effects);
-        }
+        self.faults.rewrite_effects(&mut effects);
         self.cover(&mut effects);
         if effects.counts.misrouted > 0 {
             warn!(
@@ -228,11 +226,10 @@ impl Shard {
         effects: &BatchEffects,
         written: &mut bool,
     ) -> Result<BatchCost, Interrupted> {
-        let faults = self.settings.faults;
         self.transactions += 1;
         self.attempt("begin_transaction", || self.producer.begin_transaction())?;
         self.produce(effects)?;
-        faults.check(Step::AfterProduce, self.batches);
+        self.faults.check(Step::AfterProduce, self.batches);
         // Old balances must be read before the write replaces them.
         let delta: Money = effects
             .balances
@@ -245,10 +242,9 @@ impl Shard {
 
         // One sequence; the commit-before-write mutant only moves its sled
         // write after the commit (and, writing nothing before, never
-        // aborts on purpose).
-        let write_first = faults.mutant != Some(Mutant::CommitBeforeSledWrite);
+        // aborts on purpose: `Faults::abort_transaction`).
         let mut report = None;
-        if write_first {
+        if !self.faults.write_after_commit() {
             let written_report = self.write(effects, stamp)?;
             *written = true;
             self.produce_changes(&written_report.changes)?;
@@ -256,8 +252,8 @@ impl Shard {
         }
         let offsets = self.offsets_to_commit(effects)?;
         self.send_offsets(&offsets)?;
-        faults.check(Step::AfterSendOffsets, self.batches);
-        if write_first && faults.abort_transaction(self.transactions) {
+        self.faults.check(Step::AfterSendOffsets, self.batches);
+        if self.faults.abort_transaction(self.transactions) {
             return Err(Interrupted::Deliberate);
         }
         // Every record is acknowledged (or failed) here, so the commit's own
@@ -267,10 +263,10 @@ impl Shard {
         // retriable/abortable/fatal flag: fatal, and recovery decides.)
         self.settle();
         self.attempt("commit_transaction", || {
-            faults.hang("commit_transaction", self.batches);
+            self.faults.hang("commit_transaction", self.batches);
             self.producer.commit_transaction(self.settings.call_timeout)
         })?;
-        faults.check(Step::AfterCommit, self.batches);
+        self.faults.check(Step::AfterCommit, self.batches);
         let report = match report {
             Some(report) => report,
             None => self.write(effects, stamp)?,
@@ -287,9 +283,7 @@ impl Shard {
             .store
             .write_stamped(effects, Some(stamp))
             .map_err(Interrupted::Store)?;
-        self.settings
-            .faults
-            .check(Step::AfterSledWrite, self.batches);
+        self.faults.check(Step::AfterSledWrite, self.batches);
         Ok(report)
     }
 
@@ -333,8 +327,7 @@ impl Shard {
 
     fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), Failed> {
         self.attempt("send_offsets_to_transaction", || {
-            self.settings
-                .faults
+            self.faults
                 .hang("send_offsets_to_transaction", self.batches);
             self.producer.send_offsets_to_transaction(
                 offsets,
@@ -396,16 +389,12 @@ impl Shard {
             return Err(Error::Kafka { step, error });
         }
         measure::aborted();
-        if written && self.settings.faults.mutant == Some(Mutant::SkipUndo) {
-            warn!(message = "Mutant skip_undo: keeping the aborted batch in sled.");
-            self.store.mark_committed();
-        } else if written {
+        if written && !self.faults.after_abort_keep_sled(&mut self.store) {
             self.store.undo_pending()?;
         }
         // Read past the batch, so read again after the seek.
         self.ahead.clear();
-        if self.settings.faults.mutant == Some(Mutant::SkipSeekBack) {
-            warn!(message = "Mutant skip_seek_back: not seeking back after an abort.");
+        if self.faults.after_abort_skip_seek() {
             return Ok(());
         }
         if self.consumer.context().group_change().is_some() {
@@ -419,151 +408,5 @@ impl Shard {
             offsets = %recovery::show(self.store.offsets()),
         );
         Ok(())
-    }
-}
-
-/// The `refuse_funded` mutant: the batch's first accepted payment (not from
-/// `world`) whose credit leaves through `ledger-credits` becomes
-/// `insufficient_funds`, its debit and its credit taken back, so that the
-/// balances and credits stay consistent with the lie. A payment whose credit
-/// was applied here is never chosen: the batch may have spent that credit
-/// already, and taking it back could leave a balance negative.
-fn refuse_first_funded(effects: &mut BatchEffects) {
-    let refused = Decision::Rejected(RejectReason::InsufficientFunds);
-    let sent: HashSet<TransferId> = effects
-        .outputs
-        .iter()
-        .filter_map(|output| match output {
-            Output::Credit(credit) if !credit.local => Some(credit.transfer_id),
-            _ => None,
-        })
-        .collect();
-    let transfer = effects.outputs.iter_mut().find_map(|output| match output {
-        Output::Outcome(outcome)
-            if outcome.kind == OutcomeKind::Accepted
-                && outcome
-                    .transfer
-                    .as_ref()
-                    .is_some_and(|t| !t.from.is_world() && sent.contains(&t.id)) =>
-        {
-            outcome.kind = refused.into();
-            outcome.transfer.clone()
-        }
-        _ => None,
-    });
-    let Some(transfer) = transfer else {
-        return;
-    };
-    warn!(message = "Mutant refuse_funded: refusing a funded transfer.", id = %transfer.id);
-    effects.outputs.retain(
-        |output| !matches!(output, Output::Credit(credit) if credit.transfer_id == transfer.id),
-    );
-    if let Some(balance) = effects.balances.get_mut(&transfer.from) {
-        *balance = *balance + transfer.amount.money();
-    }
-    for (_, id, decision) in &mut effects.decided {
-        if *id == transfer.id {
-            *decision = refused;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ledger_core::domain::{AccountId, Amount, Currency, Transfer};
-    use ledger_core::machine::{InputPartition, MemoryLedger, Rules, Source};
-    use ledger_core::wire;
-    use time::OffsetDateTime;
-
-    /// The first `count` accounts `acc-N` that partition `owner` of
-    /// `rules` holds, or that it does not.
-    fn accounts(rules: &Rules, owner: i32, held: bool, count: usize) -> Vec<AccountId> {
-        (0..)
-            .map(|n| AccountId::parse(&format!("acc-{n}")).unwrap())
-            .filter(|account| (rules.partition_of(account) == owner) == held)
-            .take(count)
-            .collect()
-    }
-
-    /// The mutant lies about one transfer but must leave a state that the
-    /// shard can go on from: a funded payment whose local credit the batch
-    /// spent again must not be the one refused.
-    #[test]
-    fn the_refuse_funded_mutant_never_takes_back_a_credit_spent_in_its_batch() {
-        let rules = Rules::new(2);
-        let world = AccountId::world();
-        let here = rules.partition_of(&world);
-        let [a, b] = accounts(&rules, here, true, 2).try_into().unwrap();
-        let [away] = accounts(&rules, here, false, 1).try_into().unwrap();
-        let cents = |minor| Amount::from_minor(minor).unwrap();
-        let epoch = OffsetDateTime::UNIX_EPOCH;
-        let transfers: Vec<Transfer> = [(&world, &a, 10_000), (&a, &b, 6_000), (&b, &away, 6_000)]
-            .into_iter()
-            .enumerate()
-            .map(|(n, (from, to, minor))| {
-                let at = epoch + time::Duration::milliseconds(n as i64);
-                Transfer::new(
-                    TransferId::new_random(),
-                    from.clone(),
-                    to.clone(),
-                    cents(minor),
-                    Currency::EUR,
-                    at,
-                )
-                .unwrap()
-            })
-            .collect();
-        let payloads: Vec<Vec<u8>> = transfers.iter().map(wire::encode_transfer).collect();
-        let records: Vec<InputRecord<'_>> = payloads
-            .iter()
-            .enumerate()
-            .map(|(offset, payload)| InputRecord {
-                at: InputPartition {
-                    source: Source::Transfers,
-                    partition: here,
-                },
-                offset: offset as i64,
-                key: None,
-                payload: Some(payload),
-            })
-            .collect();
-        let tick = Tick {
-            now_ms: 0,
-            local: &[here],
-            ..Tick::default()
-        };
-        let mut effects =
-            process_batch_at(&MemoryLedger::default(), &rules, &records, tick).unwrap();
-        assert_eq!(effects.counts.accepted, 3, "{:?}", effects.outputs);
-
-        refuse_first_funded(&mut effects);
-
-        let refused = Decision::Rejected(RejectReason::InsufficientFunds);
-        let decided: Vec<(TransferId, Decision)> = effects
-            .decided
-            .iter()
-            .map(|(_, id, decision)| (*id, *decision))
-            .collect();
-        assert_eq!(
-            decided,
-            vec![
-                (transfers[0].id, Decision::Accepted),
-                (transfers[1].id, Decision::Accepted),
-                (transfers[2].id, refused),
-            ]
-        );
-        assert!(
-            effects
-                .balances
-                .iter()
-                .all(|(account, balance)| account.is_world() || *balance >= Money::ZERO),
-            "{:?}",
-            effects.balances
-        );
-        assert_eq!(effects.balances[&b], cents(6_000).money());
-        assert!(!effects.outputs.iter().any(
-            |output| matches!(output, Output::Credit(credit) if credit.transfer_id == transfers[2].id)
-        ));
     }
 }

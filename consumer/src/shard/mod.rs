@@ -53,7 +53,7 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
-use crate::faults::Step;
+use crate::faults::{Faults, Step};
 use crate::measure::{self, ErrorEvent};
 use crate::Error;
 
@@ -199,8 +199,8 @@ struct Polled {
 
 /// The shard's thread body: start (with recovery), then batches until the
 /// stop flag is set or a fatal error.
-pub(crate) fn run(settings: Settings, shared: Arc<Shared>) -> Result<(), Error> {
-    let Some(mut shard) = Shard::start(settings, Arc::clone(&shared))? else {
+pub(crate) fn run(settings: Settings, faults: Faults, shared: Arc<Shared>) -> Result<(), Error> {
+    let Some(mut shard) = Shard::start(settings, faults, Arc::clone(&shared))? else {
         return Ok(());
     };
     let result = shard.serve();
@@ -211,6 +211,8 @@ pub(crate) fn run(settings: Settings, shared: Arc<Shared>) -> Result<(), Error> 
 
 struct Shard {
     settings: Settings,
+    /// Test-only faults, called at fixed points; all off in production.
+    faults: Faults,
     shared: Arc<Shared>,
     /// Cuts off a transactional call that overruns its bound (see
     /// `ledger::watchdog`): the process exits for a restart.
@@ -280,7 +282,6 @@ impl Shard {
     }
 
     fn serve(&mut self) -> Result<(), Error> {
-        let faults = self.settings.faults;
         while !self.shared.stop.load(Ordering::Acquire) {
             self.shared.beat.now();
             self.check_fatal()?;
@@ -297,21 +298,21 @@ impl Shard {
                 // Idle: the pending record's batch is committed; clearing it
                 // now makes a later restart a plain Normal start.
                 if self.store.pending().is_some() {
-                    faults.check(Step::BeforeClearPending, self.batches);
+                    self.faults.check(Step::BeforeClearPending, self.batches);
                     self.store.clear_pending()?;
                 }
                 self.heartbeat()?;
                 continue;
             }
             self.batches += 1;
-            faults.check(Step::AfterPoll, self.batches);
+            self.faults.check(Step::AfterPoll, self.batches);
             self.process(&polled)?;
             // Also when busy: a partition without input on a busy shard
             // must not hold back the others' shortages.
             self.heartbeat()?;
         }
         if self.store.pending().is_some() {
-            faults.check(Step::BeforeClearPending, self.batches);
+            self.faults.check(Step::BeforeClearPending, self.batches);
             self.store.clear_pending()?;
         }
         self.store.flush()?;

@@ -23,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Ownership, Settings};
+use crate::faults::Faults;
 use crate::measure::{self, ErrorEvent};
 use crate::{restore, Error};
 
@@ -37,7 +38,11 @@ pub(super) const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 impl Shard {
     /// Opens the store, fences the previous incarnation, recovers and
     /// assigns the partitions. `None`: stopped before it was done.
-    pub(super) fn start(settings: Settings, shared: Arc<Shared>) -> Result<Option<Shard>, Error> {
+    pub(super) fn start(
+        settings: Settings,
+        faults: Faults,
+        shared: Arc<Shared>,
+    ) -> Result<Option<Shard>, Error> {
         let mut store = Store::open(&settings.data_dir, settings.store)?;
         info!(
             message = "Ledger opened.",
@@ -79,6 +84,7 @@ impl Shard {
             })?;
         let mut shard = Shard {
             settings,
+            faults,
             shared,
             watchdog,
             store,

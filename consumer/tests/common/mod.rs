@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use consumer::Config;
+use consumer::{Config, Faults};
 use harness::testkit::Isolation;
 use ledger::api::{StatsView, TopView, TransferView};
 use ledger_core::domain::{
@@ -505,15 +505,22 @@ impl InProcess {
 
     /// Starts a shard and waits until it is ready; returns its URL.
     pub fn start(&mut self, config: Config) -> String {
+        self.start_with_faults(config, Faults::default())
+    }
+
+    /// [`InProcess::start`] with test-only faults injected.
+    pub fn start_with_faults(&mut self, config: Config, faults: Faults) -> String {
         let listener = self
             .runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = self.runtime.spawn(consumer::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = self
+            .runtime
+            .spawn(consumer::serve(config, faults, listener, async {
+                let _ = stopped.await;
+            }));
         self.shards.push((stop, task));
         wait_until("the shard to be ready", || is_ready(&url));
         self.urls.push(url.clone());
