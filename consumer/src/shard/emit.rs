@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ledger::store::{self, Change};
 use ledger::txn::{self, Failed};
-use ledger_core::machine::{BatchEffects, Output};
+use ledger_core::machine::{BatchEffects, DeadLetter, Output};
 use ledger_core::wire;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::BaseRecord;
@@ -13,6 +13,8 @@ use rdkafka::producer::BaseRecord;
 use super::Shard;
 
 impl Shard {
+    /// The batch's outcomes, credits and dead letters, in the order decided,
+    /// then its marks.
     pub(super) fn produce(&self, effects: &BatchEffects) -> Result<(), Failed> {
         let settings = &self.settings;
         for output in &effects.outputs {
@@ -40,34 +42,7 @@ impl Shard {
                             .payload(payload.as_slice()),
                     )?;
                 }
-                Output::DeadLetter(letter) => {
-                    let source = wire::record_location(
-                        settings.topic(letter.at.source),
-                        letter.at.partition,
-                        letter.offset,
-                    );
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: wire::DLQ_HEADER_REASON,
-                            value: Some(letter.reason.code()),
-                        })
-                        .insert(Header {
-                            key: wire::DLQ_HEADER_DETAIL,
-                            value: Some(letter.detail.as_str()),
-                        })
-                        .insert(Header {
-                            key: wire::DLQ_HEADER_SOURCE,
-                            value: Some(source.as_str()),
-                        });
-                    let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.dlq_topic)
-                        .payload(letter.payload.as_slice())
-                        .headers(headers);
-                    let record = match &letter.key {
-                        Some(key) => record.key(key.as_slice()),
-                        None => record,
-                    };
-                    self.send(record)?;
-                }
+                Output::DeadLetter(letter) => self.send_dead_letter(letter)?,
             }
         }
         // After the batch's credits, each on its partition: a shard that
@@ -82,6 +57,38 @@ impl Shard {
         // Serve delivery reports so that the queue does not grow unbounded.
         self.producer.poll(Duration::ZERO);
         Ok(())
+    }
+
+    /// An undecodable record to `ledger-dlq`, as it came (its key and
+    /// bytes), with why and where from in headers.
+    fn send_dead_letter(&self, letter: &DeadLetter) -> Result<(), Failed> {
+        let settings = &self.settings;
+        let source = wire::record_location(
+            settings.topic(letter.at.source),
+            letter.at.partition,
+            letter.offset,
+        );
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: wire::DLQ_HEADER_REASON,
+                value: Some(letter.reason.code()),
+            })
+            .insert(Header {
+                key: wire::DLQ_HEADER_DETAIL,
+                value: Some(letter.detail.as_str()),
+            })
+            .insert(Header {
+                key: wire::DLQ_HEADER_SOURCE,
+                value: Some(source.as_str()),
+            });
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&settings.dlq_topic)
+            .payload(letter.payload.as_slice())
+            .headers(headers);
+        let record = match &letter.key {
+            Some(key) => record.key(key.as_slice()),
+            None => record,
+        };
+        self.send(record)
     }
 
     /// The batch's sled writes, each on the changelog partition of the

@@ -17,7 +17,7 @@ use crate::config::Ownership;
 use crate::measure::{self, ErrorEvent};
 use crate::{restore, Error};
 
-use super::start::{fetch_committed, group_metadata, STARTUP_CALL_TIMEOUT};
+use super::start::{fetch_committed, group_metadata, Committed, STARTUP_CALL_TIMEOUT};
 use super::{report, KafkaContext, Shard};
 
 /// What a rebalance did to the shard's partitions.
@@ -123,15 +123,52 @@ impl Shard {
         self.shared.ready.store(false, Ordering::Release);
         measure::ready(false);
         self.store.clear_pending()?;
-        let assigned = match change {
+        match change {
             GroupChange::Revoked => {
                 info!(message = "Partitions revoked by the group.", partitions = ?self.owned);
                 self.set_owned(Vec::new());
-                return Ok(());
+                Ok(())
             }
-            GroupChange::Assigned(assigned) => assigned,
-        };
+            GroupChange::Assigned(assigned) => self.take_assignment(&assigned),
+        }
+    }
+
+    /// A new assignment, in the order that keeps sled honest: drop what was
+    /// given away, learn the committed offsets, restore what sled does not
+    /// hold as committed, check, and only then own and read the partitions.
+    fn take_assignment(&mut self, assigned: &[(String, i32)]) -> Result<(), Error> {
         let started = Instant::now();
+        let transfers = self.assigned_partitions(assigned)?;
+        let owned: Vec<i32> = transfers.iter().copied().collect();
+        let dropped = self.drop_given_away(transfers)?;
+        let Some(committed) =
+            fetch_committed(&self.consumer, &self.settings, &owned, &self.shared)?
+        else {
+            return Ok(());
+        };
+        let stale = self.stale_partitions(&owned, &committed)?;
+        if !stale.is_empty() {
+            self.restore_stale(&stale)?;
+        }
+        self.check_restored(&owned, &committed, &stale)?;
+        self.own_assigned(owned)?;
+        info!(
+            message = "Partitions assigned by the group.",
+            partitions = ?self.owned,
+            restored = ?stale,
+            dropped = ?dropped,
+            seconds = started.elapsed().as_secs_f64(),
+        );
+        if !self.owned.is_empty() {
+            self.set_ready();
+        }
+        Ok(())
+    }
+
+    /// The assigned partitions, which must be the same of both input
+    /// topics: a shard applies a credit only on the partition that owns its
+    /// account, so it owns partition p of both or of neither.
+    fn assigned_partitions(&self, assigned: &[(String, i32)]) -> Result<BTreeSet<i32>, Error> {
         let of = |source: Source| -> BTreeSet<i32> {
             assigned
                 .iter()
@@ -146,23 +183,29 @@ impl Shard {
                 credits: credits.into_iter().collect(),
             });
         }
-        let owned: Vec<i32> = transfers.iter().copied().collect();
+        Ok(transfers)
+    }
+
+    /// Drops from sled the partitions it holds that are not `assigned`, so
+    /// that a later assignment of them restores their state afresh rather
+    /// than trust a copy other shards have moved on from; returns them.
+    fn drop_given_away(&mut self, assigned: BTreeSet<i32>) -> Result<Vec<i32>, Error> {
         let rules = &self.settings.rules;
-        let partition_of = |account: &_| rules.partition_of(account);
         // Until this incarnation knows, sled may hold any partition.
         let dropped: Vec<i32> = match &self.held {
-            Some(held) => held.difference(&transfers).copied().collect(),
+            Some(held) => held.difference(&assigned).copied().collect(),
             None => (0..rules.partitions)
-                .filter(|partition| !transfers.contains(partition))
+                .filter(|partition| !assigned.contains(partition))
                 .collect(),
         };
-        self.store.drop_partitions(&dropped, partition_of)?;
-        self.held = Some(transfers);
-        let Some(committed) =
-            fetch_committed(&self.consumer, &self.settings, &owned, &self.shared)?
-        else {
-            return Ok(());
-        };
+        self.store
+            .drop_partitions(&dropped, |account| rules.partition_of(account))?;
+        self.held = Some(assigned);
+        Ok(dropped)
+    }
+
+    /// The owned partitions whose copy in sled is not the committed one.
+    fn stale_partitions(&self, owned: &[i32], committed: &Committed) -> Result<Vec<i32>, Error> {
         let of_partition = |offsets: &Offsets, partition: i32| -> Vec<(InputPartition, i64)> {
             offsets
                 .iter()
@@ -175,7 +218,7 @@ impl Shard {
         // change the partition without consuming from it (a credit applied
         // locally, order state).
         let mut stale = Vec::new();
-        for partition in &owned {
+        for partition in owned {
             if of_partition(self.store.offsets(), *partition)
                 != of_partition(&committed.offsets, *partition)
                 || self.store.stamp(*partition)? != committed.stamp(*partition)
@@ -183,21 +226,39 @@ impl Shard {
                 stale.push(*partition);
             }
         }
-        if !stale.is_empty() {
-            let Some(topic) = &self.settings.changelog_topic else {
-                return Err(Error::RecoveryRefused(format!(
-                    "partitions {stale:?} were assigned to this shard, which does not hold their \
-                     committed state, and the changelog is off (--changelog-topic is empty): \
-                     group assignment needs the changelog"
-                )));
-            };
-            info!(
-                message = "Restoring assigned partitions from the changelog.",
-                partitions = ?stale,
-            );
-            let restore = self.store.restore_partitions(&stale, partition_of)?;
-            restore::restore(restore, &self.settings, topic, &stale, &self.shared.beat)?;
-        }
+        Ok(stale)
+    }
+
+    /// Rebuilds `stale` partitions from the changelog, which group
+    /// assignment cannot do without.
+    fn restore_stale(&mut self, stale: &[i32]) -> Result<(), Error> {
+        let Some(topic) = &self.settings.changelog_topic else {
+            return Err(Error::RecoveryRefused(format!(
+                "partitions {stale:?} were assigned to this shard, which does not hold their \
+                 committed state, and the changelog is off (--changelog-topic is empty): \
+                 group assignment needs the changelog"
+            )));
+        };
+        info!(
+            message = "Restoring assigned partitions from the changelog.",
+            partitions = ?stale,
+        );
+        let rules = &self.settings.rules;
+        let restore = self
+            .store
+            .restore_partitions(stale, |account| rules.partition_of(account))?;
+        restore::restore(restore, &self.settings, topic, stale, &self.shared.beat)
+    }
+
+    /// Sled's offsets of the owned partitions must now be the group's, as
+    /// after any recovery; a changelog that did not bring them there does
+    /// not hold the committed state, and serving it would be wrong.
+    fn check_restored(
+        &self,
+        owned: &[i32],
+        committed: &Committed,
+        stale: &[i32],
+    ) -> Result<(), Error> {
         let held: Offsets = self
             .store
             .offsets()
@@ -213,6 +274,13 @@ impl Shard {
                 recovery::show(&committed.offsets)
             )));
         }
+        Ok(())
+    }
+
+    /// Owns `owned`, checked: this generation's group metadata for the
+    /// transactions, the consumer at sled's offsets, the balance gauge
+    /// summed again.
+    fn own_assigned(&mut self, owned: Vec<i32>) -> Result<(), Error> {
         // What was sent to these partitions before the assignment is read
         // before their own state proves a shortage (see `catching_up`).
         self.credits_due = owned.iter().map(|partition| (*partition, None)).collect();
@@ -220,17 +288,6 @@ impl Shard {
         self.published.clear();
         self.group = group_metadata(&self.consumer)?;
         self.seek_to_store()?;
-        self.sum_balances()?;
-        info!(
-            message = "Partitions assigned by the group.",
-            partitions = ?self.owned,
-            restored = ?stale,
-            dropped = ?dropped,
-            seconds = started.elapsed().as_secs_f64(),
-        );
-        if !self.owned.is_empty() {
-            self.set_ready();
-        }
-        Ok(())
+        self.sum_balances()
     }
 }

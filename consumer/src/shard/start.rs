@@ -35,6 +35,7 @@ use super::{report, Beat, KafkaContext, Shard, Shared};
 /// `STARTUP_CALL_TIMEOUT`, so that a stop is seen in between.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 pub(super) const STARTUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Shard {
     /// Opens the store, fences the previous incarnation, recovers and
     /// assigns the partitions. `None`: stopped before it was done.
@@ -57,31 +58,12 @@ impl Shard {
             return Ok(None);
         };
         let consumer = shard_consumer(&settings)?;
-        let owned = match &settings.ownership {
-            Ownership::Ordinal(owned) => {
-                let Some(committed) = fetch_committed(&consumer, &settings, owned, &shared)? else {
-                    return Ok(None);
-                };
-                recover(&mut store, &committed, &settings, owned, &shared.beat)?;
-                owned.clone()
-            }
-            Ownership::Group { .. } => {
-                if !settle_leftovers(&mut store, &consumer, &settings, &shared)? {
-                    return Ok(None);
-                }
-                // Nothing until the group assigns partitions.
-                Vec::new()
-            }
+        let Some(owned) = recover_owned(&mut store, &consumer, &settings, &shared)? else {
+            return Ok(None);
         };
         let group = group_metadata(&consumer)?;
         let reader = store.reader();
-        let watcher = kafka::client_config(&settings.bootstrap_servers)
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(|error| Error::Kafka {
-                step: "creating the end-of-input watcher",
-                error,
-            })?;
+        let watcher = end_watcher(&settings)?;
         let mut shard = Shard {
             settings,
             faults,
@@ -160,6 +142,46 @@ impl Shard {
         self.set_ready();
         Ok(())
     }
+}
+
+/// Recovery by ownership: with ordinals, the owned partitions recovered
+/// against their committed offsets; with group assignment, what sled holds
+/// settled, and nothing owned until the group assigns partitions. `None`:
+/// stopped first.
+fn recover_owned(
+    store: &mut Store,
+    consumer: &BaseConsumer<KafkaContext>,
+    settings: &Settings,
+    shared: &Shared,
+) -> Result<Option<Vec<i32>>, Error> {
+    match &settings.ownership {
+        Ownership::Ordinal(owned) => {
+            let Some(committed) = fetch_committed(consumer, settings, owned, shared)? else {
+                return Ok(None);
+            };
+            recover(store, &committed, settings, owned, &shared.beat)?;
+            Ok(Some(owned.clone()))
+        }
+        Ownership::Group { .. } => {
+            if !settle_leftovers(store, consumer, settings, shared)? {
+                return Ok(None);
+            }
+            // Nothing until the group assigns partitions.
+            Ok(Some(Vec::new()))
+        }
+    }
+}
+
+/// The consumer that reads the input's end including open transactions
+/// (`Shard::watcher`).
+fn end_watcher(settings: &Settings) -> Result<BaseConsumer, Error> {
+    kafka::client_config(&settings.bootstrap_servers)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .map_err(|error| Error::Kafka {
+            step: "creating the end-of-input watcher",
+            error,
+        })
 }
 
 /// The shard's transactional producer, once `init_transactions` has fenced
