@@ -241,10 +241,12 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Long enough for a credit to cross the pipeline under load and a shard
-/// restart, short enough that a stuck partition does not freeze payments
-/// for long.
-const HOLD_MAX_MS_DEFAULT: u64 = 30_000;
+/// Long enough for a credit to cross the pipeline under load, a shard
+/// restart, and a broker failover on a replicated cluster (each fault of
+/// the cluster test held the pipeline 14-22 s, and transfers already held
+/// when it began waited that on top: 47 expired at 30 s), short enough
+/// that a stuck partition does not freeze payments for long.
+const HOLD_MAX_MS_DEFAULT: u64 = 60_000;
 
 /// The shortest transaction timeout, and how many batch windows it must
 /// hold at least: a batch must finish well inside its transaction.
@@ -278,60 +280,8 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub fn resolve(config: &Config) -> Result<Settings, ConfigError> {
-        // The hostname's ordinal, or the hostname that has none.
-        let host_ordinal = || {
-            let host = hostname::get()
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            ordinal_of_hostname(&host).ok_or(host)
-        };
-        let (shard, ownership) = match config.assignment {
-            Assignment::Ordinal => {
-                let shard = match config.shard {
-                    Some(shard) => shard,
-                    None => host_ordinal().map_err(ConfigError::NoOrdinal)?,
-                };
-                if shard >= config.shards {
-                    return Err(ConfigError::OrdinalOutOfRange {
-                        shard,
-                        shards: config.shards,
-                    });
-                }
-                let owned = owned_partitions(shard, config.shards, config.partitions);
-                if owned.is_empty() {
-                    return Err(ConfigError::NoPartition {
-                        shard,
-                        shards: config.shards,
-                        partitions: config.partitions,
-                    });
-                }
-                (Some(shard), Ownership::Ordinal(owned))
-            }
-            Assignment::Group => {
-                // librdkafka refuses a session longer than the poll interval.
-                if config.session_timeout_ms > config.max_poll_interval_ms {
-                    return Err(ConfigError::SessionTimeout {
-                        session_ms: config.session_timeout_ms,
-                        poll_ms: config.max_poll_interval_ms,
-                    });
-                }
-                (
-                    config.shard.or_else(|| host_ordinal().ok()),
-                    Ownership::Group {
-                        max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
-                        session_timeout: Duration::from_millis(config.session_timeout_ms),
-                    },
-                )
-            }
-        };
-        if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
-            || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
-        {
-            return Err(ConfigError::TransactionTimeout {
-                timeout_ms: config.transaction_timeout_ms,
-                batch_ms: config.batch_ms,
-            });
-        }
+        let (shard, ownership) = ownership(config)?;
+        check_transaction_timeout(config)?;
         let data_dir = config.data_dir.clone().unwrap_or_else(|| match shard {
             Some(shard) => PathBuf::from(format!("./data/shard-{shard}")),
             None => PathBuf::from("./data/shard"),
@@ -386,6 +336,79 @@ impl Settings {
             Source::Credits
         }
     }
+}
+
+/// The shard's ordinal, if it has one, and which partitions it owns: by
+/// its ordinal (`--shard`, or the hostname's), or by the group.
+fn ownership(config: &Config) -> Result<(Option<u32>, Ownership), ConfigError> {
+    // The hostname's ordinal, or the hostname that has none.
+    let host_ordinal = || {
+        let host = hostname::get()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ordinal_of_hostname(&host).ok_or(host)
+    };
+    match config.assignment {
+        Assignment::Ordinal => {
+            let shard = match config.shard {
+                Some(shard) => shard,
+                None => host_ordinal().map_err(ConfigError::NoOrdinal)?,
+            };
+            Ok((
+                Some(shard),
+                Ownership::Ordinal(ordinal_partitions(config, shard)?),
+            ))
+        }
+        Assignment::Group => {
+            // librdkafka refuses a session longer than the poll interval.
+            if config.session_timeout_ms > config.max_poll_interval_ms {
+                return Err(ConfigError::SessionTimeout {
+                    session_ms: config.session_timeout_ms,
+                    poll_ms: config.max_poll_interval_ms,
+                });
+            }
+            Ok((
+                config.shard.or_else(|| host_ordinal().ok()),
+                Ownership::Group {
+                    max_poll_interval: Duration::from_millis(config.max_poll_interval_ms),
+                    session_timeout: Duration::from_millis(config.session_timeout_ms),
+                },
+            ))
+        }
+    }
+}
+
+/// The partitions shard `shard` owns by its ordinal: a shard that would own
+/// none, or does not exist, is a mistake in the deployment.
+fn ordinal_partitions(config: &Config, shard: u32) -> Result<Vec<i32>, ConfigError> {
+    if shard >= config.shards {
+        return Err(ConfigError::OrdinalOutOfRange {
+            shard,
+            shards: config.shards,
+        });
+    }
+    let owned = owned_partitions(shard, config.shards, config.partitions);
+    if owned.is_empty() {
+        return Err(ConfigError::NoPartition {
+            shard,
+            shards: config.shards,
+            partitions: config.partitions,
+        });
+    }
+    Ok(owned)
+}
+
+/// A batch must finish well inside its transaction.
+fn check_transaction_timeout(config: &Config) -> Result<(), ConfigError> {
+    if config.transaction_timeout_ms < TRANSACTION_TIMEOUT_MIN_MS
+        || config.transaction_timeout_ms < config.batch_ms * TRANSACTION_TIMEOUT_BATCHES_MIN
+    {
+        return Err(ConfigError::TransactionTimeout {
+            timeout_ms: config.transaction_timeout_ms,
+            batch_ms: config.batch_ms,
+        });
+    }
+    Ok(())
 }
 
 /// The StatefulSet ordinal: the digits after the hostname's last `-`. A

@@ -26,7 +26,9 @@
 //! - `http`: health, readiness, metrics and queries (axum, on tokio).
 //!   Its JSON bodies are `ledger::api`'s views, shared with `ledger query`.
 //! - `measure`: the Prometheus metrics.
-//! - [`faults`]: test-only failure injection and protocol mutants.
+//! - [`faults`]: test-only failure injection and protocol mutants, handed
+//!   to [`run`] or [`serve`] (the binary reads them from the environment);
+//!   the loop calls them at fixed points, and they do nothing unless set.
 
 pub mod config;
 pub mod faults;

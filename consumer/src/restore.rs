@@ -56,7 +56,41 @@ pub fn restore(
     beat: &Beat,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    let kafka_error = |step: &'static str| move |error| Error::Kafka { step, error };
+    let reader = changelog_reader(settings, topic, partitions)?;
+    let mut tally = read_to_end(&reader, &mut restore, topic, partitions, beat, started)?;
+    let finishing = Instant::now();
+    restore.finish()?;
+    tally.writing += finishing.elapsed();
+    crate::measure::restored(tally.read, started.elapsed());
+    info!(
+        message = "Restored from the changelog.",
+        topic,
+        partitions = ?partitions,
+        records = tally.read,
+        seconds = started.elapsed().as_secs_f64(),
+        writing_seconds = tally.writing.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// What a restore read, and where its time went, for the log: applying to
+/// sled, the rest reading.
+struct Tally {
+    read: u64,
+    writing: Duration,
+}
+
+fn kafka_error(step: &'static str) -> impl Fn(KafkaError) -> Error {
+    move |error| Error::Kafka { step, error }
+}
+
+/// A `read_committed` reader of `partitions` of the changelog from their
+/// beginning, which reports each partition's end.
+fn changelog_reader(
+    settings: &Settings,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<EofReader, Error> {
     let mut config = kafka::read_committed_consumer_config(
         &settings.bootstrap_servers,
         &format!("{}-restore", settings.group_id),
@@ -81,21 +115,34 @@ pub fn restore(
     reader
         .assign(&assignment)
         .map_err(kafka_error("assigning the changelog"))?;
+    Ok(reader)
+}
 
+/// Applies every record up to the end of each of `partitions`, through
+/// the window; an unreachable changelog is an error after `STALL`.
+fn read_to_end(
+    reader: &EofReader,
+    restore: &mut Restore<'_>,
+    topic: &str,
+    partitions: &[i32],
+    beat: &Beat,
+    started: Instant,
+) -> Result<Tally, Error> {
     let mut window: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::default();
-    let mut read = 0u64;
+    let mut tally = Tally {
+        read: 0,
+        writing: Duration::ZERO,
+    };
     let mut at_end = BTreeSet::new();
     let mut last_progress = Instant::now();
     let mut last_report = Instant::now();
-    // Where the time goes, for the log: applying to sled, the rest reading.
-    let mut writing = Duration::ZERO;
     while at_end.len() < partitions.len() {
         // A long restore is progress, not a stuck loop (`/healthz`).
         beat.now();
         match reader.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 last_progress = Instant::now();
-                read += 1;
+                tally.read += 1;
                 let Some(key) = message.key() else {
                     // Not a store write: nothing of this version writes one.
                     continue;
@@ -104,7 +151,7 @@ pub fn restore(
                 if window.len() >= WINDOW_KEYS {
                     let applying = Instant::now();
                     restore.apply(std::mem::take(&mut window))?;
-                    writing += applying.elapsed();
+                    tally.writing += applying.elapsed();
                 }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -114,7 +161,7 @@ pub fn restore(
             None if last_progress.elapsed() > STALL => {
                 return Err(Error::RestoreStalled {
                     topic: topic.to_owned(),
-                    read,
+                    read: tally.read,
                     stalled: STALL,
                 });
             }
@@ -124,23 +171,13 @@ pub fn restore(
             last_report = Instant::now();
             info!(
                 message = "Restoring from the changelog.",
-                records = read,
+                records = tally.read,
                 seconds = started.elapsed().as_secs_f64(),
             );
         }
     }
     let applying = Instant::now();
     restore.apply(window)?;
-    restore.finish()?;
-    writing += applying.elapsed();
-    crate::measure::restored(read, started.elapsed());
-    info!(
-        message = "Restored from the changelog.",
-        topic,
-        partitions = ?partitions,
-        records = read,
-        seconds = started.elapsed().as_secs_f64(),
-        writing_seconds = writing.as_secs_f64(),
-    );
-    Ok(())
+    tally.writing += applying.elapsed();
+    Ok(tally)
 }
