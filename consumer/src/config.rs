@@ -206,7 +206,7 @@ pub struct Config {
     /// abort, flush), in milliseconds. librdkafka can block in some of them
     /// past their timeout; the shard cuts such a call off 2 s later and
     /// exits with status 75 for its supervisor to restart it (recovery makes
-    /// that safe). Capped at --transaction-timeout-ms; keep it at most a third
+    /// that safe). Capped at --transaction-timeout-ms; keep it at most a sixth
     /// of --hold-max-ms, so that a call cut off and a restart end before
     /// other shards' held transfers expire.
     #[arg(

@@ -40,7 +40,7 @@ const DOWN: Duration = Duration::from_secs(8);
 /// Longer than the shards' session timeout (10 s, the default).
 const PAUSED: Duration = Duration::from_secs(15);
 /// The longest a partition's outcomes may stop while transfers arrive:
-/// well under `--hold-max-ms` (30 s), so that no held transfer expires.
+/// half of `--hold-max-ms` (60 s), so that no held transfer expires.
 const PAUSE_MAX: Duration = Duration::from_secs(30);
 /// Bound on the cluster's healing after a fault (the node back, every
 /// replica in sync).

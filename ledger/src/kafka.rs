@@ -58,7 +58,7 @@ pub const TRANSACTION_TIMEOUT_MS_MAX: u64 = 900_000;
 /// flush) is given when none is set (`TXLEDGER_CALL_TIMEOUT_MS`); the
 /// binary's watchdog (`crate::watchdog`) cuts a call off
 /// [`CALL_CUTOFF_GRACE`] after it, whether librdkafka honoured it or not.
-/// A sixth of the shards' default `--hold-max-ms` (30 s): a call cut off
+/// Well under the shards' default `--hold-max-ms` (60 s): a call cut off
 /// (7 s), a restart and its recovery (whose `init_transactions` waits for
 /// the broker to abort the cut-off transaction: up to 15 s while a node is
 /// down) end before another shard's held transfers expire waiting for this
