@@ -1,6 +1,7 @@
 //! Test-only failure injection and protocol mutants, compiled in so that
-//! tests exercise the very binary that ships. Read once at start from the
-//! environment; all off unless a variable is set:
+//! tests exercise the very binary that ships. The binary reads them once at
+//! start from the environment (in-process tests set [`Faults`]' fields
+//! instead); all off unless a variable is set:
 //!
 //! - `TXLEDGER_FAIL_AT=<step>` with `TXLEDGER_FAIL_AFTER_BATCHES=N` (default
 //!   1): abort the process (no cleanup, like SIGKILL) at that protocol step
