@@ -12,6 +12,7 @@ use std::str::FromStr;
 use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -549,6 +550,20 @@ impl From<Decision> for OutcomeKind {
             Decision::Rejected(reason) => OutcomeKind::Rejected(reason),
         }
     }
+}
+
+/// Reads a timestamp as the wire format spells it (RFC 3339), in UTC.
+pub(crate) fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(|at| at.to_offset(time::UtcOffset::UTC))
+}
+
+/// Writes a timestamp as the wire format spells it (RFC 3339).
+pub(crate) fn format_timestamp(at: OffsetDateTime) -> String {
+    // Formatting a UTC timestamp as RFC 3339 fails only for years outside
+    // 0..=9999, which parse_timestamp never produces.
+    at.format(&Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -35,9 +35,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
+use crate::domain::{format_timestamp, parse_timestamp};
 use crate::domain::{AccountId, Money, Transfer, TransferId};
 use crate::hash::HashSet;
-use crate::wire::{self, format_timestamp, parse_timestamp};
 
 /// A transfer's place in the ledger's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -351,53 +351,6 @@ impl OrderKey {
     }
 }
 
-/// The first byte of a held transfer's stored form; the JSON form of
-/// earlier versions starts with `{`.
-const HELD_BINARY: u8 = 1;
-/// Tag, order key, offset, since: the fixed part before the transfer.
-const HELD_HEADER_LEN: usize = 1 + 32 + 8 + 8;
-
-impl Held {
-    /// The stored form of a held transfer: a tag byte, the order key, the
-    /// offset and since when (big-endian), then the transfer as
-    /// `transactions` carries it. Held transfers are written and removed
-    /// by the thousand when a backlog is read, so the fixed part is binary.
-    pub fn encode(&self) -> Vec<u8> {
-        let transfer = wire::encode_transfer(&self.transfer);
-        let mut bytes = Vec::with_capacity(HELD_HEADER_LEN + transfer.len());
-        bytes.push(HELD_BINARY);
-        bytes.extend_from_slice(&self.key.to_bytes());
-        bytes.extend_from_slice(&self.offset.to_be_bytes());
-        bytes.extend_from_slice(&self.since_ms.to_be_bytes());
-        bytes.extend_from_slice(&transfer);
-        bytes
-    }
-
-    /// Reads [`Held::encode`], or the JSON form of earlier versions.
-    pub fn decode(bytes: &[u8]) -> Option<Held> {
-        if bytes.first() != Some(&HELD_BINARY) {
-            return Self::decode_legacy(bytes);
-        }
-        let header = bytes.get(..HELD_HEADER_LEN)?;
-        Some(Held {
-            key: OrderKey::from_bytes(&header[1..33])?,
-            offset: i64::from_be_bytes(header[33..41].try_into().ok()?),
-            since_ms: u64::from_be_bytes(header[41..49].try_into().ok()?),
-            transfer: wire::decode_transfer(&bytes[HELD_HEADER_LEN..]).ok()?,
-        })
-    }
-
-    fn decode_legacy(bytes: &[u8]) -> Option<Held> {
-        let held: HeldWire = serde_json::from_slice(bytes).ok()?;
-        Some(Held {
-            key: held.key.key()?,
-            transfer: wire::decode_transfer(held.transfer.as_bytes()).ok()?,
-            offset: held.offset,
-            since_ms: held.since_ms,
-        })
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeyWire {
     at: String,
@@ -414,20 +367,10 @@ impl KeyWire {
 
     pub(crate) fn key(&self) -> Option<OrderKey> {
         Some(OrderKey {
-            at: parse_timestamp(&self.at).ok()?,
+            at: parse_timestamp(&self.at)?,
             id: self.id,
         })
     }
-}
-
-/// A held transfer as earlier versions stored it.
-#[derive(Deserialize)]
-struct HeldWire {
-    key: KeyWire,
-    /// The transfer as `transactions` carries it.
-    transfer: String,
-    offset: i64,
-    since_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -629,33 +572,16 @@ mod tests {
             Some(order)
         );
         assert_eq!(PartitionOrder::decode_meta(b"{}"), None);
-        let held = Held {
-            key: OrderKey::of(&transfer(8, 39)),
-            transfer: transfer(8, 39),
-            offset: 12,
-            since_ms: 1_700_000_000_000,
-        };
-        assert_eq!(Held::decode(&held.encode()), Some(held.clone()));
-        assert_eq!(Held::decode(&held.encode()[..HELD_HEADER_LEN]), None);
-        // The JSON forms of earlier versions still read.
+        let held_key = OrderKey::of(&transfer(8, 39));
+        // The JSON form of earlier versions still reads.
         let key_json = |key: &OrderKey| serde_json::json!({"at": format_timestamp(key.at), "id": key.id.to_string()});
-        let legacy_held = serde_json::json!({
-            "key": key_json(&held.key),
-            "transfer": String::from_utf8(wire::encode_transfer(&held.transfer)).unwrap(),
-            "offset": held.offset,
-            "since_ms": held.since_ms,
-        });
-        assert_eq!(
-            Held::decode(legacy_held.to_string().as_bytes()),
-            Some(held.clone())
-        );
         let credit = OrderKey::of(&transfer(7, 50));
         let legacy_recent = serde_json::json!([[key_json(&credit), -3]]);
         assert_eq!(
             PartitionOrder::decode_legacy_recent(legacy_recent.to_string().as_bytes()),
             Some(vec![(credit, Money(-3))])
         );
-        assert_eq!(OrderKey::from_bytes(&held.key.to_bytes()), Some(held.key));
+        assert_eq!(OrderKey::from_bytes(&held_key.to_bytes()), Some(held_key));
         // Store keys sort like the order keys they stand for.
         let (early, late) = (OrderKey::of(&transfer(9, 1)), OrderKey::of(&transfer(1, 2)));
         assert!(early.to_bytes() < late.to_bytes());

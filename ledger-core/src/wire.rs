@@ -8,14 +8,13 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    AccountId, Amount, Credit, Currency, DomainError, OutcomeKind, RejectReason, Transfer,
-    TransferId,
+    format_timestamp, AccountId, Amount, Credit, Currency, DomainError, OutcomeKind, RejectReason,
+    Transfer, TransferId,
 };
-use crate::order::{Mark, OrderKey};
+use crate::order::{Held, KeyWire, Mark, OrderKey};
 use crate::plain_json;
 
 /// Transfers, keyed by source account.
@@ -104,21 +103,14 @@ fn parse_id(text: &str) -> Result<TransferId, DecodeError> {
     })
 }
 
-pub(crate) fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(|at| at.to_offset(time::UtcOffset::UTC))
-        .map_err(|_| {
-            DecodeError::new(
-                RejectReason::InvalidTimestamp,
-                format!("created_at {text:?} is not an RFC 3339 timestamp"),
-            )
-        })
-}
-
-pub(crate) fn format_timestamp(at: OffsetDateTime) -> String {
-    // Formatting a UTC timestamp as RFC 3339 fails only for years outside
-    // 0..=9999, which parse_timestamp never produces.
-    at.format(&Rfc3339).unwrap_or_default()
+/// A timestamp field of a message, or why it is refused.
+fn parse_timestamp(text: &str) -> Result<OffsetDateTime, DecodeError> {
+    crate::domain::parse_timestamp(text).ok_or_else(|| {
+        DecodeError::new(
+            RejectReason::InvalidTimestamp,
+            format!("created_at {text:?} is not an RFC 3339 timestamp"),
+        )
+    })
 }
 
 /// Decodes one `transactions` message.
@@ -554,6 +546,61 @@ pub fn decode_credits_record(bytes: &[u8]) -> Result<CreditsRecord, DecodeError>
     }))
 }
 
+/// The first byte of a held transfer's stored form; the JSON form of
+/// earlier versions starts with `{`.
+const HELD_BINARY: u8 = 1;
+/// Tag, order key, offset, since: the fixed part before the transfer.
+const HELD_HEADER_LEN: usize = 1 + 32 + 8 + 8;
+
+/// The stored form of a held transfer: a tag byte, the order key, the
+/// offset and since when (big-endian), then the transfer as
+/// `transactions` carries it. Held transfers are written and removed
+/// by the thousand when a backlog is read, so the fixed part is binary.
+pub fn encode_held(held: &Held) -> Vec<u8> {
+    let transfer = encode_transfer(&held.transfer);
+    let mut bytes = Vec::with_capacity(HELD_HEADER_LEN + transfer.len());
+    bytes.push(HELD_BINARY);
+    bytes.extend_from_slice(&held.key.to_bytes());
+    bytes.extend_from_slice(&held.offset.to_be_bytes());
+    bytes.extend_from_slice(&held.since_ms.to_be_bytes());
+    bytes.extend_from_slice(&transfer);
+    bytes
+}
+
+/// Reads [`encode_held`], or the JSON form of earlier versions.
+pub fn decode_held(bytes: &[u8]) -> Option<Held> {
+    if bytes.first() != Some(&HELD_BINARY) {
+        return decode_legacy_held(bytes);
+    }
+    let header = bytes.get(..HELD_HEADER_LEN)?;
+    Some(Held {
+        key: OrderKey::from_bytes(&header[1..33])?,
+        offset: i64::from_be_bytes(header[33..41].try_into().ok()?),
+        since_ms: u64::from_be_bytes(header[41..49].try_into().ok()?),
+        transfer: decode_transfer(&bytes[HELD_HEADER_LEN..]).ok()?,
+    })
+}
+
+fn decode_legacy_held(bytes: &[u8]) -> Option<Held> {
+    let held: HeldWire = serde_json::from_slice(bytes).ok()?;
+    Some(Held {
+        key: held.key.key()?,
+        transfer: decode_transfer(held.transfer.as_bytes()).ok()?,
+        offset: held.offset,
+        since_ms: held.since_ms,
+    })
+}
+
+/// A held transfer as earlier versions stored it.
+#[derive(Deserialize)]
+struct HeldWire {
+    key: KeyWire,
+    /// The transfer as `transactions` carries it.
+    transfer: String,
+    offset: i64,
+    since_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -561,6 +608,34 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_held_transfer_round_trips_and_its_earlier_json_form_reads() {
+        let transfer = Transfer::new(
+            TransferId(uuid::Uuid::from_u128(8)),
+            AccountId::parse("alice").unwrap(),
+            AccountId::parse("bob").unwrap(),
+            Amount::from_minor(100).unwrap(),
+            Currency::EUR,
+            OffsetDateTime::from_unix_timestamp(39).unwrap(),
+        )
+        .unwrap();
+        let held = Held {
+            key: OrderKey::of(&transfer),
+            transfer,
+            offset: 12,
+            since_ms: 1_700_000_000_000,
+        };
+        assert_eq!(decode_held(&encode_held(&held)), Some(held.clone()));
+        assert_eq!(decode_held(&encode_held(&held)[..HELD_HEADER_LEN]), None);
+        let legacy_held = serde_json::json!({
+            "key": {"at": format_timestamp(held.key.at), "id": held.key.id.to_string()},
+            "transfer": String::from_utf8(encode_transfer(&held.transfer)).unwrap(),
+            "offset": held.offset,
+            "since_ms": held.since_ms,
+        });
+        assert_eq!(decode_held(legacy_held.to_string().as_bytes()), Some(held));
+    }
 
     const ID: &str = "6f1c2b9e-3d4a-4e5f-8a7b-1c2d3e4f5a6b";
 

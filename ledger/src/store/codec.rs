@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use ledger_core::domain::{AccountId, Decision, Money, TransferId};
 use ledger_core::machine::{BatchEffects, InputPartition, Offsets, Source};
 use ledger_core::order::{Held, OrderKey};
+use ledger_core::wire;
 
 use super::pending::Pending;
 
@@ -88,9 +89,9 @@ pub(super) fn pack(entries: impl IntoIterator<Item = Vec<u8>>) -> Vec<(Vec<u8>, 
 }
 
 /// A held transfer in a `w:` record: its length (u32 BE), then
-/// [`Held::encode`].
+/// [`wire::encode_held`].
 pub(super) fn held_entry(held: &Held) -> Vec<u8> {
-    let encoded = held.encode();
+    let encoded = wire::encode_held(held);
     let len = u32::try_from(encoded.len()).expect("a held transfer is small");
     [&len.to_be_bytes()[..], &encoded].concat()
 }
@@ -99,7 +100,7 @@ pub(super) fn decode_held(mut bytes: &[u8]) -> Option<Vec<Held>> {
     let mut held = Vec::new();
     while !bytes.is_empty() {
         let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        held.push(Held::decode(bytes.get(4..4 + len)?)?);
+        held.push(wire::decode_held(bytes.get(4..4 + len)?)?);
         bytes = &bytes[4 + len..];
     }
     Some(held)

@@ -1,11 +1,12 @@
 //! Layouts of earlier versions that are still read: held transfers one
-//! key each (`h:`, `Held::encode`) and kept credits one JSON list per
+//! key each (`h:`, `wire::encode_held`) and kept credits one JSON list per
 //! account (`r:`). Neither is written any more: a held transfer of its
 //! own key is removed when it is decided, and the first batch that changes
 //! a partition moves its `r:` credits into a `c:` record.
 
 use ledger_core::domain::AccountId;
-use ledger_core::order::{Held, OrderKey, PartitionOrder};
+use ledger_core::order::{OrderKey, PartitionOrder};
+use ledger_core::wire;
 
 use super::keys::{
     order_key_partition, partition_prefix, LEGACY_HELD_PREFIX, LEGACY_RECENT_PREFIX,
@@ -30,8 +31,8 @@ impl Store {
             let (key, value) = item.map_err(|e| self.sled_error(e))?;
             let partition =
                 order_key_partition(&key).ok_or_else(|| self.undecodable("held key", &key))?;
-            let held =
-                Held::decode(&value).ok_or_else(|| self.undecodable("the held transfer", &key))?;
+            let held = wire::decode_held(&value)
+                .ok_or_else(|| self.undecodable("the held transfer", &key))?;
             let index = &mut loaded.records.entry(partition).or_default().held;
             index.record_of.insert(held.key, None);
             loaded.orders.entry(partition).or_default().held.push(held);

@@ -12,7 +12,7 @@
 //! | `i:` batch seq (u64 BE), partition (i32 BE) | ids the batch decided or credited on that partition, 17 bytes each |
 //! | `o:` source byte, partition   | next offset, i64 big-endian             |
 //! | `q:` partition (i32 BE)       | the partition's order floor and the marks it read (`ledger_core::order`) |
-//! | `w:` partition, batch seq (u64 BE), part (u32 BE) | the transfers a batch held on the partition, at most 64 KiB a part (each length-prefixed, `Held::encode`) |
+//! | `w:` partition, batch seq (u64 BE), part (u32 BE) | the transfers a batch held on the partition, at most 64 KiB a part (each length-prefixed, `wire::encode_held`) |
 //! | `d:` partition, batch seq, part | which of that record's transfers are decided since: bit i of byte i/8 for the i-th (absent: none) |
 //! | `h:` partition, order key      | one held transfer, as earlier versions kept them (removed when it is decided) |
 //! | `c:` partition, batch seq, part | the credits a batch applied on the partition that are ordered after some transfer still to decide there, at most 64 KiB a part (order key, amount, account each) |

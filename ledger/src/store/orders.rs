@@ -597,7 +597,10 @@ mod tests {
         assert_eq!(changes, vec![(decided(0), Some(1)), (record(1), Some(1))]);
         // One held transfer as earlier versions kept it.
         let legacy = legacy_held_key(0, &held(5).key);
-        store.db.insert(&legacy, held(5).encode()).unwrap();
+        store
+            .db
+            .insert(&legacy, ledger_core::wire::encode_held(&held(5)))
+            .unwrap();
         drop(store);
         let mut store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let all = [held(2), held(3), held(4), held(5)];
