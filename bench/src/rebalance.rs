@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::kafka;
+use ledger_cli::audit::Topics;
+use ledger_cli::pipeline::Pipeline;
 use ledger_core::wire;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -36,10 +38,14 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// Bound on the reader after the producer's last record.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
-    let label = "rebalance";
-    let topics = shards::topics(bench, label, None);
-    let shards_after = SHARDS_BEFORE as u32 + 1;
+/// A group-assigned pipeline sized for `shards_after`, with the first
+/// `SHARDS_BEFORE` of them started and ready.
+fn shards_before(
+    bench: &Bench,
+    label: &str,
+    topics: &Topics,
+    shards_after: u32,
+) -> anyhow::Result<Pipeline> {
     let mut pipeline = shards::pipeline(
         bench,
         label,
@@ -53,6 +59,14 @@ pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
     for index in 0..SHARDS_BEFORE {
         shards::wait_ready(&mut pipeline, index)?;
     }
+    Ok(pipeline)
+}
+
+pub fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
+    let label = "rebalance";
+    let topics = shards::topics(bench, label, None);
+    let shards_after = SHARDS_BEFORE as u32 + 1;
+    let mut pipeline = shards_before(bench, label, &topics, shards_after)?;
     let rate = bench.sizes.rebalance_rate;
     let seconds = bench.sizes.rebalance_secs;
     let count = rate * seconds;

@@ -2,6 +2,8 @@
 //! the targets, the locked release build, pinned Debian 12 bases, a runtime
 //! with exactly the libraries the binaries link, non-root exec-form images.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 use std::collections::{BTreeMap, BTreeSet};
 
 use deploy_check::{assert_no_problems, compose, note, repo, tools};

@@ -2,6 +2,8 @@
 //! death with the process that started it, and the `txledger-kafka` daemon.
 //! Each test starts its own broker (they stop or abandon it on purpose).
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 mod common;
 
 use std::path::{Path, PathBuf};

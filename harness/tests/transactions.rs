@@ -3,6 +3,8 @@
 //! not enforce. Each test uses its own topics, group and transactional id, so
 //! they share one broker (`harness::shared_bootstrap`) and run in parallel.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 mod common;
 
 use common::{payloads, read_all, send, transactional_producer, wait_settled, DEADLINE};

@@ -8,6 +8,8 @@
 //! the restarted shard's recovery rule refuses to start
 //! (`consumer/tests/recovery.rs`).
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 use std::time::{Duration, Instant};
 
 use ledger::kafka;

@@ -5,6 +5,8 @@
 //! shard. Needs the harness's broker (Java and Maven) or
 //! `KAFKA_BOOTSTRAP_SERVERS`.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 use std::collections::BTreeMap;
 use std::time::Duration;
 

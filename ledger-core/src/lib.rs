@@ -20,6 +20,9 @@
 //! - [`routing`]: which partition and shard own an account (Kafka's murmur2
 //!   partitioner, exactly).
 
+// A test may keep its length when it reads as one story; production
+// functions are held to clippy.toml's limit.
+#![cfg_attr(test, allow(clippy::too_many_lines))]
 pub mod audit;
 pub mod domain;
 pub mod hash;

@@ -5,6 +5,8 @@
 //! own state machine (so outcomes, credits and balances are what real shards
 //! would write); each test then breaks one thing.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 use ledger_core::audit::{
     audit, AuditInput, AuditReport, Check, Position, ShardBalances, Status, Topics,
 };

@@ -6,6 +6,8 @@
 //! recovery rule, with Kafka's transaction simulated: a batch's outputs,
 //! offsets and changelog records become visible all at once, or not at all.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 use std::collections::BTreeMap;
 
 use ledger::store::{self, Change, Store, StoreOptions};

@@ -4,6 +4,8 @@
 //! to an error, never an exactly-once property: `producer.rs` does that
 //! against a real broker.
 
+// A test may keep its length when it reads as one story.
+#![allow(clippy::too_many_lines)]
 mod common;
 
 use std::collections::HashSet;
