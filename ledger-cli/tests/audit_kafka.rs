@@ -297,15 +297,6 @@ fn run_audit(bootstrap: &str, topics: &Topics, shard: &TestShard) -> AuditReport
     audit::audit(&input)
 }
 
-fn findings(report: &AuditReport, check: Check) -> Vec<String> {
-    report
-        .check(check)
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
 #[test]
 fn audit_passes_a_consistent_history_and_names_injected_anomalies() {
     let bootstrap = harness::shared_bootstrap();
@@ -396,7 +387,7 @@ fn audit_passes_a_consistent_history_and_names_injected_anomalies() {
     let report = run_audit(&bootstrap, &topics, &shard);
     assert_eq!(report.verdict, Status::Fail);
     assert_eq!(
-        findings(&report, Check::Duplicated),
+        report.findings(Check::Duplicated),
         vec![format!(
             "{}/{}@{} id={} 2 outcomes for one record",
             topics.transactions,
@@ -405,7 +396,7 @@ fn audit_passes_a_consistent_history_and_names_injected_anomalies() {
             outcome.transfer_id.unwrap()
         )]
     );
-    let credits = findings(&report, Check::Credits);
+    let credits = report.findings(Check::Credits);
     assert_eq!(credits.len(), 1, "{credits:?}");
     assert!(
         credits[0].ends_with(&format!(
@@ -415,7 +406,7 @@ fn audit_passes_a_consistent_history_and_names_injected_anomalies() {
         "{credits:?}"
     );
     assert_eq!(
-        findings(&report, Check::Conservation),
+        report.findings(Check::Conservation),
         vec!["the balances sum to -5.00, not 0 (no credit is in flight at quiescence)"]
     );
     for check in [Check::Lost, Check::AbortedReads, Check::Decisions] {
@@ -464,7 +455,7 @@ fn an_outcome_of_aborted_input_is_caught_on_a_real_broker() {
     };
     shard.inject(&topics.results, b"ghost", &wire::encode_outcome(&ghost));
     let report = run_audit(&bootstrap, &topics, &shard);
-    let aborted = findings(&report, Check::AbortedReads);
+    let aborted = report.findings(Check::AbortedReads);
     assert_eq!(aborted.len(), 1, "{report:#?}");
     assert!(
         aborted[0].ends_with(&format!(

@@ -324,15 +324,6 @@ fn failing(report: &AuditReport) -> Vec<Check> {
         .collect()
 }
 
-fn findings(report: &AuditReport, check: Check) -> Vec<String> {
-    report
-        .check(check)
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
-
 fn edit_outcome(bytes: &mut Vec<u8>, edit: impl FnOnce(&mut Outcome)) {
     let mut outcome = wire::decode_outcome(bytes).unwrap();
     edit(&mut outcome);
@@ -392,7 +383,7 @@ fn a_lost_outcome_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Lost]);
     assert_eq!(
-        findings(&report, Check::Lost),
+        report.findings(Check::Lost),
         vec![format!(
             "{} id={} committed, but no outcome",
             pipeline.input_at(3),
@@ -409,7 +400,7 @@ fn a_second_outcome_for_one_record_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Duplicated]);
     assert_eq!(
-        findings(&report, Check::Duplicated),
+        report.findings(Check::Duplicated),
         vec![format!(
             "{} id={} 2 outcomes for one record",
             pipeline.input_at(3),
@@ -445,7 +436,7 @@ fn an_id_decided_by_two_shards_is_named() {
     let report = audit(&pipeline.input());
     assert!(failing(&report).contains(&Check::Duplicated), "{report:#?}");
     assert_eq!(
-        findings(&report, Check::Duplicated),
+        report.findings(Check::Duplicated),
         vec![format!(
             "{} id={} transfer id decided again (first at {})",
             pipeline.input_at(3),
@@ -488,7 +479,7 @@ fn an_outcome_of_aborted_input_is_an_aborted_read() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::AbortedReads]);
     assert_eq!(
-        findings(&report, Check::AbortedReads),
+        report.findings(Check::AbortedReads),
         vec![format!(
             "ledger-results/0@{at} id={} outcome of transactions/{aborted}, \
              a record of an aborted transaction",
@@ -507,7 +498,7 @@ fn an_outcome_of_no_record_is_an_aborted_read() {
     pipeline.outcomes.push(ghost);
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::AbortedReads]);
-    let [finding] = &findings(&report, Check::AbortedReads)[..] else {
+    let [finding] = &report.findings(Check::AbortedReads)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -528,7 +519,7 @@ fn an_outcome_that_differs_from_its_input_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::OutcomeMismatch]);
     assert_eq!(
-        findings(&report, Check::OutcomeMismatch),
+        report.findings(Check::OutcomeMismatch),
         vec![format!(
             "ledger-results/0@{rejected} id={} outcome of {} carries amount 499.99 instead of 500.00",
             id(4),
@@ -549,7 +540,7 @@ fn a_lost_credit_is_named_and_breaks_conservation() {
         "{report:#?}"
     );
     assert_eq!(
-        findings(&report, Check::Credits),
+        report.findings(Check::Credits),
         vec![format!(
             "{} id={} accepted, but no credit",
             pipeline.input_at(8),
@@ -557,7 +548,7 @@ fn a_lost_credit_is_named_and_breaks_conservation() {
         )]
     );
     assert_eq!(
-        findings(&report, Check::Conservation),
+        report.findings(Check::Conservation),
         vec!["the balances sum to -20.00, not 0 (no credit is in flight at quiescence)"]
     );
 }
@@ -569,7 +560,7 @@ fn a_second_credit_is_named() {
     pipeline.credits.push(copy.clone());
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Credits]);
-    let [finding] = &findings(&report, Check::Credits)[..] else {
+    let [finding] = &report.findings(Check::Credits)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -598,7 +589,7 @@ fn a_credit_without_an_accepted_transfer_is_named() {
         vec![Check::Credits, Check::Conservation],
         "{report:#?}"
     );
-    let [finding] = &findings(&report, Check::Credits)[..] else {
+    let [finding] = &report.findings(Check::Credits)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -615,7 +606,7 @@ fn a_credit_that_differs_from_its_transfer_is_named() {
     pipeline.credits[2].1 = wire::encode_credit(&credit);
     let report = audit(&pipeline.input());
     assert!(failing(&report).contains(&Check::Credits), "{report:#?}");
-    let [finding] = &findings(&report, Check::Credits)[..] else {
+    let [finding] = &report.findings(Check::Credits)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -642,7 +633,7 @@ fn a_wrong_balance_is_named_with_both_values() {
     let report = audit(&pipeline.input_with(balances));
     assert_eq!(failing(&report), vec![Check::Balances, Check::Conservation]);
     assert_eq!(
-        findings(&report, Check::Balances),
+        report.findings(Check::Balances),
         vec!["account=bob balance 80.01, the fold of outcomes and credits gives 80.00"]
     );
 }
@@ -657,7 +648,7 @@ fn an_account_on_two_shards_is_named() {
     });
     let report = audit(&pipeline.input_with(balances));
     assert_eq!(failing(&report), vec![Check::Balances]);
-    let [finding] = &findings(&report, Check::Balances)[..] else {
+    let [finding] = &report.findings(Check::Balances)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -679,7 +670,7 @@ fn a_negative_balance_is_named() {
     // The fold knows neither change; world may be negative, mallory not.
     assert_eq!(failing(&report), vec![Check::Balances, Check::Negative]);
     assert_eq!(
-        findings(&report, Check::Negative),
+        report.findings(Check::Negative),
         vec!["account=mallory balance -5.00"]
     );
 }
@@ -692,7 +683,7 @@ fn a_shard_that_refuses_a_funded_transfer_for_funds_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Decisions]);
     assert_eq!(
-        findings(&report, Check::Decisions),
+        report.findings(Check::Decisions),
         vec![format!(
             "{} id={} the shard answered rejected(insufficient_funds); in the ledger's order \
              alice had 70.00 for 5.00, so the rules give accepted",
@@ -791,7 +782,7 @@ fn decisions_against_the_rules_are_named() {
             id(10)
         ),
     ];
-    let mut found = findings(&report, Check::Decisions);
+    let mut found = report.findings(Check::Decisions);
     expected.sort();
     found.sort();
     assert_eq!(found, expected);
@@ -807,7 +798,7 @@ fn a_duplicate_of_an_undecided_id_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Decisions]);
     assert_eq!(
-        findings(&report, Check::Decisions),
+        report.findings(Check::Decisions),
         vec![format!(
             "{} id={} the shard answered duplicate, the ledger rules give accepted",
             pipeline.input_at(3),
@@ -826,7 +817,7 @@ fn a_resubmission_decided_again_is_named() {
     let report = audit(&pipeline.input());
     assert_eq!(failing(&report), vec![Check::Duplicated, Check::Decisions]);
     assert_eq!(
-        findings(&report, Check::Decisions),
+        report.findings(Check::Decisions),
         vec![format!(
             "{} id={} the shard answered rejected(insufficient_funds), the ledger rules give duplicate",
             pipeline.input_at(4),
@@ -848,7 +839,7 @@ fn unreadable_outputs_and_missing_dead_letters_are_named() {
         failing(&report),
         vec![Check::Unreadable, Check::DeadLetters]
     );
-    let [finding] = &findings(&report, Check::Unreadable)[..] else {
+    let [finding] = &report.findings(Check::Unreadable)[..] else {
         panic!("{report:#?}")
     };
     assert!(
@@ -859,7 +850,7 @@ fn unreadable_outputs_and_missing_dead_letters_are_named() {
         "{finding}"
     );
     assert_eq!(
-        findings(&report, Check::DeadLetters),
+        report.findings(Check::DeadLetters),
         vec![format!(
             "{lost} undecodable, and no dead letter on ledger-dlq names it"
         )]
@@ -879,7 +870,7 @@ fn dead_letters_twice_for_nothing_or_from_nowhere_are_named() {
     let report = audit(&input);
     assert_eq!(failing(&report), vec![Check::DeadLetters]);
     assert_eq!(
-        findings(&report, Check::DeadLetters),
+        report.findings(Check::DeadLetters),
         vec![
             format!("{twice} 2 dead letters on ledger-dlq name it"),
             format!(
@@ -975,7 +966,7 @@ fn a_shard_that_applies_a_misrouted_transfer_fails_the_decisions_check() {
     let report = audit(&pipeline.input_with(Vec::new()));
     assert!(failing(&report).contains(&Check::Decisions), "{report:#?}");
     assert_eq!(
-        findings(&report, Check::Decisions),
+        report.findings(Check::Decisions),
         vec![format!(
             "{} id={} the shard answered accepted, the ledger rules give rejected(misrouted)",
             pipeline.input_at(stray),
@@ -1009,7 +1000,7 @@ fn a_credit_in_a_partition_that_does_not_own_its_account_is_named() {
     pipeline.credits[index].0 = (owner + 1) % PARTITIONS;
     let report = audit(&pipeline.input_with(Vec::new()));
     assert_eq!(failing(&report), vec![Check::Credits], "{report:#?}");
-    let [finding] = &findings(&report, Check::Credits)[..] else {
+    let [finding] = &report.findings(Check::Credits)[..] else {
         panic!("{report:#?}")
     };
     assert!(

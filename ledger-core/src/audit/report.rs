@@ -190,6 +190,15 @@ impl AuditReport {
         // is the order of the enum.
         &self.checks[check as usize]
     }
+
+    /// The findings `check` lists, each as the report prints it.
+    pub fn findings(&self, check: Check) -> Vec<String> {
+        self.check(check)
+            .findings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
 }
 
 /// The verdict table, the first findings of each failing check, and the
