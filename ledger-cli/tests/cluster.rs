@@ -51,7 +51,7 @@ const DOWN: Duration = Duration::from_secs(8);
 /// Longer than the shards' session timeout (10 s, the default).
 const PAUSED: Duration = Duration::from_secs(15);
 /// The longest a partition's outcomes may stop while transfers arrive:
-/// two holds (`--hold-max-ms`, 60 s). Measured on this machine: 19-45 s.
+/// two holds (`--hold-max-ms`, 60 s). Measured on this machine: 15-45 s.
 const STILL_MAX: Duration = Duration::from_secs(120);
 /// Bound on the cluster's healing after a fault (the node back, every
 /// replica in sync).
