@@ -151,6 +151,34 @@ pub struct PipelineConfig {
     pub group_assignment: bool,
 }
 
+impl PipelineConfig {
+    /// A run whose topics, group and transactional ids all start with
+    /// `prefix`, so that runs sharing a broker stay apart: batches of
+    /// 100 ms, no extra shard environment, ordinal assignment. Set other
+    /// fields with struct update syntax.
+    pub fn prefixed(
+        bootstrap_servers: String,
+        prefix: &str,
+        partitions: i32,
+        shards: u32,
+        work_dir: PathBuf,
+    ) -> Self {
+        PipelineConfig {
+            bootstrap_servers,
+            topics: prefixed_topics(prefix),
+            partitions,
+            shards,
+            work_dir,
+            group_id: format!("{prefix}ledger"),
+            transactional_id_prefix: format!("{prefix}ledger-consumer"),
+            producer_transactional_id: format!("{prefix}producer"),
+            batch_ms: 100,
+            shard_env: Vec::new(),
+            group_assignment: false,
+        }
+    }
+}
+
 /// With group assignment, how long a shard may go without polling before
 /// the group gives its partitions away, and its session: short, so that a
 /// retired shard's partitions move on within seconds.

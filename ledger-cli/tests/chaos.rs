@@ -129,17 +129,14 @@ fn chaos(group_assignment: bool) {
     let prefix = harness::unique_name("chaos") + "-";
     let work = tempfile::tempdir().expect("work dir");
     let config = PipelineConfig {
-        bootstrap_servers: broker.bootstrap_servers().to_owned(),
-        topics: pipeline::prefixed_topics(&prefix),
-        partitions: 6,
-        shards: SHARDS,
-        work_dir: work.path().to_owned(),
-        group_id: format!("{prefix}ledger"),
-        transactional_id_prefix: format!("{prefix}ledger-consumer"),
-        producer_transactional_id: format!("{prefix}producer"),
-        batch_ms: 100,
-        shard_env: Vec::new(),
         group_assignment,
+        ..PipelineConfig::prefixed(
+            broker.bootstrap_servers().to_owned(),
+            &prefix,
+            6,
+            SHARDS,
+            work.path().to_owned(),
+        )
     };
     let mut pipeline = Pipeline::new(config, binaries).expect("pipeline");
     pipeline.create_topics().expect("topics");

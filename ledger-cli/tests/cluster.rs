@@ -40,7 +40,7 @@ use harness::testkit::{Isolation, TopicReader};
 use harness::{Cluster, ClusterOptions};
 use ledger::kafka;
 use ledger::watchdog::EXIT_STUCK;
-use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, ProducerRun};
+use ledger_cli::pipeline::{Binaries, Pipeline, PipelineConfig, ProducerRun};
 use ledger_core::wire;
 
 const SHARDS: u32 = 2;
@@ -323,15 +323,6 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
     let prefix = harness::unique_name("cluster") + "-";
     let work = tempfile::tempdir().expect("work dir");
     let config = PipelineConfig {
-        bootstrap_servers: cluster.bootstrap_servers().to_owned(),
-        topics: pipeline::prefixed_topics(&prefix),
-        partitions: PARTITIONS,
-        shards: SHARDS,
-        work_dir: work.path().to_owned(),
-        group_id: format!("{prefix}ledger"),
-        transactional_id_prefix: format!("{prefix}ledger-consumer"),
-        producer_transactional_id: format!("{prefix}producer"),
-        batch_ms: 100,
         // The production default (the pipeline's 10 s is for quick
         // scale-ins): a shard held in a call keeps its partitions until its
         // watchdog ends it, and its restart takes them back as the same
@@ -341,6 +332,13 @@ fn shards_ride_through_broker_faults_on_a_three_node_cluster() {
             "300000".to_owned(),
         )],
         group_assignment: true,
+        ..PipelineConfig::prefixed(
+            cluster.bootstrap_servers().to_owned(),
+            &prefix,
+            PARTITIONS,
+            SHARDS,
+            work.path().to_owned(),
+        )
     };
     let group_id = config.group_id.clone();
     let shard_ids: Vec<String> = (0..SHARDS)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ledger::kafka;
 use ledger_cli::audit::{AuditReport, Check, Status};
-use ledger_cli::pipeline::{self, Binaries, Pipeline, PipelineConfig, PipelineError, ProducerRun};
+use ledger_cli::pipeline::{Binaries, Pipeline, PipelineConfig, PipelineError, ProducerRun};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// Input no shard can decode, one per partition, written ahead of the
@@ -55,17 +55,8 @@ fn audited_run(mutant: Option<&str>) -> AuditReport {
         shard_env.push(("TXLEDGER_MUTANT".to_owned(), mutant.to_owned()));
     }
     let config = PipelineConfig {
-        bootstrap_servers: bootstrap,
-        topics: pipeline::prefixed_topics(&prefix),
-        partitions: 4,
-        shards: 2,
-        work_dir: work.path().to_owned(),
-        group_id: format!("{prefix}ledger"),
-        transactional_id_prefix: format!("{prefix}ledger-consumer"),
-        producer_transactional_id: format!("{prefix}producer"),
-        batch_ms: 100,
         shard_env,
-        group_assignment: false,
+        ..PipelineConfig::prefixed(bootstrap, &prefix, 4, 2, work.path().to_owned())
     };
     let transfers_topic = config.topics.transactions.clone();
     let bootstrap = config.bootstrap_servers.clone();

@@ -171,17 +171,14 @@ fn pipeline_config(args: &Args, bootstrap: String, work_dir: &Path) -> PipelineC
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("demo-{run_id}-");
     PipelineConfig {
-        bootstrap_servers: bootstrap,
-        topics: pipeline::prefixed_topics(&prefix),
-        partitions: args.partitions,
-        shards: args.shards,
-        work_dir: work_dir.to_owned(),
-        group_id: format!("{prefix}ledger"),
-        transactional_id_prefix: format!("{prefix}ledger-consumer"),
-        producer_transactional_id: format!("{prefix}producer"),
-        batch_ms: 100,
-        shard_env: Vec::new(),
         group_assignment: args.assignment == Assignment::Group,
+        ..PipelineConfig::prefixed(
+            bootstrap,
+            &prefix,
+            args.partitions,
+            args.shards,
+            work_dir.to_owned(),
+        )
     }
 }
 
