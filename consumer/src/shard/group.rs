@@ -18,7 +18,7 @@ use crate::measure::{self, ErrorEvent};
 use crate::{restore, Error};
 
 use super::start::{fetch_committed, group_metadata, Committed, STARTUP_CALL_TIMEOUT};
-use super::{report, KafkaContext, Shard};
+use super::{heartbeat, report, KafkaContext, Shard};
 
 /// What a rebalance did to the shard's partitions.
 #[derive(Debug)]
@@ -283,7 +283,18 @@ impl Shard {
     fn own_assigned(&mut self, owned: Vec<i32>) -> Result<(), Error> {
         // What was sent to these partitions before the assignment is read
         // before their own state proves a shortage (see `catching_up`).
-        self.credits_due = owned.iter().map(|partition| (*partition, None)).collect();
+        // Their ends are taken now, before any barrier (`heartbeat`) lands
+        // after them; an end that cannot be read now is read later, which
+        // only asks for more.
+        self.credits_due = owned
+            .iter()
+            .map(|partition| {
+                let end =
+                    heartbeat::credits_end(&self.watcher, &self.settings.credits_topic, *partition);
+                (*partition, end)
+            })
+            .collect();
+        self.last_barrier = None;
         self.set_owned(owned);
         self.published.clear();
         self.group = group_metadata(&self.consumer)?;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledger_core::machine::{process_batch_at, InputPartition, Source, Tick};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Offset;
 use tracing::{info, warn};
 
@@ -26,6 +26,11 @@ const STUCK_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long the heartbeat waits for a partition's end; a partition whose
 /// end cannot be read in time counts as not idle until the next beat.
 const END_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// While catching up, how often the shard sends its own partitions its
+/// marks: a record past each end, so that an idle partition is read past it
+/// too (nothing else may arrive there: the other shards' marks wait for
+/// this one's held transfers).
+const BARRIER_EVERY: Duration = Duration::from_secs(1);
 
 impl Shard {
     /// Between batches: lets the floors of partitions with nothing left to read
@@ -45,7 +50,7 @@ impl Shard {
             self.report_stuck(now_ms);
         }
         let idle = self.idle_partitions();
-        let wake_own = std::mem::take(&mut self.wake_own);
+        let wake_own = std::mem::take(&mut self.wake_own) || self.barrier_due();
         let publish: Vec<i32> = self
             .owned
             .iter()
@@ -157,10 +162,7 @@ impl Shard {
         let (watcher, store) = (&self.watcher, &self.store);
         self.credits_due.retain(|partition, end| {
             if end.is_none() {
-                *end = watcher
-                    .fetch_watermarks(topic, *partition, END_QUERY_TIMEOUT)
-                    .ok()
-                    .map(|(_, high)| high);
+                *end = credits_end(watcher, topic, *partition);
             }
             let Some(end) = *end else {
                 return true;
@@ -191,6 +193,21 @@ impl Shard {
             return false;
         }
         true
+    }
+
+    /// Whether to send the shard's marks to its own partitions now, as the
+    /// catch-up's barrier: catching up, every end known (so the barrier
+    /// lands after them), and none sent for `BARRIER_EVERY`.
+    fn barrier_due(&mut self) -> bool {
+        let due = !self.credits_due.is_empty()
+            && self.credits_due.values().all(Option::is_some)
+            && self
+                .last_barrier
+                .is_none_or(|sent| sent.elapsed() >= BARRIER_EVERY);
+        if due {
+            self.last_barrier = Some(Instant::now());
+        }
+        due
     }
 
     /// Owned partitions of `transactions` read to their very end: no record
@@ -236,4 +253,14 @@ impl Shard {
             })
             .collect()
     }
+}
+
+/// The end of `ledger-credits` partition `partition` now, including open
+/// transactions (`watcher` reads `read_uncommitted`: its high watermark);
+/// `None` when it cannot be read in time.
+pub(super) fn credits_end(watcher: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    watcher
+        .fetch_watermarks(topic, partition, END_QUERY_TIMEOUT)
+        .ok()
+        .map(|(_, high)| high)
 }

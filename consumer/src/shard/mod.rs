@@ -253,6 +253,10 @@ struct Shard {
     /// sent when they had other owners, may still be on its way, and their
     /// live state proves no shortage (`Tick::catching_up`).
     credits_due: BTreeMap<i32, Option<i64>>,
+    /// While catching up: when the shard last sent its own partitions its
+    /// marks, the barrier whose reading back proves each of them read past
+    /// its end (see `Shard::heartbeat`).
+    last_barrier: Option<Instant>,
     /// Caught up since the last heartbeat: the shard's marks to its own
     /// partitions, read back, are the batch that decides what waited.
     wake_own: bool,

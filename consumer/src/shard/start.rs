@@ -85,6 +85,7 @@ impl Shard {
             ahead: Vec::new(),
             ahead_failed: None,
             credits_due: BTreeMap::new(),
+            last_barrier: None,
             wake_own: false,
         };
         shard.set_owned(owned);
