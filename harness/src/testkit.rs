@@ -266,3 +266,64 @@ pub fn wait_settled(bootstrap: &str, topic: &str, partitions: i32) {
         );
     }
 }
+
+/// The `txledger-kafka` binary (`binary`, from the test's
+/// `env!("CARGO_BIN_EXE_txledger-kafka")`) on one daemon directory of its
+/// own, stopped when this is dropped: a detached broker or cluster outlives
+/// a failed test otherwise.
+pub struct DaemonCli {
+    binary: std::path::PathBuf,
+    parent: tempfile::TempDir,
+}
+
+/// What one command printed.
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl DaemonCli {
+    pub fn new(binary: &str) -> DaemonCli {
+        DaemonCli {
+            binary: binary.into(),
+            parent: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The daemon directory (`--dir`).
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.parent.path().join("kafka")
+    }
+
+    /// Runs `txledger-kafka ARGS --dir DIR`.
+    pub fn run(&self, args: &[&str]) -> CliOutput {
+        let output = std::process::Command::new(&self.binary)
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir())
+            .output()
+            .expect("run txledger-kafka");
+        CliOutput {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// [`DaemonCli::run`], which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let CliOutput { ok, stdout, stderr } = self.run(args);
+        assert!(ok, "txledger-kafka {args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+}
+
+impl Drop for DaemonCli {
+    fn drop(&mut self) {
+        let dir = self.dir();
+        if let Err(error) = crate::daemon::stop(&dir) {
+            eprintln!("could not stop the daemon in {}: {error}", dir.display());
+        }
+    }
+}

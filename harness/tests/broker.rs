@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{payloads, read_all, send, transactional_producer, wait_settled, DEADLINE};
-use harness::testkit::Isolation;
+use harness::testkit::{DaemonCli, Isolation};
 use harness::{create_topics, unique_name, Broker, BrokerOptions};
 use rdkafka::producer::Producer;
 
@@ -114,24 +114,12 @@ fn the_broker_dies_with_the_process_that_started_it() {
 
 #[test]
 fn the_cli_starts_a_detached_broker_and_stops_it() {
-    let parent = tempfile::tempdir().expect("temp dir");
-    let dir = parent.path().join("kafka");
+    let daemon = DaemonCli::new(env!("CARGO_BIN_EXE_txledger-kafka"));
+    let dir = daemon.dir();
     let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_txledger-kafka"))
-            .args(args)
-            .arg("--dir")
-            .arg(&dir)
-            .output()
-            .expect("run txledger-kafka");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let out = daemon.run(args);
+        (out.ok, out.stdout, out.stderr)
     };
-
-    // A detached broker outlives a failed test too, unless something stops it.
-    let _stop = StopOnDrop(&dir);
     let (ok, stdout, stderr) = cli(&["start"]);
     assert!(ok, "start failed:\n{stdout}\n{stderr}");
     let bootstrap = stdout.lines().last().expect("an address").to_owned();
@@ -157,16 +145,6 @@ fn the_cli_starts_a_detached_broker_and_stops_it() {
     assert!(processes_mentioning(&dir).is_empty(), "stopped means gone");
     let (ok, stdout, _) = cli(&["status"]);
     assert!(!ok, "status after stop: {stdout}");
-}
-
-struct StopOnDrop<'a>(&'a Path);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(error) = harness::daemon::stop(self.0) {
-            eprintln!("could not stop the daemon in {}: {error}", self.0.display());
-        }
-    }
 }
 
 /// Pids of the processes whose command line mentions `dir` (the broker's

@@ -7,7 +7,6 @@
 #![allow(clippy::too_many_lines)]
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use std::thread;
 use std::time::Instant;
 
 use common::{payloads, read_all, transactional_producer, wait_settled, DEADLINE};
-use harness::testkit::{wait_until, Isolation};
+use harness::testkit::{wait_until, DaemonCli, Isolation};
 use harness::{create_topics, unique_name, Cluster, ClusterOptions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -143,26 +142,9 @@ fn a_three_node_cluster_survives_faults_aimed_at_roles() {
 
 #[test]
 fn the_cli_controls_a_detached_cluster() {
-    let parent = tempfile::tempdir().expect("temp dir");
-    let dir = parent.path().join("kafka");
-    let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_txledger-kafka"))
-            .args(args)
-            .arg("--dir")
-            .arg(&dir)
-            .output()
-            .expect("run txledger-kafka");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "txledger-kafka {args:?} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    };
-
-    // A detached cluster outlives a failed test too, unless something stops it.
-    let _stop = StopOnDrop(&dir);
+    let daemon = DaemonCli::new(env!("CARGO_BIN_EXE_txledger-kafka"));
+    let dir = daemon.dir();
+    let cli = |args: &[&str]| daemon.ok(args);
     let stdout = cli(&["start", "--nodes", "3"]);
     let bootstrap = stdout.lines().last().expect("addresses").to_owned();
     assert_eq!(bootstrap.split(',').count(), 3, "{stdout}");
@@ -340,14 +322,4 @@ fn group_states(leader: u32) -> Vec<char> {
     }
     assert!(!states.is_empty(), "no process in group {leader}");
     states
-}
-
-struct StopOnDrop<'a>(&'a Path);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(error) = harness::daemon::stop(self.0) {
-            eprintln!("could not stop the daemon in {}: {error}", self.0.display());
-        }
-    }
 }
